@@ -1,0 +1,1 @@
+"""Shared library for knowledge distillation: divergences, fused losses, curriculum and engine helpers."""

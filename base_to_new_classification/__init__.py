@@ -1,0 +1,1 @@
+"""base_to_new_classification package."""

@@ -1,0 +1,1 @@
+"""distillation_llm package."""

@@ -1,0 +1,376 @@
+"""Numerical tests of abkd.losses against closed forms, limits and autograd.
+
+References are written from probabilities (not log space) so that a test cannot merely mirror
+the implementation.
+"""
+
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from abkd.losses import (
+    DIVERGENCES,
+    ab_grad_weights,
+    divergence,
+    get_loss,
+    log_probs,
+    masked_mean,
+)
+
+PARAMS = {
+    "fkl": {},
+    "rkl": {},
+    "jsd": {"lam": 0.3},
+    "tvd": {},
+    "sfkl": {"lam": 0.2},
+    "srkl": {"lam": 0.4},
+    "ab": {"alpha": 0.2, "beta": 0.7},
+}
+# (alpha, beta) pairs covering the general case, every special case and negative exponents.
+AB_PAIRS = [(0.2, 0.7), (1.0, 0.0), (0.0, 1.0), (0.5, 0.5), (0.0, 0.0), (0.6, -0.6), (-0.5, 1.5), (2.0, -1.0), (-1.0, -1.0), (0.0, -0.8), (1.3, 0.0)]
+
+
+def _logits(*shape, scale=2.0, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)
+
+
+def _probs(logits, temperature=1.0):
+    return torch.softmax(logits.double() / temperature, dim=-1)
+
+
+def _ab_reference(p, q, alpha, beta):
+    """The alpha-beta divergence straight from the definitions on probabilities."""
+    if alpha == 0 and beta == 0:
+        return 0.5 * ((p.log() - q.log()) ** 2).sum(-1)
+    if alpha == 0:
+        return (q**beta * torch.log(q**beta / p**beta) - q**beta + p**beta).sum(-1) / beta**2
+    if beta == 0:
+        return (p**alpha * torch.log(p**alpha / q**alpha) - p**alpha + q**alpha).sum(-1) / alpha**2
+    if alpha + beta == 0:
+        r = q**alpha / p**alpha
+        return (torch.log(r) + 1 / r - 1).sum(-1) / alpha**2
+    s = alpha + beta
+    return -(p**alpha * q**beta - alpha / s * p**s - beta / s * q**s).sum(-1) / (alpha * beta)
+
+
+def _kl(a, b):
+    return (a * (a.log() - b.log())).sum(-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Closed forms.
+# ---------------------------------------------------------------------------------------------
+
+
+def test_fkl_and_rkl_match_torch_kl_div():
+    s, t = _logits(5, 7, 11, seed=1), _logits(5, 7, 11, seed=2)
+    log_q, log_p = F.log_softmax(s, -1), F.log_softmax(t, -1)
+    fkl_ref = F.kl_div(log_q, log_p, log_target=True, reduction="none").sum(-1)
+    rkl_ref = F.kl_div(log_p, log_q, log_target=True, reduction="none").sum(-1)
+    torch.testing.assert_close(divergence("fkl", s, t), fkl_ref)
+    torch.testing.assert_close(divergence("rkl", s, t), rkl_ref)
+    # ABKD's defining identities: (1, 0) is forward KL and (0, 1) reverse KL.
+    torch.testing.assert_close(divergence("ab", s, t, alpha=1.0, beta=0.0), fkl_ref)
+    torch.testing.assert_close(divergence("ab", s, t, alpha=0.0, beta=1.0), rkl_ref)
+
+
+def test_ab_half_half_is_twice_squared_hellinger():
+    s, t = _logits(4, 9, seed=3), _logits(4, 9, seed=4)
+    p, q = _probs(t), _probs(s)
+    expected = 2 * ((p.sqrt() - q.sqrt()) ** 2).sum(-1)
+    torch.testing.assert_close(divergence("ab", s, t, alpha=0.5, beta=0.5), expected)
+
+
+@pytest.mark.parametrize("alpha,beta", AB_PAIRS)
+def test_ab_matches_definition_on_probabilities(alpha, beta):
+    s, t = _logits(3, 6, 13, seed=5), _logits(3, 6, 13, seed=6)
+    expected = _ab_reference(_probs(t), _probs(s), alpha, beta)
+    torch.testing.assert_close(divergence("ab", s, t, alpha=alpha, beta=beta), expected)
+
+
+def test_other_divergences_match_definitions_on_probabilities():
+    s, t = _logits(6, 17, seed=7), _logits(6, 17, seed=8)
+    p, q = _probs(t), _probs(s)
+    lam = 0.3
+    m = (1 - lam) * p + lam * q
+    torch.testing.assert_close(divergence("jsd", s, t, lam=lam), lam * _kl(q, m) + (1 - lam) * _kl(p, m))
+    torch.testing.assert_close(divergence("tvd", s, t), 0.5 * (p - q).abs().sum(-1))
+    torch.testing.assert_close(divergence("sfkl", s, t, lam=lam), _kl(p, lam * p + (1 - lam) * q))
+    torch.testing.assert_close(divergence("srkl", s, t, lam=lam), _kl(q, (1 - lam) * p + lam * q))
+    # Defaults are DistiLLM's 0.1.
+    torch.testing.assert_close(divergence("sfkl", s, t), _kl(p, 0.1 * p + 0.9 * q))
+    # Skew 0 is the unskewed divergence.
+    torch.testing.assert_close(divergence("sfkl", s, t, lam=0.0), _kl(p, q))
+    torch.testing.assert_close(divergence("srkl", s, t, lam=0.0), _kl(q, p))
+
+
+@pytest.mark.parametrize("name", DIVERGENCES)
+def test_zero_when_teacher_equals_student(name):
+    t = _logits(4, 10, 19, seed=9)
+    s = t + 3.7  # a constant shift: the same distribution, different logits
+    value = divergence(name, s, t, **PARAMS[name])
+    torch.testing.assert_close(value, torch.zeros_like(value), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("alpha,beta", AB_PAIRS)
+def test_ab_zero_when_equal(alpha, beta):
+    t = _logits(4, 19, seed=10)
+    value = divergence("ab", t.clone(), t, alpha=alpha, beta=beta)
+    torch.testing.assert_close(value, torch.zeros_like(value), atol=1e-12, rtol=0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    vocab=st.integers(2, 40),
+    scale=st.floats(0.1, 8.0),
+    alpha=st.floats(-1.0, 2.0),
+    beta=st.floats(-1.0, 2.0),
+)
+def test_non_negative_on_random_inputs(seed, vocab, scale, alpha, beta):
+    s, t = _logits(3, vocab, scale=scale, seed=seed), _logits(3, vocab, scale=scale, seed=seed + 1)
+    for name in DIVERGENCES:
+        params = {"alpha": alpha, "beta": beta} if name == "ab" else PARAMS[name]
+        value = divergence(name, s, t, **params)
+        assert torch.isfinite(value).all(), (name, params)
+        assert (value >= -1e-9 * (1 + value.abs().max())).all(), (name, params, value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Continuity at the special cases: the general formula near a special point approaches the limit.
+# ---------------------------------------------------------------------------------------------
+
+SPECIAL_POINTS = {
+    "alpha=0": (lambda e: (e, 0.7), (0.0, 0.7)),
+    "beta=0": (lambda e: (0.4, e), (0.4, 0.0)),
+    "alpha=-beta": (lambda e: (0.6, -0.6 + e), (0.6, -0.6)),
+    "alpha=beta=0": (lambda e: (e, 2 * e), (0.0, 0.0)),
+    "alpha=0,beta<0": (lambda e: (-e, -0.5), (0.0, -0.5)),
+}
+
+
+@pytest.mark.parametrize("case", SPECIAL_POINTS)
+def test_ab_continuous_at_special_cases(case):
+    near, at = SPECIAL_POINTS[case]
+    s, t = _logits(5, 23, seed=11), _logits(5, 23, seed=12)
+    limit = divergence("ab", s, t, alpha=at[0], beta=at[1])
+    gaps = []
+    for eps in (1e-2, 1e-3, 1e-4):
+        alpha, beta = near(eps)
+        gaps.append((divergence("ab", s, t, alpha=alpha, beta=beta) - limit).abs().max().item())
+    # First-order convergence: each tenfold step towards the special point shrinks the gap.
+    assert gaps[0] > 0
+    assert gaps[1] < 0.2 * gaps[0] and gaps[2] < 0.2 * gaps[1], gaps
+    assert gaps[2] < 1e-2 * limit.abs().max().item(), gaps
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradients.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", DIVERGENCES)
+def test_gradcheck_every_name(name):
+    s = _logits(2, 3, 5, seed=13).requires_grad_()
+    t = _logits(2, 3, 5, seed=14).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: divergence(name, a, b, temperature=1.5, **PARAMS[name]), (s, t))
+
+
+@pytest.mark.parametrize("alpha,beta", AB_PAIRS)
+def test_gradcheck_ab(alpha, beta):
+    s = _logits(3, 6, seed=15).requires_grad_()
+    t = _logits(3, 6, seed=16).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: divergence("ab", a, b, alpha=alpha, beta=beta), (s, t))
+
+
+@pytest.mark.parametrize("alpha,beta", AB_PAIRS)
+def test_ab_closed_form_gradient_matches_autograd(alpha, beta):
+    s = _logits(4, 12, seed=17).requires_grad_()
+    t = _logits(4, 12, seed=18)
+    divergence("ab", s, t, alpha=alpha, beta=beta).sum().backward()
+    log_q, log_p = F.log_softmax(s.detach(), -1), F.log_softmax(t, -1)
+    u = ab_grad_weights(log_q, log_p, alpha, beta)
+    closed = u - log_q.exp() * u.sum(-1, keepdim=True)
+    torch.testing.assert_close(closed, s.grad)
+
+
+# ---------------------------------------------------------------------------------------------
+# Robustness: -inf vocabulary entries, huge logit gaps, low precision.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", DIVERGENCES)
+def test_padded_vocabulary_tail_contributes_nothing(name):
+    s, t = _logits(4, 10, seed=19), _logits(4, 10, seed=20)
+    pad = torch.full((4, 3), -math.inf, dtype=torch.float64)
+    s_pad = torch.cat([s, pad], -1).requires_grad_()
+    t_pad = torch.cat([t, pad], -1)
+    value = divergence(name, s_pad, t_pad, **PARAMS[name])
+    torch.testing.assert_close(value, divergence(name, s, t, **PARAMS[name]))
+    value.sum().backward()
+    assert torch.isfinite(s_pad.grad).all()
+    assert (s_pad.grad[:, 10:] == 0).all()
+
+
+@pytest.mark.parametrize("name", DIVERGENCES)
+def test_entries_masked_on_one_side_only_are_dropped(name):
+    """A -inf on only one side would make KL infinite; such entries contribute 0 instead."""
+    s, t = _logits(3, 8, seed=21), _logits(3, 8, seed=22)
+    s[0, 2] = -math.inf
+    t[1, 5] = -math.inf
+    s.requires_grad_()
+    value = divergence(name, s, t, **PARAMS[name])
+    assert torch.isfinite(value).all()
+    value.sum().backward()
+    assert torch.isfinite(s.grad).all()
+
+
+GRID = [x / 2 for x in range(-2, 5)]  # -1.0, -0.5, ..., 2.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_huge_logit_gaps_stay_finite_over_the_whole_ab_grid(dtype):
+    """Gaps of 1e4 underflow q_k (and p_k) to exactly 0; nothing may become inf or NaN."""
+    s = _logits(2, 4, 9, seed=23, dtype=dtype)
+    t = _logits(2, 4, 9, seed=24, dtype=dtype)
+    s[..., 0] += 1e4
+    t[..., 1] += 1e4
+    t[0, 0, 3] = -math.inf
+    for alpha, beta in itertools.product(GRID, GRID):
+        leaf = s.clone().requires_grad_()
+        value = divergence("ab", leaf, t, alpha=alpha, beta=beta)
+        value.sum().backward()
+        assert torch.isfinite(value).all(), (alpha, beta)
+        assert torch.isfinite(leaf.grad).all(), (alpha, beta)
+    for name in DIVERGENCES:
+        leaf = s.clone().requires_grad_()
+        value = divergence(name, leaf, t, **PARAMS[name])
+        value.sum().backward()
+        assert torch.isfinite(value).all() and torch.isfinite(leaf.grad).all(), name
+
+
+@pytest.mark.parametrize("low", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", DIVERGENCES)
+def test_low_precision_inputs_compute_in_float32(name, low):
+    s, t = _logits(4, 33, seed=25, dtype=low), _logits(4, 33, seed=26, dtype=low)
+    value = divergence(name, s, t, **PARAMS[name])
+    assert value.dtype == torch.float32
+    # Upcasting happens before any arithmetic: identical to float32 maths on the same numbers.
+    torch.testing.assert_close(value, divergence(name, s.float(), t.float(), **PARAMS[name]), rtol=0, atol=0)
+    # And close to float64 maths on those numbers.
+    exact = divergence(name, s.double(), t.double(), **PARAMS[name])
+    assert exact.dtype == torch.float64
+    torch.testing.assert_close(value.double(), exact, rtol=1e-4, atol=1e-6)
+
+
+def test_low_precision_gradients_flow_back_in_input_dtype():
+    s = _logits(4, 33, seed=27, dtype=torch.bfloat16).requires_grad_()
+    t = _logits(4, 33, seed=28, dtype=torch.bfloat16)
+    divergence("ab", s, t, alpha=0.2, beta=0.7).sum().backward()
+    assert s.grad.dtype == torch.bfloat16 and torch.isfinite(s.grad.float()).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# Temperature, masks, reduction.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", DIVERGENCES)
+def test_temperature_divides_both_logits(name):
+    s, t = _logits(3, 11, seed=29), _logits(3, 11, seed=30)
+    torch.testing.assert_close(
+        divergence(name, s, t, temperature=2.5, **PARAMS[name]),
+        divergence(name, s / 2.5, t / 2.5, **PARAMS[name]),
+    )
+
+
+def test_temperature_flattens_towards_zero_divergence():
+    s, t = _logits(3, 11, seed=31), _logits(3, 11, seed=32)
+    values = [divergence("ab", s, t, alpha=0.2, beta=0.7, temperature=T).sum().item() for T in (1, 4, 16, 64)]
+    assert values == sorted(values, reverse=True) and values[-1] < 1e-2 * values[0]
+    p, q = _probs(t, 4.0), _probs(s, 4.0)
+    torch.testing.assert_close(divergence("rkl", s, t, temperature=4.0), _kl(q, p))
+
+
+def test_masked_mean_selects_positions():
+    values = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    mask = torch.tensor([[True, False, True], [False, False, True]])
+    assert masked_mean(values, mask).item() == pytest.approx((1 + 3 + 6) / 3)
+    assert masked_mean(values).item() == pytest.approx(3.5)
+
+
+def test_all_masked_batch_is_zero_with_zero_gradient():
+    values = torch.tensor([[math.nan, math.inf], [1.0, 2.0]], requires_grad=True)
+    mask = torch.zeros(2, 2, dtype=torch.bool)
+    out = masked_mean(values, mask)
+    out.backward()
+    assert out.item() == 0.0
+    assert (values.grad == 0).all()
+
+
+def test_masked_positions_do_not_leak_nan():
+    values = torch.tensor([1.0, math.nan, 3.0], requires_grad=True)
+    out = masked_mean(values, torch.tensor([True, False, True]))
+    out.backward()
+    assert out.item() == 2.0
+    assert values.grad.tolist() == [0.5, 0.0, 0.5]
+
+
+def test_loss_module_with_ignore_index_style_mask():
+    s, t = _logits(2, 5, 13, seed=33), _logits(2, 5, 13, seed=34)
+    labels = torch.tensor([[-100, 4, 2, -100, 7], [1, -100, -100, -100, 3]])
+    mask = labels != -100
+    loss = get_loss("ab", alpha=0.3, beta=0.6, temperature=2.0)
+    per_position = divergence("ab", s, t, alpha=0.3, beta=0.6, temperature=2.0)
+    torch.testing.assert_close(loss(s, t, mask), per_position[mask].mean())
+    all_masked = loss(s, t, torch.zeros_like(mask))
+    assert all_masked.item() == 0.0
+
+
+def test_shapes_of_classification_and_token_inputs():
+    assert divergence("fkl", _logits(8, 100), _logits(8, 100, seed=1)).shape == (8,)
+    assert divergence("fkl", _logits(2, 3, 50), _logits(2, 3, 50, seed=1)).shape == (2, 3)
+    with pytest.raises(ValueError, match="same shape"):
+        divergence("fkl", _logits(2, 50), _logits(2, 51))
+
+
+# ---------------------------------------------------------------------------------------------
+# Dispatch fails loudly.
+# ---------------------------------------------------------------------------------------------
+
+
+def test_unknown_name_lists_valid_names():
+    for bad in ("kl", "fkl2", "abkd", "FKL", "skl", "adaptive-srkl"):
+        with pytest.raises(ValueError, match="valid names: fkl, rkl, jsd, tvd, sfkl, srkl, ab"):
+            get_loss(bad)
+
+
+def test_parameter_validation():
+    with pytest.raises(ValueError, match="requires parameter 'beta'"):
+        get_loss("ab", alpha=0.5)
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['gamma'\]; valid: alpha, beta"):
+        get_loss("ab", alpha=0.5, beta=0.5, gamma=1.0)
+    with pytest.raises(ValueError, match="valid: none"):
+        get_loss("fkl", lam=0.1)
+    with pytest.raises(ValueError, match=r"'lam' must lie in \[0, 1\]"):
+        get_loss("sfkl", lam=1.5)
+    with pytest.raises(ValueError, match="temperature"):
+        get_loss("fkl", temperature=0.0)
+    with pytest.raises(ValueError, match="finite"):
+        get_loss("ab", alpha=math.nan, beta=0.5)
+    with pytest.raises(ValueError, match="requires parameter"):
+        divergence("ab", _logits(2, 3), _logits(2, 3))
+
+
+def test_log_probs_marks_invalid_entries():
+    s = torch.tensor([[0.0, -math.inf, 1.0]])
+    t = torch.tensor([[1.0, 2.0, -math.inf]])
+    log_q, log_p, valid = log_probs(s, t)
+    assert valid.tolist() == [[True, False, False]]
+    assert torch.isfinite(log_q).all() and torch.isfinite(log_p).all()

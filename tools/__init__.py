@@ -1,0 +1,1 @@
+"""Data-processing entry points, run as `python -m tools.<name>`."""
