@@ -1,0 +1,349 @@
+"""Fused, chunked distillation loss: LM head + divergence (+ cross-entropy) without ever holding
+full-vocabulary logits.
+
+`fused_linear_divergence` equals
+
+    masked_mean(divergence(name, student_hidden @ student_weight.T + student_bias, teacher_logits), mask)
+
+but walks the tokens in chunks of `chunk_size` rows. For each chunk it computes the student logits
+[C, V], the gradient of the loss with respect to them, and immediately folds that gradient into
+the gradients of the hidden states ([C, V] @ [V, H]) and of the head weight ([V, C] @ [C, H]).
+Only O(chunk_size x V) logits exist at any time; the accumulated gradients are handed back by a
+custom `autograd.Function`, so the result drops into any model.
+
+Gradient with respect to the student logits z (q = softmax(z / T)). For any divergence whose
+entries depend on (p_k, q_k) only, dD/dz_j = (u_j - q_j sum_k u_k) / T with u_k = q_k dD/dq_k:
+
+    ab  (Cichocki et al. 2011; ABKD eq. 6):  u_k = -(1/a)(p^a q^b - q^(a+b)),  a = 0: q^b (ln q - ln p)
+    fkl (KL(p||q)):                          u_k = -p_k
+    rkl (KL(q||p)):                          u_k = q_k (ln q_k - ln p_k + 1)
+
+(see `abkd.losses.ab_grad_weights` for the derivation). These closed forms avoid autograd's
+saved intermediates. The other divergences (jsd, tvd, sfkl, srkl) take the per-chunk gradient
+from `torch.func.grad` instead. Cross-entropy at temperature 1: dCE/dz = softmax(z) - onehot(y).
+
+The element-wise work over [C, V] costs about as much as the matmuls in eager PyTorch, so the
+per-chunk function is compiled with `torch.compile` when the chunk is large enough to repay the
+one-time compilation (see `compile=`); an eager path is always available.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from abkd.losses import ab_grad_weights, check_temperature, divergence_terms, resolve_params
+
+logger = logging.getLogger(__name__)
+
+# Rows per chunk. Measured by benchmarks/bench_fused_loss.py (H=768, V=50257, 2 CPU cores):
+# time is flat from 256 to 2048 rows while memory grows linearly with the chunk, so the default
+# is the smallest size that keeps the matmuls efficient.
+DEFAULT_CHUNK_SIZE = 512
+# Compile the per-chunk function automatically once a chunk holds this many logits (the one-time
+# compilation, ~20 s on a 2-core CPU, is then repaid within a few steps).
+COMPILE_MIN_ELEMENTS = 1 << 23
+IGNORE_INDEX = -100
+
+_CLOSED_FORM = ("ab", "fkl", "rkl")
+
+
+class FusedLossOutput(NamedTuple):
+    """`loss` = (1 - kd_ratio) * ce + kd_ratio * kd carries the gradient; `kd` and `ce` are
+    detached token means for logging."""
+
+    loss: Tensor
+    kd: Tensor
+    ce: Tensor
+
+
+def _closed_form_u(name: str, log_q: Tensor, log_p: Tensor, params: Mapping[str, float]) -> Tensor:
+    if name == "fkl":
+        return -torch.exp(log_p)
+    if name == "rkl":
+        return torch.exp(log_q) * (log_q - log_p + 1.0)
+    return ab_grad_weights(log_q, log_p, params["alpha"], params["beta"])
+
+
+def _tempered_log_probs(student_logits: Tensor, teacher_logits: Tensor, temperature: float):
+    """Like `abkd.losses.log_probs`, but also returns the unsanitised student log-probabilities,
+    whose exp is the true q needed by the softmax Jacobian."""
+    valid = (student_logits != -math.inf) & (teacher_logits != -math.inf)
+    raw_log_q = torch.log_softmax(student_logits / temperature, dim=-1)
+    log_p = torch.log_softmax(teacher_logits / temperature, dim=-1)
+    return raw_log_q, torch.where(valid, raw_log_q, 0.0), torch.where(valid, log_p, 0.0), valid
+
+
+def _chunk_loss_and_grad(
+    student_logits: Tensor,
+    teacher_logits: Tensor | None,
+    labels: Tensor | None,
+    kd_weight: Tensor,
+    ce_weight: Tensor,
+    name: str | None,
+    params: tuple[tuple[str, float], ...],
+    temperature: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One chunk: per-row divergence [C], per-row cross-entropy [C] and d(loss)/d(student_logits)
+    [C, V] for loss = sum_rows kd_weight * divergence + ce_weight * ce. All float32/float64."""
+    rows = student_logits.shape[0]
+    grad = torch.zeros_like(student_logits)
+    kd_values = student_logits.new_zeros(rows)
+    ce_values = student_logits.new_zeros(rows)
+    params = dict(params)
+    if name is not None:
+        if name in _CLOSED_FORM:
+            raw_log_q, log_q, log_p, valid = _tempered_log_probs(student_logits, teacher_logits, temperature)
+            kd_values = divergence_terms(name, log_q, log_p, valid, params)
+            u = torch.where(valid, _closed_form_u(name, log_q, log_p, params), 0.0)
+            grad = (u - torch.exp(raw_log_q) * u.sum(-1, keepdim=True)) * (kd_weight / temperature)[:, None]
+        else:
+
+            def weighted(z: Tensor) -> tuple[Tensor, Tensor]:
+                _, log_q, log_p, valid = _tempered_log_probs(z, teacher_logits, temperature)
+                values = divergence_terms(name, log_q, log_p, valid, params)
+                return (values * kd_weight).sum(), values
+
+            grad, kd_values = torch.func.grad(weighted, has_aux=True)(student_logits)
+    if labels is not None:
+        log_z = torch.logsumexp(student_logits, dim=-1)
+        safe_labels = labels.clamp(min=0)
+        ce_values = log_z - student_logits.gather(-1, safe_labels[:, None]).squeeze(-1)
+        probs = torch.exp(student_logits - log_z[:, None])
+        onehot = torch.nn.functional.one_hot(safe_labels, student_logits.shape[-1]).to(probs.dtype)
+        grad = grad + (probs - onehot) * ce_weight[:, None]
+    return kd_values, ce_values, grad
+
+
+_compiled_chunk_fn = None
+_compile_failed = False
+
+
+def _chunk_fn(use_compile: bool):
+    global _compiled_chunk_fn
+    if not use_compile or _compile_failed:
+        return _chunk_loss_and_grad
+    if _compiled_chunk_fn is None:
+        _compiled_chunk_fn = torch.compile(_chunk_loss_and_grad)
+    return _compiled_chunk_fn
+
+
+def _should_compile(compile: bool | None, chunk_elements: int) -> bool:
+    if compile is not None:
+        return compile
+    env = os.environ.get("ABKD_COMPILE")
+    if env is not None:
+        return env == "1"
+    return chunk_elements >= COMPILE_MIN_ELEMENTS
+
+
+def _run_chunk(use_compile: bool, *args) -> tuple[Tensor, Tensor, Tensor]:
+    global _compile_failed
+    if use_compile and not _compile_failed:
+        try:
+            return _chunk_fn(True)(*args)
+        except Exception as error:  # compiler missing or unsupported backend: stay correct, go eager
+            _compile_failed = True
+            logger.warning("torch.compile of the fused loss failed (%s); using the eager path", error)
+    return _chunk_loss_and_grad(*args)
+
+
+class _FusedLinearLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx,
+        student_hidden: Tensor,  # [N, H]
+        student_weight: Tensor,  # [V, H]
+        student_bias: Tensor | None,  # [V]
+        teacher_logits: Tensor | None,  # [N, V]
+        teacher_hidden: Tensor | None,  # [N, Ht]
+        teacher_weight: Tensor | None,  # [V, Ht]
+        labels: Tensor | None,  # [N]
+        kd_mask: Tensor,  # [N] bool
+        name: str | None,
+        params: tuple[tuple[str, float], ...],
+        temperature: float,
+        kd_ratio: float,
+        chunk_size: int,
+        compile: bool | None,
+    ):
+        n_rows = student_hidden.shape[0]
+        vocab = student_weight.shape[0]
+        compute_dtype = torch.float64 if student_hidden.dtype == torch.float64 else torch.float32
+        need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
+
+        ce_mask = labels != IGNORE_INDEX if labels is not None else torch.zeros_like(kd_mask)
+        if name is None:
+            kd_mask = torch.zeros_like(kd_mask)
+        n_kd = kd_mask.sum()
+        n_ce = ce_mask.sum()
+        kd_scale = (kd_ratio if labels is not None else 1.0) / n_kd.clamp(min=1).to(compute_dtype)
+        ce_scale = (1.0 - kd_ratio) / n_ce.clamp(min=1).to(compute_dtype)
+        # Rows that neither loss looks at (prompt tokens, padding) are never computed.
+        rows = torch.nonzero(kd_mask | ce_mask).squeeze(-1)
+
+        grad_hidden = torch.zeros_like(student_hidden) if need_hidden else None
+        grad_weight = torch.zeros(student_weight.shape, dtype=compute_dtype, device=student_weight.device) if need_weight else None
+        grad_bias = torch.zeros(vocab, dtype=compute_dtype, device=student_weight.device) if need_bias and student_bias is not None else None
+        kd_total = torch.zeros((), dtype=compute_dtype, device=student_hidden.device)
+        ce_total = torch.zeros_like(kd_total)
+        use_compile = _should_compile(compile, min(chunk_size, max(len(rows), 1)) * vocab)
+
+        for start in range(0, len(rows), chunk_size):
+            index = rows[start : start + chunk_size]
+            hidden = student_hidden.index_select(0, index)
+            student_logits = torch.nn.functional.linear(hidden, student_weight, student_bias).to(compute_dtype)
+            chunk_teacher = None
+            if name is not None:
+                if teacher_logits is not None:
+                    chunk_teacher = teacher_logits.index_select(0, index)
+                else:
+                    chunk_teacher = teacher_hidden.index_select(0, index) @ teacher_weight.T
+                chunk_teacher = chunk_teacher.to(compute_dtype)
+            chunk_labels = labels.index_select(0, index) if labels is not None else None
+            kd_weight = kd_mask.index_select(0, index).to(compute_dtype) * kd_scale
+            ce_weight = ce_mask.index_select(0, index).to(compute_dtype) * ce_scale
+            kd_values, ce_values, grad_logits = _run_chunk(
+                use_compile, student_logits, chunk_teacher, chunk_labels, kd_weight, ce_weight, name, params, temperature
+            )
+            kd_total += (kd_values * kd_mask.index_select(0, index)).sum()
+            if labels is not None:
+                ce_total += (ce_values * ce_mask.index_select(0, index)).sum()
+            del student_logits, chunk_teacher
+            if grad_hidden is not None:
+                grad_hidden.index_copy_(0, index, grad_logits.to(student_weight.dtype) @ student_weight)
+            if grad_weight is not None:
+                grad_weight.addmm_(grad_logits.T, hidden.to(compute_dtype))
+            if grad_bias is not None:
+                grad_bias += grad_logits.sum(0)
+
+        kd = kd_total / n_kd.clamp(min=1)
+        ce = ce_total / n_ce.clamp(min=1)
+        loss = kd.clone() if labels is None else kd_ratio * kd + (1.0 - kd_ratio) * ce
+        kd, ce = kd.detach(), ce.detach()
+        ctx.save_for_backward(
+            grad_hidden,
+            grad_weight.to(student_weight.dtype) if grad_weight is not None else None,
+            grad_bias.to(student_bias.dtype) if grad_bias is not None else None,
+        )
+        ctx.mark_non_differentiable(kd, ce)
+        return loss, kd, ce
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor, _grad_kd, _grad_ce):
+        grads = tuple(None if g is None else g * grad_loss.to(g.dtype) for g in ctx.saved_tensors)
+        return grads + (None,) * 11
+
+
+def fused_linear_divergence(
+    name: str | None,
+    student_hidden: Tensor,
+    student_weight: Tensor,
+    *,
+    teacher_logits: Tensor | None = None,
+    teacher_hidden: Tensor | None = None,
+    teacher_weight: Tensor | None = None,
+    mask: Tensor | None = None,
+    student_bias: Tensor | None = None,
+    labels: Tensor | None = None,
+    kd_ratio: float | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    temperature: float = 1.0,
+    compile: bool | None = None,
+    **params: float,
+) -> Tensor | FusedLossOutput:
+    """Chunked LM head + divergence (+ cross-entropy), never materialising [N, V] logits.
+
+    Args:
+        name: a divergence from `abkd.losses.DIVERGENCES`, or None for cross-entropy alone
+            (then `labels` is required and no teacher is used).
+        student_hidden: [..., H] final hidden states.
+        student_weight: [V, H] the LM head (output embedding) weight; `student_bias` [V].
+        teacher_logits: [..., V], or `teacher_hidden` [..., Ht] with `teacher_weight` [V, Ht],
+            from which teacher logits are recomputed per chunk (never held in full).
+        mask: [...] bool, the positions the divergence averages over. Defaults to
+            `labels != -100` when labels are given, else every position.
+        labels: [...] token ids with -100 to ignore; adds the token-mean cross-entropy at
+            temperature 1, computed in the same pass.
+        kd_ratio: with labels, the weight of the divergence in
+            loss = (1 - kd_ratio) * ce + kd_ratio * kd (required with labels and a divergence).
+        chunk_size: rows per chunk; memory for logits is O(chunk_size x V).
+        temperature: the divergence's temperature (cross-entropy is always at 1).
+        compile: use the `torch.compile`d per-chunk function (None: automatically for large
+            chunks, or as the environment variable ABKD_COMPILE=0/1 says).
+        **params: the divergence's parameters, e.g. alpha/beta for "ab".
+
+    Returns:
+        Without labels: the scalar divergence (float32, float64 for float64 hidden states), as
+        `masked_mean(divergence(...), mask)`. With labels: `FusedLossOutput(loss, kd, ce)`.
+    """
+    resolved = resolve_params(name, params) if name is not None else {}
+    temperature = check_temperature(temperature)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
+    hidden_size = student_hidden.shape[-1]
+    if student_weight.dim() != 2 or student_weight.shape[1] != hidden_size:
+        raise ValueError(f"student_weight must be [V, {hidden_size}], got {tuple(student_weight.shape)}")
+    vocab = student_weight.shape[0]
+    lead = student_hidden.shape[:-1]
+    student_hidden = student_hidden.reshape(-1, hidden_size)
+
+    if name is None:
+        if labels is None:
+            raise ValueError("fused_linear_divergence(None, ...) computes cross-entropy only and needs labels")
+        if kd_ratio not in (None, 0.0):
+            raise ValueError("kd_ratio must be 0 or None when no divergence is given")
+        kd_ratio = 0.0
+    elif (teacher_logits is None) == (teacher_hidden is None):
+        raise ValueError("give the teacher as exactly one of teacher_logits or teacher_hidden + teacher_weight")
+    if teacher_logits is not None:
+        if teacher_logits.shape != (*lead, vocab):
+            raise ValueError(f"teacher_logits must be {(*lead, vocab)}, got {tuple(teacher_logits.shape)}")
+        teacher_logits = teacher_logits.reshape(-1, vocab).detach()
+    if teacher_hidden is not None:
+        if teacher_weight is None or teacher_weight.shape[0] != vocab or teacher_weight.shape[1] != teacher_hidden.shape[-1]:
+            raise ValueError(
+                f"teacher_weight must be [V={vocab}, {teacher_hidden.shape[-1]}], got "
+                f"{None if teacher_weight is None else tuple(teacher_weight.shape)}"
+            )
+        teacher_hidden = teacher_hidden.reshape(-1, teacher_hidden.shape[-1]).detach()
+        teacher_weight = teacher_weight.detach()
+    if labels is not None:
+        if labels.shape != lead:
+            raise ValueError(f"labels must be {tuple(lead)}, got {tuple(labels.shape)}")
+        labels = labels.reshape(-1)
+        if name is not None and kd_ratio is None:
+            raise ValueError("with labels, give kd_ratio: loss = (1 - kd_ratio) * ce + kd_ratio * kd")
+        if not 0.0 <= kd_ratio <= 1.0:
+            raise ValueError(f"kd_ratio must lie in [0, 1], got {kd_ratio}")
+    if mask is None:
+        mask = labels != IGNORE_INDEX if labels is not None else torch.ones(lead, dtype=torch.bool, device=student_hidden.device)
+    elif mask.shape != lead:
+        raise ValueError(f"mask must be {tuple(lead)}, got {tuple(mask.shape)}")
+    mask = mask.reshape(-1).bool()
+
+    loss, kd, ce = _FusedLinearLoss.apply(
+        student_hidden,
+        student_weight,
+        student_bias,
+        teacher_logits,
+        teacher_hidden,
+        teacher_weight,
+        labels,
+        mask,
+        name,
+        tuple(resolved.items()),
+        temperature,
+        float(kd_ratio) if kd_ratio is not None else 1.0,
+        int(chunk_size),
+        compile,
+    )
+    if labels is None:
+        return loss
+    return FusedLossOutput(loss, kd, ce)
