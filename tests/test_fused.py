@@ -226,3 +226,19 @@ def test_bad_arguments_are_clear_errors():
         fused_linear_divergence("fkl", hidden, weight, teacher_logits=teacher_logits[:, :-3])
     with pytest.raises(ValueError, match="chunk_size"):
         fused_linear_divergence("fkl", hidden, weight, teacher_logits=teacher_logits, chunk_size=0)
+
+
+@pytest.mark.parametrize("name,params", CASES)
+def test_one_sided_minus_inf_entries_match_naive(name, params):
+    """Teacher-only -inf entries (a teacher that masks tokens the student still scores) drop out
+    of the divergence; the closed-form gradients must still agree with autograd."""
+    hidden, weight, bias, teacher_hidden, teacher_weight, _ = _inputs(seed=10)
+    teacher_logits = teacher_hidden @ teacher_weight.T
+    g = torch.Generator().manual_seed(0)
+    teacher_logits[torch.rand(N, V, generator=g) < 0.1] = -math.inf
+    leaves = (hidden, weight, bias)
+    expected = _naive(name, params, hidden, weight, bias, teacher_logits, None, 1.3)
+    fused = fused_linear_divergence(name, hidden, weight, student_bias=bias, teacher_logits=teacher_logits, chunk_size=16, temperature=1.3, **params)
+    torch.testing.assert_close(fused, expected, rtol=1e-10, atol=1e-12)
+    for got, want in zip(_grads(fused, leaves), _grads(expected, leaves)):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
