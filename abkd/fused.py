@@ -89,11 +89,13 @@ def _chunk_loss_and_grad(
     name: str | None,
     params: tuple[tuple[str, float], ...],
     temperature: float,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """One chunk: per-row divergence [C], per-row cross-entropy [C] and d(loss)/d(student_logits)
-    [C, V] for loss = sum_rows kd_weight * divergence + ce_weight * ce. All float32/float64."""
+) -> tuple[Tensor, Tensor]:
+    """One chunk of rows: returns the per-row divergence [C] and cross-entropy [C], and overwrites
+    `student_logits` [C, V] with d(loss)/d(student_logits) for
+    loss = sum_rows kd_weight * divergence + ce_weight * ce. Writing the gradient in place lets
+    one logits buffer serve every chunk. float32/float64 throughout."""
     rows = student_logits.shape[0]
-    grad = torch.zeros_like(student_logits)
+    grad = None
     kd_values = student_logits.new_zeros(rows)
     ce_values = student_logits.new_zeros(rows)
     params = dict(params)
@@ -115,10 +117,11 @@ def _chunk_loss_and_grad(
         log_z = torch.logsumexp(student_logits, dim=-1)
         safe_labels = labels.clamp(min=0)
         ce_values = log_z - student_logits.gather(-1, safe_labels[:, None]).squeeze(-1)
-        probs = torch.exp(student_logits - log_z[:, None])
-        onehot = torch.nn.functional.one_hot(safe_labels, student_logits.shape[-1]).to(probs.dtype)
-        grad = grad + (probs - onehot) * ce_weight[:, None]
-    return kd_values, ce_values, grad
+        vocab_ids = torch.arange(student_logits.shape[-1], device=student_logits.device)
+        ce_grad = (torch.exp(student_logits - log_z[:, None]) - (vocab_ids == safe_labels[:, None]).to(log_z.dtype)) * ce_weight[:, None]
+        grad = ce_grad if grad is None else grad + ce_grad
+    student_logits.copy_(grad)
+    return kd_values, ce_values
 
 
 _compiled_chunk_fn = None
@@ -143,7 +146,7 @@ def _should_compile(compile: bool | None, chunk_elements: int) -> bool:
     return chunk_elements >= COMPILE_MIN_ELEMENTS
 
 
-def _run_chunk(use_compile: bool, *args) -> tuple[Tensor, Tensor, Tensor]:
+def _run_chunk(use_compile: bool, *args) -> tuple[Tensor, Tensor]:
     global _compile_failed
     if use_compile and not _compile_failed:
         try:
@@ -194,34 +197,58 @@ class _FusedLinearLoss(torch.autograd.Function):
         kd_total = torch.zeros((), dtype=compute_dtype, device=student_hidden.device)
         ce_total = torch.zeros_like(kd_total)
         use_compile = _should_compile(compile, min(chunk_size, max(len(rows), 1)) * vocab)
+        # With every row selected, chunks are contiguous slices: no gathering copies at all.
+        contiguous = len(rows) == n_rows
+        # One logits buffer for all chunks (the chunk function overwrites it with the gradient).
+        reuse = student_hidden.dtype == compute_dtype and student_weight.dtype == compute_dtype
+        buffer = student_hidden.new_empty(min(chunk_size, len(rows)), vocab) if reuse and len(rows) else None
 
         for start in range(0, len(rows), chunk_size):
-            index = rows[start : start + chunk_size]
-            hidden = student_hidden.index_select(0, index)
-            student_logits = torch.nn.functional.linear(hidden, student_weight, student_bias).to(compute_dtype)
+            if contiguous:
+                block = slice(start, min(start + chunk_size, n_rows))
+                take = lambda tensor: tensor[block]  # noqa: E731
+            else:
+                index = rows[start : start + chunk_size]
+                take = lambda tensor: tensor.index_select(0, index)  # noqa: E731
+            hidden = take(student_hidden)
+            if buffer is not None:
+                logits = buffer[: hidden.shape[0]]
+                if student_bias is None:
+                    torch.mm(hidden, student_weight.T, out=logits)
+                else:
+                    torch.addmm(student_bias, hidden, student_weight.T, out=logits)
+            else:
+                logits = torch.nn.functional.linear(hidden, student_weight, student_bias).to(compute_dtype)
             chunk_teacher = None
             if name is not None:
                 if teacher_logits is not None:
-                    chunk_teacher = teacher_logits.index_select(0, index)
+                    chunk_teacher = take(teacher_logits)
                 else:
-                    chunk_teacher = teacher_hidden.index_select(0, index) @ teacher_weight.T
+                    chunk_teacher = take(teacher_hidden) @ teacher_weight.T
                 chunk_teacher = chunk_teacher.to(compute_dtype)
-            chunk_labels = labels.index_select(0, index) if labels is not None else None
-            kd_weight = kd_mask.index_select(0, index).to(compute_dtype) * kd_scale
-            ce_weight = ce_mask.index_select(0, index).to(compute_dtype) * ce_scale
-            kd_values, ce_values, grad_logits = _run_chunk(
-                use_compile, student_logits, chunk_teacher, chunk_labels, kd_weight, ce_weight, name, params, temperature
+            chunk_labels = take(labels) if labels is not None else None
+            chunk_kd_mask, chunk_ce_mask = take(kd_mask), take(ce_mask)
+            kd_values, ce_values = _run_chunk(
+                use_compile, logits, chunk_teacher, chunk_labels,
+                chunk_kd_mask.to(compute_dtype) * kd_scale, chunk_ce_mask.to(compute_dtype) * ce_scale,
+                name, params, temperature,
             )
-            kd_total += (kd_values * kd_mask.index_select(0, index)).sum()
+            grad_logits = logits  # overwritten in place
+            del chunk_teacher
+            kd_total += (kd_values * chunk_kd_mask).sum()
             if labels is not None:
-                ce_total += (ce_values * ce_mask.index_select(0, index)).sum()
-            del student_logits, chunk_teacher
+                ce_total += (ce_values * chunk_ce_mask).sum()
             if grad_hidden is not None:
-                grad_hidden.index_copy_(0, index, grad_logits.to(student_weight.dtype) @ student_weight)
+                grad_rows = grad_logits.to(student_weight.dtype) @ student_weight
+                if contiguous:
+                    grad_hidden[block] = grad_rows
+                else:
+                    grad_hidden.index_copy_(0, index, grad_rows)
             if grad_weight is not None:
                 grad_weight.addmm_(grad_logits.T, hidden.to(compute_dtype))
             if grad_bias is not None:
                 grad_bias += grad_logits.sum(0)
+        del buffer
 
         kd = kd_total / n_kd.clamp(min=1)
         ce = ce_total / n_ce.clamp(min=1)
@@ -233,11 +260,16 @@ class _FusedLinearLoss(torch.autograd.Function):
             grad_bias.to(student_bias.dtype) if grad_bias is not None else None,
         )
         ctx.mark_non_differentiable(kd, ce)
+        ctx.backward_done = False
         return loss, kd, ce
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor, _grad_kd, _grad_ce):
-        grads = tuple(None if g is None else g * grad_loss.to(g.dtype) for g in ctx.saved_tensors)
+        if ctx.backward_done:
+            raise RuntimeError("fused_linear_divergence supports a single backward pass (its gradients are scaled in place)")
+        ctx.backward_done = True
+        # The saved gradients are ours alone, so scaling them in place avoids a second [V, H] copy.
+        grads = tuple(None if g is None else g.mul_(grad_loss.to(g.dtype)) for g in ctx.saved_tensors)
         return grads + (None,) * 11
 
 

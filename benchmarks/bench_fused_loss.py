@@ -1,0 +1,197 @@
+"""Memory and time of the fused chunked distillation loss against the naive full-logits path.
+
+Each implementation runs in a fresh process. After set-up (hidden states, LM head, teacher logits)
+and one warm-up forward+backward (which includes any torch.compile compilation, reported
+separately), the process's resident set size is the floor; the kernel's peak-RSS counter is then
+reset (/proc/self/clear_refs) and the timed repetitions run. "above floor" is the peak during the
+timed runs minus that floor: the working memory of the loss itself.
+
+    python benchmarks/bench_fused_loss.py                       # the full table (about 15 min on 2 cores)
+    python benchmarks/bench_fused_loss.py --tokens 1024 --reps 2
+
+Rows: the naive path (`divergence` then `masked_mean` on full logits, autograd backward); the
+fused path at several chunk sizes (compiled) and once eager; the bare matmul floor (student
+logits, grad wrt hidden, grad wrt weight: the three matmuls alone, unchunked); and Liger-Kernel's
+`LigerFusedLinearJSDLoss` when importable (`pip install --no-deps liger-kernel` on a CPU-only
+machine). Liger computes JSD, its closest loss to ours, and takes the teacher as hidden states +
+head, so its time includes one more matmul (the teacher's logits) than the other rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+H, V = 768, 50257
+ALPHA, BETA = 0.2, 0.7
+TARGET_TOKENS = 4096
+
+
+def _rss_mib(field: str) -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak_rss() -> None:
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+
+
+def worker(impl: str, tokens: int, chunk_size: int, reps: int) -> dict:
+    import torch
+
+    from abkd.fused import fused_linear_divergence
+    from abkd.losses import divergence, masked_mean
+
+    torch.manual_seed(0)
+    student_hidden = (torch.randn(tokens, H) * 0.5).requires_grad_()
+    student_weight = (torch.randn(V, H) * 0.05).requires_grad_()
+    teacher_hidden = torch.randn(tokens, H) * 0.5
+    teacher_weight = torch.randn(V, H) * 0.05
+    teacher_logits = teacher_hidden @ teacher_weight.T
+    labels = torch.randint(0, V, (tokens,))
+    setup_rss = _rss_mib("VmRSS")
+
+    if impl == "naive":
+
+        def step():
+            student_logits = student_hidden @ student_weight.T
+            masked_mean(divergence("ab", student_logits, teacher_logits, alpha=ALPHA, beta=BETA)).backward()
+
+    elif impl in ("fused", "fused-eager"):
+
+        def step():
+            fused_linear_divergence(
+                "ab", student_hidden, student_weight, teacher_logits=teacher_logits, chunk_size=chunk_size,
+                compile=impl == "fused", alpha=ALPHA, beta=BETA,
+            ).backward()
+
+    elif impl == "matmul-floor":
+
+        def step():
+            with torch.no_grad():
+                student_logits = student_hidden @ student_weight.T
+                _ = student_logits @ student_weight
+                _ = student_logits.T @ student_hidden
+
+    elif impl == "liger-jsd":
+        from liger_kernel.chunked_loss import LigerFusedLinearJSDLoss
+
+        loss_fn = LigerFusedLinearJSDLoss(weight_hard_loss=0.0, weight_soft_loss=1.0, beta=0.5, compiled=True, chunk_size=chunk_size)
+
+        def step():
+            loss_fn(student_hidden, student_weight, teacher_hidden, teacher_weight, labels).backward()
+
+    else:
+        raise ValueError(f"unknown implementation {impl}")
+
+    def run() -> float:
+        student_hidden.grad = student_weight.grad = None
+        start = time.perf_counter()
+        step()
+        return time.perf_counter() - start
+
+    warmup = run()
+    gc.collect()
+    floor = _rss_mib("VmRSS")
+    _reset_peak_rss()
+    times = [run() for _ in range(reps)]
+    peak = _rss_mib("VmHWM")
+    return {
+        "impl": impl, "tokens": tokens, "chunk": chunk_size, "setup_mib": setup_rss, "floor_mib": floor,
+        "peak_mib": peak, "above_mib": peak - floor, "time_s": statistics.median(times), "warmup_s": warmup,
+    }
+
+
+def _run_worker(impl: str, tokens: int, chunk: int, reps: int) -> dict | str:
+    command = [sys.executable, __file__, "--worker", impl, "--tokens", str(tokens), "--chunk-sizes", str(chunk), "--reps", str(reps)]
+    proc = subprocess.run(command, capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return f"failed: {last[:80]}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _liger_available() -> bool:
+    try:
+        import liger_kernel.chunked_loss  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokens", default="1024,2048,4096,8192", help="comma-separated token counts N")
+    parser.add_argument("--chunk-sizes", default="256,512,1024", help="comma-separated fused chunk sizes")
+    parser.add_argument("--reps", type=int, default=3, help="timed repetitions per row (median reported)")
+    parser.add_argument("--max-naive-gib", type=float, default=18.0, help="skip naive runs projected above this memory")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    token_counts = [int(n) for n in args.tokens.split(",")]
+    chunks = [int(c) for c in args.chunk_sizes.split(",")]
+
+    if args.worker:
+        print(json.dumps(worker(args.worker, token_counts[0], chunks[0], args.reps)))
+        return
+
+    from abkd.fused import DEFAULT_CHUNK_SIZE
+
+    rows = []
+    naive_mib_per_token = None
+    plan = []
+    for tokens in token_counts:
+        plan.append(("naive", tokens, 0))
+        plan.append(("matmul-floor", tokens, 0))
+        plan += [("fused", tokens, c) for c in chunks]
+        plan.append(("fused-eager", tokens, DEFAULT_CHUNK_SIZE))
+        if _liger_available():
+            plan.append(("liger-jsd", tokens, 1024))
+    for impl, tokens, chunk in plan:
+        if impl == "naive" and naive_mib_per_token and naive_mib_per_token * tokens > args.max_naive_gib * 1024:
+            result = f"skipped: projected {naive_mib_per_token * tokens / 1024:.0f} GiB"
+        else:
+            result = _run_worker(impl, tokens, chunk, args.reps)
+        if impl == "naive" and isinstance(result, dict):
+            naive_mib_per_token = result["above_mib"] / tokens
+        rows.append((impl, tokens, chunk, result))
+        summary = result if isinstance(result, str) else "%.2f s" % result["time_s"]
+        print(f"  done {impl} N={tokens} chunk={chunk}: {summary}", file=sys.stderr)
+
+    print(f"\nH={H}, V={V}, float32, divergence ab(alpha={ALPHA}, beta={BETA}), forward+backward, {os.cpu_count()} CPUs")
+    print(f"{'implementation':<22}{'N':>6}{'peak RSS MiB':>14}{'above floor MiB':>17}{'median s':>10}{'warm-up s':>11}")
+    for impl, tokens, chunk, result in rows:
+        label = f"{impl} (chunk {chunk})" if impl.startswith("fused") or impl == "liger-jsd" else impl
+        if isinstance(result, str):
+            print(f"{label:<22}{tokens:>6}  {result}")
+        else:
+            print(f"{label:<22}{tokens:>6}{result['peak_mib']:>14.0f}{result['above_mib']:>17.0f}{result['time_s']:>10.2f}{result['warmup_s']:>11.1f}")
+
+    def find(impl, tokens, chunk=None):
+        for r_impl, r_tokens, r_chunk, result in rows:
+            if r_impl == impl and r_tokens == tokens and (chunk is None or r_chunk == chunk) and isinstance(result, dict):
+                return result
+        return None
+
+    naive, floor = find("naive", TARGET_TOKENS), find("matmul-floor", TARGET_TOKENS)
+    fused = find("fused", TARGET_TOKENS, DEFAULT_CHUNK_SIZE)
+    if naive and floor and fused:
+        print(f"\nTargets at N={TARGET_TOKENS}, fused chunk {DEFAULT_CHUNK_SIZE} (the default):")
+        memory_ratio = fused["above_mib"] / naive["above_mib"]
+        time_ratio = fused["time_s"] / floor["time_s"]
+        print(f"  memory above floor {memory_ratio:.1%} of naive (target <= 10%): {'met' if memory_ratio <= 0.10 else 'NOT met'}")
+        print(f"  time {time_ratio:.2f}x the matmul floor (target <= 1.25x): {'met' if time_ratio <= 1.25 else 'NOT met'}")
+        print(f"  time {fused['time_s']:.2f} s vs naive {naive['time_s']:.2f} s (target: below): {'met' if fused['time_s'] < naive['time_s'] else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
