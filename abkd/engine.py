@@ -1,0 +1,235 @@
+"""DeepSpeed engine helpers shared by the three training loops.
+
+The same command runs as one CPU process (`python -m ...`), under `torchrun`, or under the
+`deepspeed` launcher on many GPUs and nodes: gloo and fp32 on CPU, NCCL and fp16/bf16 on CUDA,
+chosen automatically.
+
+Checkpoints are atomic: DeepSpeed writes into `<root>/.incomplete/<tag>/`, which is renamed to
+`<root>/<tag>/` only once every rank has finished, and only then does `<root>/latest` (written to
+a temporary file and renamed) point at it. A run killed mid-save leaves at most an `.incomplete`
+directory that nothing reads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import socket
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+LATEST = "latest"
+INCOMPLETE = ".incomplete"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def init_distributed() -> torch.device:
+    """Initialise torch.distributed through DeepSpeed (NCCL on CUDA, gloo on CPU) and return this
+    process's device. A plain `python` launch becomes a world of one."""
+    import deepspeed
+
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    cuda = torch.cuda.is_available()
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", auto_mpi_discovery=False)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if cuda:
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+def world_size() -> int:
+    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+
+
+def is_main_process() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def print_rank0(*args: Any) -> None:
+    if is_main_process():
+        print(*args, flush=True)
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_deepspeed_config(
+    path: str | Path | None,
+    *,
+    micro_batch_size: int,
+    gradient_accumulation_steps: int,
+    clip_grad: float | None = None,
+    half_precision: str | None = None,
+) -> dict:
+    """Read a DeepSpeed JSON config and write the command line's batch sizes into it.
+
+    `half_precision` ('fp16' or 'bf16') is honoured only on CUDA; on CPU both are switched off and
+    the log says so. An fp16/bf16 section enabled in the file is treated the same way.
+    """
+    config: dict = {}
+    if path:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"--deepspeed_config {path}: no such file")
+        try:
+            config = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"--deepspeed_config {path}: invalid JSON at line {error.lineno}: {error.msg}") from None
+    config["train_micro_batch_size_per_gpu"] = micro_batch_size
+    config["gradient_accumulation_steps"] = gradient_accumulation_steps
+    config["train_batch_size"] = micro_batch_size * gradient_accumulation_steps * world_size()
+    if clip_grad is not None and clip_grad > 0:
+        config["gradient_clipping"] = clip_grad
+    config.setdefault("steps_per_print", 10**9)  # our own logging replaces DeepSpeed's
+    config.setdefault("wall_clock_breakdown", False)
+    wanted = {key for key in ("fp16", "bf16") if config.get(key, {}).get("enabled") in (True, "auto")}
+    if half_precision:
+        wanted = {half_precision}
+    for key in ("fp16", "bf16"):
+        config[key] = {**config.get(key, {}), "enabled": False}
+    if wanted and torch.cuda.is_available():
+        config[wanted.pop()]["enabled"] = True
+    elif wanted:
+        logger.warning("%s requested but CUDA is not available: training in fp32 on CPU", "/".join(sorted(wanted)))
+    return config
+
+
+def zero_stage(config: dict) -> int:
+    return int(config.get("zero_optimization", {}).get("stage", 0))
+
+
+def training_dtype(config: dict) -> torch.dtype:
+    if config.get("bf16", {}).get("enabled"):
+        return torch.bfloat16
+    if config.get("fp16", {}).get("enabled"):
+        return torch.float16
+    return torch.float32
+
+
+def initialize(model: torch.nn.Module, optimizer, lr_scheduler, config: dict):
+    """`deepspeed.initialize` with a client optimizer and scheduler; returns the engine."""
+    import deepspeed
+
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=lr_scheduler, config=config)
+    return engine
+
+
+# ---------------------------------------------------------------------------------------------
+# RNG state, saved per rank so that a resumed run draws the same random numbers.
+# ---------------------------------------------------------------------------------------------
+
+
+def rng_state() -> dict:
+    numpy_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic, resumable checkpoints.
+# ---------------------------------------------------------------------------------------------
+
+
+def save_checkpoint(engine, root: str | Path, tag: str, client_state: dict, keep_last: int | None = None) -> Path:
+    """Save a resumable DeepSpeed checkpoint `root/tag` atomically on every rank (collective).
+
+    `client_state` must hold only plain Python values and tensors (loaded with weights_only).
+    Each rank's RNG state is saved beside it. With `keep_last`, older complete checkpoints are
+    deleted after the new one is in place.
+    """
+    root = Path(root)
+    staging = root / INCOMPLETE
+    if is_main_process() and (staging / tag).exists():
+        shutil.rmtree(staging / tag)
+    barrier()
+    engine.save_checkpoint(str(staging), tag=tag, client_state=client_state, save_latest=False)
+    torch.save(rng_state(), staging / tag / f"rng_state_{rank()}.pt")
+    barrier()
+    final = root / tag
+    if is_main_process():
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staging / tag, final)
+        pointer = root / f".{LATEST}.tmp"
+        pointer.write_text(tag)
+        os.replace(pointer, root / LATEST)
+        if keep_last:
+            for old in sorted(complete_checkpoints(root), key=lambda p: p.stat().st_mtime)[:-keep_last]:
+                if old != final:
+                    shutil.rmtree(old)
+    barrier()
+    return final
+
+
+def complete_checkpoints(root: str | Path) -> list[Path]:
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+
+
+def latest_checkpoint(root: str | Path) -> str | None:
+    pointer = Path(root) / LATEST
+    if not pointer.is_file():
+        return None
+    tag = pointer.read_text().strip()
+    if not (Path(root) / tag).is_dir():
+        raise FileNotFoundError(f"{pointer} names checkpoint '{tag}', which does not exist")
+    return tag
+
+
+def load_checkpoint(engine, root: str | Path, tag: str) -> dict:
+    """Restore engine (model, optimizer, scheduler) and this rank's RNG; returns the client state."""
+    _, client_state = engine.load_checkpoint(str(root), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True)
+    if client_state is None:
+        raise RuntimeError(f"could not load DeepSpeed checkpoint {Path(root) / tag}")
+    rng_file = Path(root) / tag / f"rng_state_{rank()}.pt"
+    if rng_file.is_file():
+        set_rng_state(torch.load(rng_file, weights_only=True))
+    else:
+        logger.warning("%s is missing: random state not restored (world size changed?)", rng_file)
+    return client_state

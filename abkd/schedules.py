@@ -1,0 +1,36 @@
+"""Learning-rate schedules as pure functions of the optimizer step (saved with the scheduler)."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import torch
+
+LR_DECAY_STYLES = ("constant", "cosine", "linear")
+
+
+def lr_multiplier(step: int, *, warmup: int, total: int, style: str, min_ratio: float = 0.0) -> float:
+    """Factor applied to the peak learning rate before optimizer step `step` (0-based).
+
+    Linear warm-up over `warmup` steps from 1/warmup to 1, then `style` decay from 1 to
+    `min_ratio` at step `total`: constant stays at 1, linear and cosine reach `min_ratio`.
+    """
+    if style not in LR_DECAY_STYLES:
+        raise ValueError(f"unknown lr decay style '{style}'; valid: {', '.join(LR_DECAY_STYLES)}")
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if style == "constant":
+        return 1.0
+    progress = min(max(step - warmup, 0) / max(total - warmup, 1), 1.0)
+    if style == "linear":
+        decay = 1.0 - progress
+    else:
+        decay = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return min_ratio + (1.0 - min_ratio) * decay
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, *, warmup: int, total: int, style: str, min_ratio: float = 0.0):
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, partial(lr_multiplier, warmup=warmup, total=total, style=style, min_ratio=min_ratio)
+    )

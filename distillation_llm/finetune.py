@@ -1,0 +1,224 @@
+"""SFT and knowledge distillation of causal LMs, driven by DeepSpeed.
+
+    python -m distillation_llm.finetune --type ab --ab_alpha 0.2 --ab_beta 0.7 --model-path STUDENT \
+        --teacher-model-path TEACHER --data-dir processed_data/dolly/full/gpt2 --save results/ab ...
+
+Runs as one process (`python`), under `torchrun`, or under the `deepspeed` launcher. See
+`distillation_llm/arguments.py` for every flag. Outputs in `--save`: args.json, log.txt,
+<step>/ (Hugging Face model + tokenizer), best/ (by validation loss), checkpoints/ (resumable).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from abkd import engine as E
+from abkd.runlog import RunLog
+from abkd.schedules import build_scheduler
+from distillation_llm.arguments import divergence_params, parse_args, write_args
+from distillation_llm.data import GlobalBatchSampler, InstructionCollator, LMCollator, batches, load_processed, shard_indices
+from distillation_llm.models import check_shared_vocabulary, load_causal_lm, load_tokenizer
+from distillation_llm.objective import Objective
+
+CHECKPOINTS = "checkpoints"
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: no weight decay on biases and normalisation weights (1-D parameters)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {key: value.to(device) for key, value in batch.items()}
+
+
+def forever(loader: DataLoader, sampler: GlobalBatchSampler, state: dict) -> Iterator[dict]:
+    """Micro-batches across epochs, resuming mid-epoch from `state`."""
+    while True:
+        sampler.set_epoch(state["epoch"], skip_steps=state["step_in_epoch"])
+        yield from loader
+
+
+def save_model(engine, tokenizer, directory: Path) -> None:
+    """Hugging Face `save_pretrained` (safetensors) written under a temporary name, then renamed."""
+    context = torch.no_grad()
+    if E.zero_stage(engine.config if isinstance(engine.config, dict) else {}) == 3:
+        import deepspeed
+
+        context = deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None)
+    with context:
+        if E.is_main_process():
+            staging = directory.with_name(f".{directory.name}.tmp")
+            shutil.rmtree(staging, ignore_errors=True)
+            engine.module.save_pretrained(staging, safe_serialization=True)
+            tokenizer.save_pretrained(staging)
+            shutil.rmtree(directory, ignore_errors=True)
+            os.replace(staging, directory)
+    E.barrier()
+
+
+@torch.no_grad()
+def validate(engine, objective: Objective, valid_set, collate, args, device) -> dict[str, float]:
+    """Token-mean validation CE (and divergence) of the student over the whole dev split."""
+    engine.module.eval()
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # ce sum, kd sum, tokens
+    for index in batches(shard_indices(len(valid_set), E.world_size(), E.rank()), args.eval_batch_size):
+        batch = to_device(collate([valid_set[i] for i in index]), device)
+        out = objective(batch)
+        tokens = (batch["labels"] != -100).sum()
+        totals += torch.stack([out.ce.double() * tokens, out.kd.double() * tokens, tokens.double()])
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(totals)
+    engine.module.train()
+    tokens = max(totals[2].item(), 1.0)
+    metrics = {"valid_loss": totals[0].item() / tokens}
+    if objective.divergence is not None:
+        metrics["valid_kd"] = totals[1].item() / tokens
+    if args.eval_gen:
+        metrics["eval_gen"] = "skipped: generation and ROUGE-L arrive with the evaluation release"
+    return metrics
+
+
+def train(args, engine, objective, loader, sampler, lm_batches, valid_set, collate, tokenizer, state, log, device, total_steps):
+    save_dir = Path(args.save)
+    stop_at = min(total_steps, state["step"] + args.stop_after_iters) if args.stop_after_iters else total_steps
+    micro_batches = forever(loader, sampler, state)
+    bar = tqdm(total=total_steps, initial=state["step"], desc="train", disable=not E.is_main_process(), dynamic_ncols=True)
+    while state["step"] < stop_at:
+        started, sums, tokens = time.perf_counter(), defaultdict(float), 0
+        for _ in range(args.gradient_accumulation_steps):
+            batch = to_device(next(micro_batches), device)
+            out = objective(batch, to_device(next(lm_batches), device) if lm_batches else None)
+            engine.backward(out.loss)
+            engine.step()
+            for key, value in (("loss", out.loss), ("ce", out.ce), ("kd", out.kd)):
+                sums[key] += value.item() / args.gradient_accumulation_steps
+            tokens += int(batch["attention_mask"].sum()) * E.world_size()
+        state["step"] += 1
+        state["step_in_epoch"] += 1
+        epoch_end = state["step_in_epoch"] == sampler.steps_per_epoch
+        if epoch_end:
+            state["epoch"] += 1
+            state["step_in_epoch"] = 0
+        elapsed = time.perf_counter() - started
+        bar.update(1)
+        bar.set_postfix(loss=f"{sums['loss']:.4f}", lr=f"{engine.get_lr()[0]:.2e}")
+        step = state["step"]
+        if step % args.log_interval == 0 or step == stop_at:
+            log.metrics(step, {**sums, "lr": engine.get_lr()[0], "tokens_per_s": tokens / elapsed, "s_per_step": elapsed, "epoch": state["epoch"]})
+        if args.do_valid and (epoch_end or (args.eval_interval and step % args.eval_interval == 0) or step == total_steps):
+            metrics = validate(engine, objective, valid_set, collate, args, device)
+            log.metrics(step, metrics, prefix="valid")
+            save_model(engine, tokenizer, save_dir / str(step))
+            if state["best_metric"] is None or metrics["valid_loss"] < state["best_metric"]:
+                state["best_metric"], state["best_step"] = metrics["valid_loss"], step
+                if E.is_main_process():
+                    staging = save_dir / ".best.tmp"
+                    shutil.rmtree(staging, ignore_errors=True)
+                    shutil.copytree(save_dir / str(step), staging)
+                    (staging / "best.json").write_text(json.dumps({"step": step, **metrics}, indent=2))
+                    shutil.rmtree(save_dir / "best", ignore_errors=True)
+                    os.replace(staging, save_dir / "best")
+                log.info(f"new best valid_loss {metrics['valid_loss']:.4f} at step {step}: copied to {save_dir / 'best'}")
+        if (args.save_interval and step % args.save_interval == 0) or step == stop_at:
+            if not (save_dir / str(step)).is_dir():
+                save_model(engine, tokenizer, save_dir / str(step))
+            E.save_checkpoint(engine, save_dir / CHECKPOINTS, f"step{step}", client_state=dict(state), keep_last=args.keep_checkpoints)
+            log.info(f"saved model {save_dir / str(step)} and resumable checkpoint step{step}")
+    bar.close()
+    if state["step"] < total_steps:
+        log.info(f"stopped after step {state['step']} of {total_steps} (--stop-after-iters); continue with --resume")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    device = E.init_distributed()
+    E.set_seed(args.seed)
+    save_dir = Path(args.save)
+    if E.is_main_process():
+        save_dir.mkdir(parents=True, exist_ok=True)
+        write_args(args, save_dir / "args.json")
+    E.barrier()
+    log = RunLog(save_dir, enabled=E.is_main_process(), tensorboard=args.report_to == "tensorboard")
+
+    ds_config = E.load_deepspeed_config(
+        args.deepspeed_config, micro_batch_size=args.batch_size, gradient_accumulation_steps=args.gradient_accumulation_steps,
+        clip_grad=args.clip_grad, half_precision="fp16" if args.fp16 else None,
+    )
+    dtype = E.training_dtype(ds_config)
+    log.info(f"world size {E.world_size()} on {device.type}; training dtype {dtype}; ZeRO stage {E.zero_stage(ds_config)}")
+    tokenizer = load_tokenizer(args.model_path)
+    student = load_causal_lm(args.model_path, device=device)
+    vocab = student.get_output_embeddings().weight.shape[0] if student.get_output_embeddings() is not None else len(tokenizer)
+    teacher = None
+    if args.divergence is not None:
+        teacher_dtype = torch.float16 if args.teacher_model_fp16 and device.type == "cuda" else dtype
+        teacher = load_causal_lm(args.teacher_model_path, dtype=teacher_dtype, device=device, flag="--teacher-model-path")
+        teacher.eval().requires_grad_(False)
+        teacher_vocab = teacher.get_output_embeddings().weight.shape[0] if teacher.get_output_embeddings() is not None else len(tokenizer)
+        vocab = check_shared_vocabulary(tokenizer, load_tokenizer(args.teacher_model_path, "--teacher-model-path"), vocab, teacher_vocab)
+        log.info(f"teacher {args.teacher_ckpt_name} ({sum(p.numel() for p in teacher.parameters()) / 1e6:.1f}M params, {teacher_dtype})")
+    log.info(f"student {args.ckpt_name} ({sum(p.numel() for p in student.parameters()) / 1e6:.1f}M params); type {args.type}")
+
+    data, meta = load_processed(args.data_dir, tokenizer)
+    if "train" not in data:
+        raise ValueError(f"--data-dir {args.data_dir} has no train split (splits: {list(data)})")
+    train_set = data["train"]
+    valid_set = data["valid"] if "valid" in data else None
+    if args.do_valid and valid_set is None:
+        raise ValueError(f"--do-valid: --data-dir {args.data_dir} has no valid split (process it with --dev-num > 0)")
+    if valid_set is not None and args.dev_num >= 0:
+        valid_set = valid_set.select(range(min(args.dev_num, len(valid_set))))
+    collate = InstructionCollator(tokenizer.pad_token_id, args.max_length)
+    sampler = GlobalBatchSampler(len(train_set), args.batch_size, args.gradient_accumulation_steps, E.world_size(), E.rank(), args.seed)
+    if sampler.dropped:
+        log.info(f"{sampler.dropped} of {len(train_set)} training examples do not fill a global batch and are left out of each epoch")
+    loader = DataLoader(train_set, batch_sampler=sampler, collate_fn=collate, num_workers=args.num_workers)
+    lm_batches = None
+    if args.lm_data_dir:
+        lm_data, _ = load_processed(args.lm_data_dir, tokenizer, flag="--lm-data-dir")
+        lm_sampler = GlobalBatchSampler(len(lm_data["train"]), args.batch_size, args.gradient_accumulation_steps, E.world_size(), E.rank(), args.seed)
+        lm_state = {"epoch": 0, "step_in_epoch": 0}
+        lm_batches = forever(DataLoader(lm_data["train"], batch_sampler=lm_sampler, collate_fn=LMCollator()), lm_sampler, lm_state)
+
+    total_steps = args.total_iters or args.epochs * sampler.steps_per_epoch
+    optimizer = torch.optim.AdamW(param_groups(student, args.weight_decay), lr=args.lr)
+    scheduler = build_scheduler(optimizer, warmup=args.warmup_iters, total=total_steps, style=args.lr_decay_style, min_ratio=args.lr_min / args.lr)
+    engine = E.initialize(student, optimizer, scheduler, ds_config)
+    objective = Objective(
+        engine.module, teacher, args.divergence, divergence_params(args), args.kd_ratio, args.kd_temperature, vocab,
+        lm_coef=args.lm_coef, **({"chunk_size": args.chunk_size} if args.chunk_size else {}),
+    )
+
+    state = {"step": 0, "epoch": 0, "step_in_epoch": 0, "best_metric": None, "best_step": None}
+    if args.resume:
+        tag = E.latest_checkpoint(save_dir / CHECKPOINTS)
+        if tag is None:
+            log.info(f"--resume: no checkpoint in {save_dir / CHECKPOINTS} yet, starting from scratch")
+        else:
+            client = E.load_checkpoint(engine, save_dir / CHECKPOINTS, tag)
+            state.update({key: client[key] for key in state})
+            log.info(f"resumed from {tag}: step {state['step']}, epoch {state['epoch']} (+{state['step_in_epoch']} steps)")
+
+    if args.do_train:
+        log.info(f"training {total_steps} steps ({sampler.steps_per_epoch} per epoch, global batch {sampler.global_batch})")
+        train(args, engine, objective, loader, sampler, lm_batches, valid_set, collate, tokenizer, state, log, device, total_steps)
+    elif args.do_valid:
+        log.metrics(state["step"], validate(engine, objective, valid_set, collate, args, device), prefix="valid")
+    log.close()
+
+
+if __name__ == "__main__":
+    main()

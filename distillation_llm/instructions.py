@@ -1,0 +1,99 @@
+"""The instruction-following data format shared by MiniLLM, DistiLLM, ABKD and POCL.
+
+One JSON object per line: `instruction`, optional `input`, `output` (a string, or in evaluation
+sets a list of reference strings), or a ready `prompt` instead of instruction/input.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROMPT_NO_INPUT = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+    "\n\n### Instruction:\n{instruction}\n\n### Response:\n"
+)
+PROMPT_WITH_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request."
+    "\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+)
+
+
+class DataFormatError(ValueError):
+    """A malformed line in an instruction file; the message starts with `path:line:`."""
+
+
+@dataclass
+class InstructionExample:
+    line: int  # 1-based line number in the source file
+    prompt: str
+    references: list[str] = field(default_factory=list)
+
+
+def format_prompt(instruction: str, input: str | None = None) -> str:
+    """The standard Alpaca/MiniLLM prompt, with the `### Input:` variant when input is non-empty."""
+    if input:
+        return PROMPT_WITH_INPUT.format(instruction=instruction, input=input)
+    return PROMPT_NO_INPUT.format(instruction=instruction)
+
+
+def parse_example(obj: object, where: str, require_output: bool = True) -> InstructionExample:
+    """Validate one decoded JSON object; `where` is `path:line` for error messages."""
+    line = int(where.rsplit(":", 1)[1])
+    if not isinstance(obj, dict):
+        raise DataFormatError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    if "prompt" in obj and isinstance(obj["prompt"], str) and "instruction" not in obj:
+        prompt = obj["prompt"]
+    else:
+        instruction = obj.get("instruction")
+        if not isinstance(instruction, str):
+            raise DataFormatError(f"{where}: missing field 'instruction' (or a ready 'prompt')")
+        extra = obj.get("input") or ""
+        if not isinstance(extra, str):
+            raise DataFormatError(f"{where}: field 'input' must be a string")
+        prompt = format_prompt(instruction, extra)
+    output = obj.get("output")
+    if output is None:
+        if require_output:
+            raise DataFormatError(f"{where}: missing field 'output'")
+        references = []
+    elif isinstance(output, str):
+        references = [output]
+    elif isinstance(output, list) and output and all(isinstance(o, str) for o in output):
+        references = list(output)
+    else:
+        raise DataFormatError(f"{where}: field 'output' must be a string or a non-empty list of strings")
+    return InstructionExample(line=line, prompt=prompt, references=references)
+
+
+def load_instruction_jsonl(
+    path: str | Path, *, require_output: bool = True, skip_invalid: bool = False
+) -> tuple[list[InstructionExample], list[tuple[int, str]]]:
+    """Read an instruction JSONL file.
+
+    Returns (examples, skipped) where skipped lists (line, reason) for lines dropped under
+    `skip_invalid`. Without it, the first bad line raises `DataFormatError` naming file and line.
+    Blank lines are ignored.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such instruction file")
+    examples, skipped = [], []
+    with path.open(encoding="utf-8") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                try:
+                    obj = json.loads(raw)
+                except json.JSONDecodeError as error:
+                    raise DataFormatError(f"{where}: malformed JSON ({error.msg} at column {error.colno})") from None
+                examples.append(parse_example(obj, where, require_output))
+            except DataFormatError as error:
+                if not skip_invalid:
+                    raise
+                skipped.append((number, str(error)))
+    return examples, skipped

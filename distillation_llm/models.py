@@ -1,0 +1,94 @@
+"""Loading local causal LMs and splitting them into body (hidden states) and LM head, so the
+fused loss can compute the head per chunk instead of materialising full-vocabulary logits."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+logger = logging.getLogger(__name__)
+
+
+def load_tokenizer(path: str | Path, flag: str = "--model-path"):
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{flag} {path}: no such directory (models load from local paths only)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise FileNotFoundError(f"{flag} {path}: no tokenizer could be loaded ({error})") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(path: str | Path, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu", flag: str = "--model-path") -> nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{flag} {path}: not a local model directory (no config.json)")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+    return model.to(device)
+
+
+@dataclass
+class HeadSplit:
+    """`body(input_ids, attention_mask)` -> final hidden states [B, L, H]; `weight` [V, H], `bias` [V] or None."""
+
+    body: nn.Module | None
+    weight: Tensor | None
+    bias: Tensor | None
+
+    @property
+    def fused(self) -> bool:
+        return self.body is not None and self.weight is not None
+
+
+def split_head(model: nn.Module) -> HeadSplit:
+    """The model body and LM head of GPT-2, OPT, Llama, Qwen and other `*ForCausalLM` models.
+
+    `base_model` returns the final hidden states after the last norm (and OPT's project_out),
+    which is exactly what `get_output_embeddings()` is applied to. Models without both parts get
+    an empty split, and callers fall back to full logits.
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    body = getattr(model, "base_model", None)
+    if head is None or body is None or body is model or not isinstance(head, nn.Linear):
+        return HeadSplit(None, None, None)
+    return HeadSplit(body, head.weight, head.bias)
+
+
+def final_hidden_states(split: HeadSplit, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    return split.body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+
+
+def check_shared_vocabulary(student_tokenizer, teacher_tokenizer, student_vocab: int, teacher_vocab: int) -> int:
+    """Token-level KD compares distributions entry by entry, so both models must index the same
+    tokens. Returns the common vocabulary size: padded embedding tables (e.g. 50257 vs 50304
+    rows) are compared on their common prefix. Raises ValueError on a real mismatch."""
+    student_map, teacher_map = student_tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
+    if student_map != teacher_map:
+        for token, index in sorted(student_map.items(), key=lambda item: item[1]):
+            if teacher_map.get(token) != index:
+                raise ValueError(
+                    f"student and teacher tokenizers differ: token {token!r} is id {index} for the student and "
+                    f"{teacher_map.get(token)} for the teacher ({len(student_map)} vs {len(teacher_map)} tokens); "
+                    "token-level distillation needs a shared vocabulary"
+                )
+        raise ValueError(f"the teacher tokenizer has {len(teacher_map) - len(student_map)} tokens the student lacks")
+    common = min(student_vocab, teacher_vocab)
+    if len(student_tokenizer) > common:
+        raise ValueError(
+            f"the tokenizer has {len(student_tokenizer)} tokens but the model heads have only {student_vocab} (student) "
+            f"and {teacher_vocab} (teacher) rows"
+        )
+    if student_vocab != teacher_vocab:
+        logger.info("student head has %d rows, teacher %d: distilling over the common %d", student_vocab, teacher_vocab, common)
+    return common

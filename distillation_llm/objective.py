@@ -1,0 +1,103 @@
+"""The training objective: (1 - kd_ratio) * CE + kd_ratio * D(teacher || student) [+ lm_coef * LM].
+
+Computed through `abkd.fused.fused_linear_divergence` from the final hidden states and the LM
+heads, so full-vocabulary logits never exist; models without an accessible head fall back to
+full logits (logged once).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from abkd.fused import DEFAULT_CHUNK_SIZE, IGNORE_INDEX, FusedLossOutput, fused_linear_divergence
+from abkd.losses import divergence, masked_mean
+from distillation_llm.models import HeadSplit, final_hidden_states, split_head
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Objective:
+    student: nn.Module
+    teacher: nn.Module | None
+    divergence: str | None  # None: cross-entropy only (SFT)
+    params: dict
+    kd_ratio: float
+    temperature: float
+    vocab: int  # common vocabulary of student and teacher heads
+    lm_coef: float = 0.0
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+
+    def __post_init__(self):
+        self.student_split = split_head(self.student)
+        self.teacher_split = split_head(self.teacher) if self.teacher is not None else None
+        self.fused = self.student_split.fused and (self.teacher_split is None or self.teacher_split.fused)
+        if not self.fused:
+            logger.warning("no accessible LM head (get_output_embeddings): computing full logits, which costs O(tokens x vocab) memory")
+        if self.divergence is None:
+            self.kd_ratio = 0.0
+
+    def __call__(self, batch: dict[str, Tensor], lm_batch: dict[str, Tensor] | None = None) -> FusedLossOutput:
+        out = self._loss(batch)
+        if lm_batch is not None and self.lm_coef > 0:
+            lm = self._cross_entropy(lm_batch)
+            out = FusedLossOutput(out.loss + self.lm_coef * lm, out.kd, out.ce)
+        return out
+
+    def _teacher_hidden(self, batch: dict[str, Tensor]) -> Tensor:
+        with torch.no_grad():
+            return final_hidden_states(self.teacher_split, batch["input_ids"], batch["attention_mask"])
+
+    def _loss(self, batch: dict[str, Tensor]) -> FusedLossOutput:
+        labels = batch["labels"]
+        if not self.fused:
+            return self._full_logits_loss(batch)
+        hidden = final_hidden_states(self.student_split, batch["input_ids"], batch["attention_mask"])
+        teacher = {}
+        if self.divergence is not None:
+            teacher = {"teacher_hidden": self._teacher_hidden(batch), "teacher_weight": self.teacher_split.weight[: self.vocab]}
+        return fused_linear_divergence(
+            self.divergence,
+            hidden,
+            self.student_split.weight[: self.vocab],
+            student_bias=_head_bias(self.student_split, self.vocab),
+            labels=labels,
+            kd_ratio=self.kd_ratio if self.divergence is not None else None,
+            chunk_size=self.chunk_size,
+            temperature=self.temperature,
+            **teacher,
+            **self.params,
+        )
+
+    def _cross_entropy(self, batch: dict[str, Tensor]) -> Tensor:
+        if not self.fused:
+            logits = self.student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[..., : self.vocab]
+            return F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=IGNORE_INDEX)
+        hidden = final_hidden_states(self.student_split, batch["input_ids"], batch["attention_mask"])
+        return fused_linear_divergence(
+            None, hidden, self.student_split.weight[: self.vocab], student_bias=_head_bias(self.student_split, self.vocab),
+            labels=batch["labels"], chunk_size=self.chunk_size,
+        ).loss
+
+    def _full_logits_loss(self, batch: dict[str, Tensor]) -> FusedLossOutput:
+        labels = batch["labels"]
+        student_logits = self.student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[..., : self.vocab]
+        ce = F.cross_entropy(student_logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
+        ce = torch.where(torch.any(labels != IGNORE_INDEX), ce, ce.new_zeros(()))  # all-masked batch
+        kd = ce.new_zeros(())
+        if self.divergence is not None:
+            with torch.no_grad():
+                teacher_logits = self.teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[..., : self.vocab]
+            per_token = divergence(self.divergence, student_logits, teacher_logits, temperature=self.temperature, **self.params)
+            kd = masked_mean(per_token, labels != IGNORE_INDEX)
+        loss = (1 - self.kd_ratio) * ce + self.kd_ratio * kd
+        return FusedLossOutput(loss, kd.detach(), ce.detach())
+
+
+def _head_bias(split: HeadSplit, vocab: int) -> Tensor | None:
+    return split.bias[:vocab] if split.bias is not None else None
