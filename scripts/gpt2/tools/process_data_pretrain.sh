@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Tokenise a pre-training corpus (data/openwebtext/data.txt, one document per line) into blocks of
+# MAX_LENGTH tokens for the GPT-2 family's language-modelling loss.
+# Usage: bash scripts/gpt2/tools/process_data_pretrain.sh [BASE_PATH]
+set -euo pipefail
+
+BASE_PATH=${1:-$(pwd)}
+MODEL_PATH="${BASE_PATH}/checkpoints/gpt2-large/"  # only its tokenizer is read
+DATA_DIR="${BASE_PATH}/data/openwebtext/"
+MAX_LENGTH=1024
+OUTPUT_DIR="${BASE_PATH}/processed_data/openwebtext/gpt2/${MAX_LENGTH}/"
+DEV_NUM=1000
+WORKERS=4
+
+python -m tools.process_data_pretrain \
+    --data-dir "${DATA_DIR}" \
+    --processed-data-dir "${OUTPUT_DIR}" \
+    --model-path "${MODEL_PATH}" \
+    --max-length "${MAX_LENGTH}" \
+    --dev-num "${DEV_NUM}" \
+    --data-process-workers "${WORKERS}"
