@@ -168,13 +168,13 @@ def main() -> None:
         print(f"  done {impl} N={tokens} chunk={chunk}: {summary}", file=sys.stderr)
 
     print(f"\nH={H}, V={V}, float32, divergence ab(alpha={ALPHA}, beta={BETA}), forward+backward, {os.cpu_count()} CPUs")
-    print(f"{'implementation':<22}{'N':>6}{'peak RSS MiB':>14}{'above floor MiB':>17}{'median s':>10}{'warm-up s':>11}")
+    print(f"{'implementation':<25}{'N':>6}{'peak RSS MiB':>14}{'above floor MiB':>17}{'median s':>10}{'warm-up s':>11}")
     for impl, tokens, chunk, result in rows:
         label = f"{impl} (chunk {chunk})" if impl.startswith("fused") or impl == "liger-jsd" else impl
         if isinstance(result, str):
-            print(f"{label:<22}{tokens:>6}  {result}")
+            print(f"{label:<25}{tokens:>6}  {result}")
         else:
-            print(f"{label:<22}{tokens:>6}{result['peak_mib']:>14.0f}{result['above_mib']:>17.0f}{result['time_s']:>10.2f}{result['warmup_s']:>11.1f}")
+            print(f"{label:<25}{tokens:>6}{result['peak_mib']:>14.0f}{result['above_mib']:>17.0f}{result['time_s']:>10.2f}{result['warmup_s']:>11.1f}")
 
     def find(impl, tokens, chunk=None):
         for r_impl, r_tokens, r_chunk, result in rows:

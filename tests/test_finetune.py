@@ -1,0 +1,186 @@
+"""End-to-end runs of distillation_llm.finetune on tiny models through the real DeepSpeed engine."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import write_instruction_jsonl
+from safetensors.torch import load_file
+
+from distillation_llm import finetune
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def processed_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
+    from tools import process_data_dolly
+
+    root = tmp_path_factory.mktemp("dolly")
+    write_instruction_jsonl(root / "raw" / "raw.jsonl", 80, seed=1)
+    out = root / "processed"
+    process_data_dolly.main([
+        "--data-dir", str(root / "raw"), "--processed-data-dir", str(out), "--model-path", str(tiny_tokenizer_dir),
+        "--max-prompt-length", "64", "--max-length", "96", "--dev-num", "8",
+    ])
+    return out
+
+
+def _argv(save, data, student, teacher=None, *extra):
+    argv = [
+        "--model-path", str(student), "--data-dir", str(data), "--save", str(save), "--do-train",
+        "--batch-size", "4", "--lr", "5e-3", "--warmup-iters", "1", "--log-interval", "1", "--seed", "3",
+    ]
+    if teacher is not None:
+        argv += ["--teacher-model-path", str(teacher)]
+    return argv + [str(x) for x in extra]
+
+
+def _weights(directory: Path) -> dict[str, torch.Tensor]:
+    return load_file(directory / "model.safetensors")
+
+
+def _changed(before: dict, after: dict) -> float:
+    return max((after[k].float() - before[k].float()).abs().max().item() for k in before)
+
+
+@pytest.mark.parametrize(
+    "kind,extra",
+    [
+        ("sft", ["--type", "sft"]),
+        ("kd", ["--type", "kd", "--kd-ratio", "0.5"]),
+        ("ab", ["--type", "ab", "--ab_alpha", "0.2", "--ab_beta", "0.7", "--kd-ratio", "1.0", "--kd-temperature", "2.0"]),
+        ("srkl", ["--type", "srkl", "--skew-alpha", "0.1", "--kd-ratio", "0.7"]),
+    ],
+)
+def test_types_train_and_reload(tmp_path, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, kind, extra):
+    from transformers import AutoModelForCausalLM
+
+    teacher = None if kind == "sft" else tiny_gpt2_teacher_dir
+    save = tmp_path / kind
+    finetune.main(_argv(save, processed_dir, tiny_gpt2_dir, teacher, "--total-iters", 4, "--do-valid", "--eval-interval", 2, *extra))
+
+    log = (save / "log.txt").read_text()
+    losses = [float(line.split("| loss ")[1].split()[0]) for line in log.splitlines() if "train step" in line]
+    assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
+    kd_values = [float(line.split("| kd ")[1].split()[0]) for line in log.splitlines() if "train step" in line]
+    if kind == "sft":
+        assert all(v == 0.0 for v in kd_values)
+    else:
+        assert all(v > 0.0 for v in kd_values)  # the divergence is really computed
+    before, after = _weights(tiny_gpt2_dir), _weights(save / "4")
+    assert _changed(before, after) > 1e-4
+    reloaded = AutoModelForCausalLM.from_pretrained(save / "4")
+    for name, tensor in reloaded.state_dict().items():
+        if name in after:
+            torch.testing.assert_close(tensor, after[name])
+    args = json.loads((save / "args.json").read_text())
+    assert args["type"] == kind and args["total_iters"] == 4
+    best = json.loads((save / "best" / "best.json").read_text())
+    assert best["step"] in (2, 4) and (save / "best" / "model.safetensors").is_file()
+
+
+def test_opt_and_llama_students(tmp_path, processed_dir, tiny_opt_dir, tiny_llama_dir, tiny_gpt2_teacher_dir):
+    """Other families go through the fused head path too (OPT: project_out; Llama: untied head)."""
+    for name, student in (("opt", tiny_opt_dir), ("llama", tiny_llama_dir)):
+        save = tmp_path / name
+        finetune.main(_argv(save, processed_dir, student, tiny_gpt2_teacher_dir, "--type", "fkl", "--total-iters", 2))
+        assert _changed(_weights(student), _weights(save / "2")) > 1e-4
+        assert "full logits" not in (save / "log.txt").read_text()
+
+
+def test_kill_and_resume_matches_uninterrupted(tmp_path, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir):
+    common = ("--type", "ab", "--ab_alpha", "0.5", "--ab_beta", "0.5", "--total-iters", 6, "--gradient-accumulation-steps", 2)
+    finetune.main(_argv(tmp_path / "full", processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, *common))
+    interrupted = tmp_path / "interrupted"
+    finetune.main(_argv(interrupted, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, *common, "--stop-after-iters", 4))
+    assert (interrupted / "4").is_dir() and not (interrupted / "6").exists()
+    assert (interrupted / "checkpoints" / "latest").read_text() == "step4"
+    # The epoch has 4 steps (80 - 8 dev = 72 examples, global batch 8 -> 9 steps); resume crosses no boundary
+    # mid-accumulation, and the data order, optimizer, scheduler and RNG continue exactly.
+    finetune.main(_argv(interrupted, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, *common, "--resume"))
+    full, resumed = _weights(tmp_path / "full" / "6"), _weights(interrupted / "6")
+    for name in full:
+        torch.testing.assert_close(resumed[name], full[name], rtol=1e-6, atol=1e-7)
+    log = (interrupted / "log.txt").read_text()
+    assert "resumed from step4: step 4" in log
+    steps = [int(line.split("train step ")[1].split()[0]) for line in log.splitlines() if "train step" in line]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_checkpoint_killed_mid_save_is_never_taken_as_complete(tmp_path, processed_dir, tiny_gpt2_dir):
+    save = tmp_path / "run"
+    finetune.main(_argv(save, processed_dir, tiny_gpt2_dir, None, "--type", "sft", "--total-iters", 2))
+    # Simulate a crash while writing the next checkpoint: a partial directory in the staging area.
+    partial = save / "checkpoints" / ".incomplete" / "step3"
+    partial.mkdir(parents=True)
+    (partial / "mp_rank_00_model_states.pt").write_bytes(b"truncated")
+    from abkd.engine import complete_checkpoints, latest_checkpoint
+
+    assert latest_checkpoint(save / "checkpoints") == "step2"
+    assert [p.name for p in complete_checkpoints(save / "checkpoints")] == ["step2"]
+
+
+def test_two_processes_equal_one_process_with_double_accumulation(tmp_path, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir):
+    common = _argv(tmp_path / "x", processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, "--type", "rkl", "--total-iters", 3, "--batch-size", 2)
+    common = common[: common.index("--save")] + common[common.index("--save") + 2 :]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):  # set by the in-process runs
+        env.pop(key, None)
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+         "-m", "distillation_llm.finetune", *common, "--save", str(tmp_path / "two"), "--gradient-accumulation-steps", "1"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = subprocess.run(
+        [sys.executable, "-m", "distillation_llm.finetune", *common, "--save", str(tmp_path / "one"), "--gradient-accumulation-steps", "2"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert "world size 2" in (tmp_path / "two" / "log.txt").read_text()
+    two_weights, one_weights = _weights(tmp_path / "two" / "3"), _weights(tmp_path / "one" / "3")
+    assert _changed(_weights(tiny_gpt2_dir), one_weights) > 1e-4
+    for name in one_weights:
+        torch.testing.assert_close(two_weights[name], one_weights[name], rtol=1e-4, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input gives the documented errors.
+# ---------------------------------------------------------------------------------------------
+
+
+def _error(capsys, argv) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        finetune.main(argv)
+    assert exit_info.value.code != 0
+    return capsys.readouterr().err
+
+
+def test_unknown_and_unsupported_types(tmp_path, capsys, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir):
+    err = _error(capsys, _argv(tmp_path, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, "--type", "kl", "--total-iters", 1))
+    assert "--type kl: supported values are sft, init, kd, fkl, rkl, jsd, tvd, sfkl, srkl, ab" in err
+    err = _error(capsys, _argv(tmp_path, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, "--type", "gkd", "--total-iters", 1))
+    assert "--type gkd (not implemented in this release)" in err
+    err = _error(capsys, _argv(tmp_path, processed_dir, tiny_gpt2_dir, None, "--type", "ab", "--ab_alpha", "1", "--ab_beta", "0", "--total-iters", 1))
+    assert "give --teacher-model-path" in err
+    err = _error(capsys, _argv(tmp_path, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, "--type", "ab", "--total-iters", 1))
+    assert "--type ab needs both --ab_alpha and --ab_beta" in err
+
+
+def test_missing_model_path(tmp_path, capsys, processed_dir):
+    err = _error(capsys, _argv(tmp_path, processed_dir, tmp_path / "nope", None, "--type", "sft", "--total-iters", 1))
+    assert f"--model-path {tmp_path / 'nope'}: not a local model directory" in err
+
+
+def test_vocabulary_mismatch(tmp_path, processed_dir, tiny_gpt2_dir):
+    from distillation_llm.toy import make_causal_lm, train_bpe_tokenizer
+
+    other_tokenizer = train_bpe_tokenizer(["completely different text " * 20, "zebra quantum lattice"], tmp_path / "tok", vocab_size=300)
+    make_causal_lm("gpt2", tmp_path / "other_teacher", other_tokenizer, hidden_size=32, num_layers=1, num_heads=2)
+    with pytest.raises(ValueError, match="student and teacher tokenizers differ: token .* token-level distillation needs a shared vocabulary"):
+        finetune.main(_argv(tmp_path / "run", processed_dir, tiny_gpt2_dir, tmp_path / "other_teacher", "--type", "kd", "--total-iters", 1))
