@@ -161,6 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     log.info(f"world size {E.world_size()} on {device.type}; training dtype {dtype}; ZeRO stage {E.zero_stage(ds_config)}")
     tokenizer = load_tokenizer(args.model_path)
     student = load_causal_lm(args.model_path, device=device)
+    if args.model_type and args.model_type != student.config.model_type:
+        raise ValueError(f"--model-type {args.model_type} does not match {args.model_path}/config.json (model_type '{student.config.model_type}')")
     vocab = student.get_output_embeddings().weight.shape[0] if student.get_output_embeddings() is not None else len(tokenizer)
     teacher = None
     if args.divergence is not None:
@@ -170,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
         teacher_vocab = teacher.get_output_embeddings().weight.shape[0] if teacher.get_output_embeddings() is not None else len(tokenizer)
         vocab = check_shared_vocabulary(tokenizer, load_tokenizer(args.teacher_model_path, "--teacher-model-path"), vocab, teacher_vocab)
         log.info(f"teacher {args.teacher_ckpt_name} ({sum(p.numel() for p in teacher.parameters()) / 1e6:.1f}M params, {teacher_dtype})")
-    log.info(f"student {args.ckpt_name} ({sum(p.numel() for p in student.parameters()) / 1e6:.1f}M params); type {args.type}")
+    log.info(f"student {args.ckpt_name} ({student.config.model_type}, {sum(p.numel() for p in student.parameters()) / 1e6:.1f}M params); type {args.type}")
 
     data, meta = load_processed(args.data_dir, tokenizer)
     if "train" not in data:

@@ -90,3 +90,48 @@ def make_causal_lm(
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return model
+
+
+def _instruction_texts(path: Path) -> list[str]:
+    """Prompt + response texts of an instruction JSONL file, for tokenizer training."""
+    from distillation_llm.instructions import load_instruction_jsonl
+
+    examples, _ = load_instruction_jsonl(path)
+    return [example.prompt + reference for example in examples for reference in example.references]
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m distillation_llm.toy", description="Build a local tokenizer or a small model from a config.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    tok = commands.add_parser("tokenizer", help="train a byte-level BPE tokenizer on an instruction JSONL file")
+    tok.add_argument("--data", required=True, help="instruction JSONL file whose prompts and outputs the tokenizer is trained on")
+    tok.add_argument("--out", required=True, help="directory the transformers tokenizer is saved to")
+    tok.add_argument("--vocab-size", type=int, default=1024, help="BPE vocabulary size, special token included")
+    model = commands.add_parser("model", help="create a randomly initialised causal LM from a config")
+    model.add_argument("--kind", default="gpt2", choices=("gpt2", "opt", "llama"), help="model family")
+    model.add_argument("--tokenizer", required=True, help="tokenizer directory (saved beside the model)")
+    model.add_argument("--out", required=True, help="directory the model is saved to (safetensors)")
+    model.add_argument("--hidden-size", type=int, default=64, help="width of the model")
+    model.add_argument("--num-layers", type=int, default=2, help="number of transformer blocks")
+    model.add_argument("--num-heads", type=int, default=4, help="attention heads per block")
+    model.add_argument("--max-positions", type=int, default=256, help="longest sequence the position embeddings cover")
+    model.add_argument("--seed", type=int, default=0, help="initialisation seed")
+    args = parser.parse_args(argv)
+    if args.command == "tokenizer":
+        tokenizer = train_bpe_tokenizer(_instruction_texts(Path(args.data)), args.out, vocab_size=args.vocab_size)
+        print(f"trained a {len(tokenizer)}-token BPE tokenizer on {args.data} -> {args.out}")
+    else:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer, local_files_only=True)
+        built = make_causal_lm(
+            args.kind, args.out, tokenizer, hidden_size=args.hidden_size, num_layers=args.num_layers,
+            num_heads=args.num_heads, max_positions=args.max_positions, seed=args.seed,
+        )
+        print(f"created {args.kind} with {sum(p.numel() for p in built.parameters()) / 1e6:.2f}M parameters -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -184,3 +184,32 @@ def test_vocabulary_mismatch(tmp_path, processed_dir, tiny_gpt2_dir):
     make_causal_lm("gpt2", tmp_path / "other_teacher", other_tokenizer, hidden_size=32, num_layers=1, num_heads=2)
     with pytest.raises(ValueError, match="student and teacher tokenizers differ: token .* token-level distillation needs a shared vocabulary"):
         finetune.main(_argv(tmp_path / "run", processed_dir, tiny_gpt2_dir, tmp_path / "other_teacher", "--type", "kd", "--total-iters", 1))
+
+
+def test_language_modelling_loss_is_mixed_in(tmp_path, processed_dir, tiny_tokenizer_dir, tiny_gpt2_dir):
+    from tools import process_data_pretrain
+
+    corpus = tmp_path / "corpus" / "data.txt"
+    corpus.parent.mkdir()
+    corpus.write_text("".join(f"the quick {w} fox<@x(x!>jumps over the lazy dog {i}\n" for i, w in enumerate(["red", "blue", "green"] * 30)))
+    lm_dir = tmp_path / "lm"
+    process_data_pretrain.main([
+        "--data-dir", str(corpus.parent), "--processed-data-dir", str(lm_dir), "--model-path", str(tiny_tokenizer_dir),
+        "--max-length", "32", "--dev-num", "2",
+    ])
+    save = tmp_path / "run"
+    finetune.main(_argv(save, processed_dir, tiny_gpt2_dir, None, "--type", "sft", "--total-iters", 2, "--lm-data-dir", lm_dir, "--lm-coef", 0.5))
+    for line in (save / "log.txt").read_text().splitlines():
+        if "train step" in line:
+            loss, ce = (float(line.split(f"| {key} ")[1].split()[0]) for key in ("loss", "ce"))
+            assert loss > ce + 0.5  # loss = ce + 0.5 * lm, and the LM loss of an untrained model is several nats
+
+
+def test_zero2_config_and_model_type_check(tmp_path, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir):
+    save = tmp_path / "zero2"
+    config = REPO / "configs" / "deepspeed" / "ds_config_zero2.json"
+    finetune.main(_argv(save, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, "--type", "jsd", "--total-iters", 2, "--deepspeed_config", config, "--model-type", "gpt2"))
+    assert "ZeRO stage 2" in (save / "log.txt").read_text()
+    assert _changed(_weights(tiny_gpt2_dir), _weights(save / "2")) > 1e-4
+    with pytest.raises(ValueError, match="--model-type opt does not match"):
+        finetune.main(_argv(tmp_path / "bad", processed_dir, tiny_gpt2_dir, None, "--type", "sft", "--total-iters", 1, "--model-type", "opt"))
