@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Sourced by the training launchers under scripts/ (not run on its own). Defines REPO_ROOT and
+# `launch_module MODULE ARGS...`, which reads the launcher's GPU_NUM, NNODES, NODE_RANK,
+# MASTER_ADDR, MASTER_PORT and HOSTFILE:
+#   DRY_RUN=1      print `python -m MODULE ARGS...` (shell-quoted, one line) instead of running it
+#   HOSTFILE set   start every node from here with the deepspeed launcher (ssh, one hostfile)
+#   otherwise      torchrun; for several nodes run the launcher on each with its NODE_RANK
+
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+launch_module() {
+    local module=$1
+    shift
+    if [[ "${DRY_RUN:-0}" == 1 ]]; then
+        printf 'python -m %q' "${module}"
+        printf ' %q' "$@"
+        printf '\n'
+        return 0
+    fi
+    if [[ -n "${HOSTFILE}" ]]; then
+        deepspeed --hostfile "${HOSTFILE}" --num_nodes "${NNODES}" --num_gpus "${GPU_NUM}" \
+            --master_addr "${MASTER_ADDR}" --master_port "${MASTER_PORT}" \
+            --module "${module}" "$@"
+    else
+        torchrun --nnodes "${NNODES}" --node_rank "${NODE_RANK}" --nproc_per_node "${GPU_NUM}" \
+            --master_addr "${MASTER_ADDR}" --master_port "${MASTER_PORT}" \
+            -m "${module}" "$@"
+    fi
+}
