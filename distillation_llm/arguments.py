@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = parser.add_argument_group("run control")
     run.add_argument("--do-train", action="store_true", help="train (otherwise only validate when --do-valid)")
     run.add_argument("--do-valid", action="store_true", help="compute the validation loss every --eval-interval steps and at epoch ends")
-    run.add_argument("--eval-gen", action="store_true", help="also generate on the dev split and score ROUGE-L during validation")
+    run.add_argument("--eval-gen", action="store_true", help="also generate on the dev split and score ROUGE-L during validation; ROUGE-L then selects best/")
     run.add_argument("--save-interval", type=int, default=0, help="save a checkpoint every N optimizer steps (0: only at the end)")
     run.add_argument("--eval-interval", type=int, default=0, help="validate every N optimizer steps (0: only at epoch ends)")
     run.add_argument("--log-interval", type=int, default=10, help="log training metrics every N optimizer steps")
@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     loss.add_argument("--jsd-lam", type=float, default=0.1, help="mixture weight lam of the jsd divergence")
     loss.add_argument("--kd-temperature", type=float, default=1.0, help="temperature of teacher and student distributions in the divergence")
     loss.add_argument("--chunk-size", type=int, default=None, help="rows per chunk of the fused LM-head loss (default: abkd.fused.DEFAULT_CHUNK_SIZE)")
+    from distillation_llm.generation import GenerationSettings, add_generation_args
+
+    add_generation_args(parser, GenerationSettings(do_sample=False, max_new_tokens=128))
     return parser
 
 

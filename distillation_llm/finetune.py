@@ -70,7 +70,7 @@ def save_model(engine, tokenizer, directory: Path) -> None:
 
 
 @torch.no_grad()
-def validate(engine, objective: Objective, valid_set, collate, args, device) -> dict[str, float]:
+def validate(engine, objective: Objective, valid_set, collate, tokenizer, args, device) -> dict[str, float]:
     """Token-mean validation CE (and divergence) of the student over the whole dev split."""
     engine.module.eval()
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # ce sum, kd sum, tokens
@@ -87,8 +87,36 @@ def validate(engine, objective: Objective, valid_set, collate, args, device) -> 
     if objective.divergence is not None:
         metrics["valid_kd"] = totals[1].item() / tokens
     if args.eval_gen:
-        metrics["eval_gen"] = "skipped: generation and ROUGE-L arrive with the evaluation release"
+        metrics.update(generation_metrics(engine.module, tokenizer, valid_set, args, device))
     return metrics
+
+
+def generation_metrics(model, tokenizer, valid_set, args, device) -> dict[str, float]:
+    """ROUGE-L / exact match of generations on this rank's shard of the dev split, averaged over ranks."""
+    from distillation_llm.evaluate import evaluate_model
+    from distillation_llm.generation import settings_from_args
+
+    shard = shard_indices(len(valid_set), E.world_size(), E.rank())
+    totals = torch.zeros(4, dtype=torch.float64, device=device)  # rougeL sum, exact sum, length sum, n
+    if shard:
+        examples = [(valid_set[i]["prompt"], valid_set[i]["references"]) for i in shard]
+        scores, _ = evaluate_model(
+            model, tokenizer, examples, settings_from_args(args, args.seed), args.eval_batch_size, args.max_prompt_length,
+            backend="hf", progress=False,
+        )
+        totals += torch.tensor([scores[k] * scores["n"] for k in ("rougeL", "exact_match", "length")] + [scores["n"]], dtype=torch.float64, device=device)
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(totals)
+    n = max(totals[3].item(), 1.0)
+    return {"rougeL": totals[0].item() / n, "exact_match": totals[1].item() / n, "gen_length": totals[2].item() / n}
+
+
+def selection(metrics: dict[str, float], args) -> tuple[str, float]:
+    """The checkpoint-selection metric as (name, value to minimise): ROUGE-L with --eval-gen
+    (except for --type init, selected by validation loss as in MiniLLM), else validation loss."""
+    if args.eval_gen and args.type != "init":
+        return "rougeL", -metrics["rougeL"]
+    return "valid_loss", metrics["valid_loss"]
 
 
 def train(args, engine, objective, loader, sampler, lm_batches, valid_set, collate, tokenizer, state, log, device, total_steps):
@@ -119,11 +147,12 @@ def train(args, engine, objective, loader, sampler, lm_batches, valid_set, colla
         if step % args.log_interval == 0 or step == stop_at:
             log.metrics(step, {**sums, "lr": engine.get_lr()[0], "tokens_per_s": tokens / elapsed, "s_per_step": elapsed, "epoch": state["epoch"]})
         if args.do_valid and (epoch_end or (args.eval_interval and step % args.eval_interval == 0) or step == total_steps):
-            metrics = validate(engine, objective, valid_set, collate, args, device)
+            metrics = validate(engine, objective, valid_set, collate, tokenizer, args, device)
             log.metrics(step, metrics, prefix="valid")
             save_model(engine, tokenizer, save_dir / str(step))
-            if state["best_metric"] is None or metrics["valid_loss"] < state["best_metric"]:
-                state["best_metric"], state["best_step"] = metrics["valid_loss"], step
+            metric, value = selection(metrics, args)
+            if state["best_metric"] is None or value < state["best_metric"]:
+                state["best_metric"], state["best_step"] = value, step
                 if E.is_main_process():
                     staging = save_dir / ".best.tmp"
                     shutil.rmtree(staging, ignore_errors=True)
@@ -131,7 +160,7 @@ def train(args, engine, objective, loader, sampler, lm_batches, valid_set, colla
                     (staging / "best.json").write_text(json.dumps({"step": step, **metrics}, indent=2))
                     shutil.rmtree(save_dir / "best", ignore_errors=True)
                     os.replace(staging, save_dir / "best")
-                log.info(f"new best valid_loss {metrics['valid_loss']:.4f} at step {step}: copied to {save_dir / 'best'}")
+                log.info(f"new best {metric} {metrics[metric]:.4f} at step {step}: copied to {save_dir / 'best'}")
         if (args.save_interval and step % args.save_interval == 0) or step == stop_at:
             if not (save_dir / str(step)).is_dir():
                 save_model(engine, tokenizer, save_dir / str(step))
@@ -218,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
         log.info(f"training {total_steps} steps ({sampler.steps_per_epoch} per epoch, global batch {sampler.global_batch})")
         train(args, engine, objective, loader, sampler, lm_batches, valid_set, collate, tokenizer, state, log, device, total_steps)
     elif args.do_valid:
-        log.metrics(state["step"], validate(engine, objective, valid_set, collate, args, device), prefix="valid")
+        log.metrics(state["step"], validate(engine, objective, valid_set, collate, tokenizer, args, device), prefix="valid")
     log.close()
 
 

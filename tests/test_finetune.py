@@ -213,3 +213,16 @@ def test_zero2_config_and_model_type_check(tmp_path, processed_dir, tiny_gpt2_di
     assert _changed(_weights(tiny_gpt2_dir), _weights(save / "2")) > 1e-4
     with pytest.raises(ValueError, match="--model-type opt does not match"):
         finetune.main(_argv(tmp_path / "bad", processed_dir, tiny_gpt2_dir, None, "--type", "sft", "--total-iters", 1, "--model-type", "opt"))
+
+
+def test_eval_gen_scores_rouge_and_selects_by_it(tmp_path, processed_dir, tiny_gpt2_dir):
+    save = tmp_path / "gen"
+    finetune.main(_argv(save, processed_dir, tiny_gpt2_dir, None, "--type", "sft", "--total-iters", 2, "--do-valid", "--eval-interval", 1, "--eval-gen", "--max-new-tokens", 6))
+    valid_lines = [line for line in (save / "log.txt").read_text().splitlines() if "valid step" in line]
+    assert len(valid_lines) == 2 and all("rougeL" in line and "gen_length" in line for line in valid_lines)
+    lengths = [float(line.split("gen_length ")[1].split()[0]) for line in valid_lines]
+    assert all(0 <= length <= 6 for length in lengths)
+    best = json.loads((save / "best" / "best.json").read_text())
+    rouges = {int(line.split("valid step ")[1].split()[0]): float(line.split("rougeL ")[1].split()[0]) for line in valid_lines}
+    assert best["rougeL"] == pytest.approx(max(rouges.values()), abs=1e-3)
+    assert "new best rougeL" in (save / "log.txt").read_text()

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# The embedded end-to-end demo: teacher -> student distillation at toy scale, nothing downloaded.
+#
+#   bash scripts/demo.sh            # about 6-8 minutes on 2 CPU cores
+#   bash scripts/demo.sh --quick    # under a minute of training, for the tests
+#   bash scripts/demo.sh --out DIR  # outputs somewhere other than results/demo
+#
+# Steps, each one of the project's own commands:
+#   1. generate an instruction-following dataset (5 task families of graded difficulty);
+#   2. train a byte-level BPE tokenizer on it and tokenise the data;
+#   3. SFT a teacher (GPT-2, 4 layers) and an SFT student baseline (GPT-2, 2 layers);
+#   4. distil the student from the teacher with kd (forward KL) and ab (alpha-beta divergence);
+#   5. evaluate every model with ROUGE-L and print the table (also CSV and a PNG chart).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+OUT="${ROOT}/results/demo"
+QUICK=0
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --quick) QUICK=1; shift ;;
+        --out) OUT="$(mkdir -p "$2" && cd "$2" && pwd)"; shift 2 ;;
+        -h|--help) sed -n '2,14p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        *) echo "scripts/demo.sh: unknown argument '$1' (valid: --quick, --out DIR)" >&2; exit 2 ;;
+    esac
+done
+PYTHON="${PYTHON:-${ROOT}/.venv/bin/python}"
+[[ -x "${PYTHON}" ]] || PYTHON=python
+
+# Sizes: the variables to edit.
+if [[ "${QUICK}" == 1 ]]; then
+    TRAIN_EXAMPLES=300; EVAL_EXAMPLES=8; VOCAB=400; DEV_NUM=40
+    TEACHER_EPOCHS=2; STUDENT_EPOCHS=1; BATCH=16; SEEDS=10; LOG_INTERVAL=5
+else
+    TRAIN_EXAMPLES=4000; EVAL_EXAMPLES=60; VOCAB=600; DEV_NUM=200
+    TEACHER_EPOCHS=10; STUDENT_EPOCHS=6; BATCH=32; SEEDS=10,20,30; LOG_INTERVAL=50
+fi
+TEACHER_SIZE=(--hidden-size 128 --num-layers 4 --num-heads 4)
+STUDENT_SIZE=(--hidden-size 64 --num-layers 2 --num-heads 4)
+TASKS=copy,lookup,reverse,sort,add
+LR=3e-3
+KD_RATIO=1.0
+AB_ALPHA=0.9
+AB_BETA=0.2
+
+cd "${ROOT}"
+export TOKENIZERS_PARALLELISM=false
+mkdir -p "${OUT}"
+START=${SECONDS}
+
+"${PYTHON}" -m tools.make_toy_data --out "${OUT}/data" --train "${TRAIN_EXAMPLES}" --eval "${EVAL_EXAMPLES}"
+"${PYTHON}" -m distillation_llm.toy tokenizer --data "${OUT}/data/raw.jsonl" --out "${OUT}/tokenizer" --vocab-size "${VOCAB}"
+"${PYTHON}" -m tools.process_data_dolly --data-dir "${OUT}/data" --processed-data-dir "${OUT}/processed" \
+    --model-path "${OUT}/tokenizer" --max-prompt-length 96 --max-length 128 --dev-num "${DEV_NUM}" --overwrite
+"${PYTHON}" -m distillation_llm.toy model --tokenizer "${OUT}/tokenizer" --out "${OUT}/init/teacher" "${TEACHER_SIZE[@]}" --seed 1
+"${PYTHON}" -m distillation_llm.toy model --tokenizer "${OUT}/tokenizer" --out "${OUT}/init/student" "${STUDENT_SIZE[@]}" --seed 2
+
+finetune() {  # finetune NAME EPOCHS ARGS...: one training run into ${OUT}/runs/NAME
+    local name=$1 epochs=$2
+    shift 2
+    echo "== training ${name} =="
+    "${PYTHON}" -m distillation_llm.finetune --data-dir "${OUT}/processed" --save "${OUT}/runs/${name}" \
+        --do-train --do-valid --epochs "${epochs}" --batch-size "${BATCH}" --eval-batch-size 64 --lr "${LR}" \
+        --warmup-iters 20 --weight-decay 0.0 --max-length 128 --log-interval "${LOG_INTERVAL}" --seed 10 "$@"
+}
+finetune teacher "${TEACHER_EPOCHS}" --type sft --model-path "${OUT}/init/teacher"
+finetune student-sft "${STUDENT_EPOCHS}" --type sft --model-path "${OUT}/init/student"
+finetune student-kd "${STUDENT_EPOCHS}" --type kd --kd-ratio "${KD_RATIO}" \
+    --model-path "${OUT}/init/student" --teacher-model-path "${OUT}/runs/teacher/best"
+finetune student-ab "${STUDENT_EPOCHS}" --type ab --ab_alpha "${AB_ALPHA}" --ab_beta "${AB_BETA}" --kd-ratio "${KD_RATIO}" \
+    --model-path "${OUT}/init/student" --teacher-model-path "${OUT}/runs/teacher/best"
+
+echo "== evaluating =="
+"${PYTHON}" -m distillation_llm.evaluate \
+    --model-path "${OUT}/runs/teacher/best,${OUT}/runs/student-sft/best,${OUT}/runs/student-kd/best,${OUT}/runs/student-ab/best" \
+    --data-dir "${OUT}/data/eval" --eval-sets "${TASKS}" --seeds "${SEEDS}" --do-sample --temperature 0.7 \
+    --max-new-tokens 32 --eval-batch-size 64 --save "${OUT}/eval" --no-progress | tee "${OUT}/table.txt"
+echo "demo finished in $((SECONDS - ${START})) s: table ${OUT}/table.txt, chart ${OUT}/eval/comparison.png"

@@ -1,0 +1,45 @@
+"""The README's main job, `scripts/demo.sh --quick`, runs end to end and produces the table."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = ["teacher", "student-sft", "student-kd", "student-ab"]
+TASKS = ["copy", "lookup", "reverse", "sort", "add"]
+
+
+def test_demo_quick_end_to_end(tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    proc = subprocess.run(["bash", "scripts/demo.sh", "--quick", "--out", str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    # Every model was really trained: its training loss fell and a best checkpoint exists.
+    for model in MODELS:
+        log = (tmp_path / "runs" / model / "log.txt").read_text()
+        losses = [float(line.split("| loss ")[1].split()[0]) for line in log.splitlines() if "train step" in line]
+        assert len(losses) >= 2 and losses[-1] < losses[0], (model, losses)
+        assert (tmp_path / "runs" / model / "best" / "model.safetensors").is_file()
+    # The distilled students computed a real divergence against the teacher.
+    for model in ("student-kd", "student-ab"):
+        kd = [float(line.split("| kd ")[1].split()[0]) for line in (tmp_path / "runs" / model / "log.txt").read_text().splitlines() if "train step" in line]
+        assert all(value > 0 for value in kd)
+
+    # The comparison table: one row per model, one ROUGE-L column per task family plus the average.
+    with open(tmp_path / "eval" / "comparison.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["model"] for row in rows] == [f"{model}/best" for model in MODELS]
+    for row in rows:
+        values = [float(row[f"{task}_rougeL"]) for task in TASKS]
+        assert all(0.0 <= value <= 100.0 for value in values)
+        assert abs(float(row["avg_rougeL"]) - sum(values) / len(values)) < 1e-3  # the CSV keeps 4 decimals
+    assert (tmp_path / "eval" / "comparison.png").stat().st_size > 1000
+    table = (tmp_path / "table.txt").read_text()
+    assert all(model in table for model in MODELS) and "avg" in table
+    results = json.loads((tmp_path / "eval" / "teacher" / "best" / "results.json").read_text())
+    assert set(results["sets"]) == set(TASKS)
