@@ -95,6 +95,17 @@ def build_parser() -> argparse.ArgumentParser:
     loss.add_argument("--jsd-lam", type=float, default=0.1, help="mixture weight lam of the jsd divergence")
     loss.add_argument("--kd-temperature", type=float, default=1.0, help="temperature of teacher and student distributions in the divergence")
     loss.add_argument("--chunk-size", type=int, default=None, help="rows per chunk of the fused LM-head loss (default: abkd.fused.DEFAULT_CHUNK_SIZE)")
+    curriculum = parser.add_argument_group("POCL curriculum")
+    curriculum.add_argument("--curriculum", choices=("none", "pocl"), default="none", help="pocl: train easy-to-hard in Baby Step stages from --ranking")
+    curriculum.add_argument("--ranking", help="ranking.jsonl from `python -m distillation_llm.curriculum rank` (easy to hard)")
+    curriculum.add_argument("--num-stages", type=int, default=4, help="curriculum stages S; stage s trains on the easiest (s+1)/S of the data")
+    curriculum.add_argument("--stage-epochs", type=int, default=1, help="epochs per stage (with --stage-patience, the most a stage may take)")
+    curriculum.add_argument("--stage-patience", type=int, default=None, help="advance a stage once the validation loss has not improved for this many evaluations")
+    curriculum.add_argument("--kd-temperature-start", type=float, default=1.0, help="KD temperature of the first stage (rises linearly to --kd-temperature-end)")
+    curriculum.add_argument("--kd-temperature-end", type=float, default=2.0, help="KD temperature of the last stage")
+    curriculum.add_argument("--kd-ratio-start", type=float, default=0.7, help="kd-ratio of the first stage (rises linearly to --kd-ratio-end)")
+    curriculum.add_argument("--kd-ratio-end", type=float, default=1.0, help="kd-ratio of the last stage")
+
     from distillation_llm.generation import GenerationSettings, add_generation_args
 
     add_generation_args(parser, GenerationSettings(do_sample=False, max_new_tokens=128))
@@ -135,7 +146,19 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argpa
     for flag in ("batch_size", "eval_batch_size", "gradient_accumulation_steps", "max_length", "max_prompt_length", "log_interval"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1")
-    if args.do_train and args.total_iters is None and args.epochs is None:
+    if args.curriculum == "pocl":
+        if not args.ranking:
+            parser.error("--curriculum pocl needs --ranking (make one with `python -m distillation_llm.curriculum rank`)")
+        if args.stage_patience is not None and not args.do_valid:
+            parser.error("--stage-patience advances on validation loss: add --do-valid (and --eval-interval for checks within an epoch)")
+        for flag in ("kd_ratio_start", "kd_ratio_end"):
+            if not 0.0 <= getattr(args, flag) <= 1.0:
+                parser.error(f"--{flag.replace('_', '-')} must lie in [0, 1]")
+        if min(args.kd_temperature_start, args.kd_temperature_end) <= 0:
+            parser.error("--kd-temperature-start/--kd-temperature-end must be positive")
+    elif args.ranking:
+        parser.error("--ranking is only used with --curriculum pocl")
+    if args.do_train and args.total_iters is None and args.epochs is None and args.curriculum == "none":
         parser.error("give --epochs or --total-iters")
     if args.lm_data_dir and args.lm_coef <= 0:
         parser.error("--lm-data-dir needs a positive --lm-coef")

@@ -23,9 +23,11 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from abkd import engine as E
+from abkd.curriculum import BabyStepScheduler
 from abkd.runlog import RunLog
 from abkd.schedules import build_scheduler
 from distillation_llm.arguments import divergence_params, parse_args, write_args
+from distillation_llm.curriculum import load_ranking
 from distillation_llm.data import GlobalBatchSampler, InstructionCollator, LMCollator, batches, load_processed, shard_indices
 from distillation_llm.models import check_shared_vocabulary, load_causal_lm, load_tokenizer
 from distillation_llm.objective import Objective
@@ -51,10 +53,47 @@ def forever(loader: DataLoader, sampler: GlobalBatchSampler, state: dict) -> Ite
         yield from loader
 
 
-def save_model(engine, tokenizer, directory: Path) -> None:
+class TrainingData:
+    """Where training batches come from: the whole train split, or with POCL the current stage's
+    easiest fraction of it (`select` re-targets the sampler when the stage changes)."""
+
+    def __init__(self, train_set, collate, args, curriculum: BabyStepScheduler | None = None):
+        self.train_set, self.collate, self.args, self.curriculum = train_set, collate, args, curriculum
+        if curriculum is not None:
+            row_of_id = {example_id: row for row, example_id in enumerate(train_set["id"])}
+            missing = [i for i in curriculum.ranked_ids if i not in row_of_id]
+            if missing or len(curriculum.ranked_ids) != len(row_of_id):
+                raise ValueError(f"--ranking {args.ranking} does not rank exactly the training examples of --data-dir ({len(missing)} unknown ids)")
+            self.row_of_id = row_of_id
+        self.select()
+
+    def _sampler(self, size: int) -> GlobalBatchSampler:
+        return GlobalBatchSampler(size, self.args.batch_size, self.args.gradient_accumulation_steps, E.world_size(), E.rank(), self.args.seed)
+
+    def select(self) -> None:
+        examples = self.train_set
+        if self.curriculum is not None:
+            examples = self.train_set.select([self.row_of_id[i] for i in self.curriculum.active_ids()])
+        self.sampler = self._sampler(len(examples))
+        self.loader = DataLoader(examples, batch_sampler=self.sampler, collate_fn=self.collate, num_workers=self.args.num_workers)
+
+    def micro_batches(self, state: dict) -> Iterator[dict]:
+        return forever(self.loader, self.sampler, state)
+
+    def total_steps(self) -> int:
+        if self.curriculum is None:
+            return self.args.total_iters or self.args.epochs * self.sampler.steps_per_epoch
+        planned = sum(
+            self.curriculum.stage_epochs * self._sampler(self.curriculum.size(stage)).steps_per_epoch
+            for stage in range(self.curriculum.num_stages)
+        )
+        return min(planned, self.args.total_iters) if self.args.total_iters else planned
+
+
+def save_model(engine, tokenizer, directory: Path, zero_stage: int) -> None:
     """Hugging Face `save_pretrained` (safetensors) written under a temporary name, then renamed."""
     context = torch.no_grad()
-    if E.zero_stage(engine.config if isinstance(engine.config, dict) else {}) == 3:
+    if zero_stage == 3:
         import deepspeed
 
         context = deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None)
@@ -119,10 +158,17 @@ def selection(metrics: dict[str, float], args) -> tuple[str, float]:
     return "valid_loss", metrics["valid_loss"]
 
 
-def train(args, engine, objective, loader, sampler, lm_batches, valid_set, collate, tokenizer, state, log, device, total_steps):
+def apply_stage(curriculum: BabyStepScheduler, objective: Objective, data: TrainingData, log: RunLog) -> None:
+    objective.temperature, objective.kd_ratio = curriculum.temperature(), curriculum.kd_ratio()
+    data.select()
+    log.info(f"curriculum {curriculum.describe()}")
+
+
+def train(args, engine, objective, data: TrainingData, lm_batches, valid_set, collate, tokenizer, state, log, device, total_steps):
     save_dir = Path(args.save)
+    curriculum = data.curriculum
     stop_at = min(total_steps, state["step"] + args.stop_after_iters) if args.stop_after_iters else total_steps
-    micro_batches = forever(loader, sampler, state)
+    micro_batches = data.micro_batches(state)
     bar = tqdm(total=total_steps, initial=state["step"], desc="train", disable=not E.is_main_process(), dynamic_ncols=True)
     while state["step"] < stop_at:
         started, sums, tokens = time.perf_counter(), defaultdict(float), 0
@@ -136,10 +182,11 @@ def train(args, engine, objective, loader, sampler, lm_batches, valid_set, colla
             tokens += int(batch["attention_mask"].sum()) * E.world_size()
         state["step"] += 1
         state["step_in_epoch"] += 1
-        epoch_end = state["step_in_epoch"] == sampler.steps_per_epoch
+        epoch_end = state["step_in_epoch"] == data.sampler.steps_per_epoch
         if epoch_end:
             state["epoch"] += 1
             state["step_in_epoch"] = 0
+        next_stage = curriculum is not None and epoch_end and curriculum.on_epoch_end()
         elapsed = time.perf_counter() - started
         bar.update(1)
         bar.set_postfix(loss=f"{sums['loss']:.4f}", lr=f"{engine.get_lr()[0]:.2e}")
@@ -149,7 +196,8 @@ def train(args, engine, objective, loader, sampler, lm_batches, valid_set, colla
         if args.do_valid and (epoch_end or (args.eval_interval and step % args.eval_interval == 0) or step == total_steps):
             metrics = validate(engine, objective, valid_set, collate, tokenizer, args, device)
             log.metrics(step, metrics, prefix="valid")
-            save_model(engine, tokenizer, save_dir / str(step))
+            save_model(engine, tokenizer, save_dir / str(step), args.zero_stage)
+            next_stage = (curriculum is not None and curriculum.on_validation(metrics["valid_loss"])) or next_stage
             metric, value = selection(metrics, args)
             if state["best_metric"] is None or value < state["best_metric"]:
                 state["best_metric"], state["best_step"] = value, step
@@ -161,13 +209,24 @@ def train(args, engine, objective, loader, sampler, lm_batches, valid_set, colla
                     shutil.rmtree(save_dir / "best", ignore_errors=True)
                     os.replace(staging, save_dir / "best")
                 log.info(f"new best {metric} {metrics[metric]:.4f} at step {step}: copied to {save_dir / 'best'}")
+        if next_stage:
+            if not epoch_end:  # converged mid-epoch: the new stage starts a fresh epoch
+                state["epoch"] += 1
+                state["step_in_epoch"] = 0
+            if curriculum.finished:
+                stop_at = step
+                log.info(f"curriculum finished after {curriculum.num_stages} stages at step {step}")
+            else:
+                apply_stage(curriculum, objective, data, log)
+                micro_batches = data.micro_batches(state)
         if (args.save_interval and step % args.save_interval == 0) or step == stop_at:
             if not (save_dir / str(step)).is_dir():
-                save_model(engine, tokenizer, save_dir / str(step))
-            E.save_checkpoint(engine, save_dir / CHECKPOINTS, f"step{step}", client_state=dict(state), keep_last=args.keep_checkpoints)
+                save_model(engine, tokenizer, save_dir / str(step), args.zero_stage)
+            client_state = {**state, "curriculum": curriculum.state_dict() if curriculum is not None else None}
+            E.save_checkpoint(engine, save_dir / CHECKPOINTS, f"step{step}", client_state=client_state, keep_last=args.keep_checkpoints)
             log.info(f"saved model {save_dir / str(step)} and resumable checkpoint step{step}")
     bar.close()
-    if state["step"] < total_steps:
+    if state["step"] < total_steps and not (curriculum is not None and curriculum.finished):
         log.info(f"stopped after step {state['step']} of {total_steps} (--stop-after-iters); continue with --resume")
 
 
@@ -187,6 +246,7 @@ def main(argv: list[str] | None = None) -> None:
         clip_grad=args.clip_grad, half_precision="fp16" if args.fp16 else None,
     )
     dtype = E.training_dtype(ds_config)
+    args.zero_stage = E.zero_stage(ds_config)
     log.info(f"world size {E.world_size()} on {device.type}; training dtype {dtype}; ZeRO stage {E.zero_stage(ds_config)}")
     tokenizer = load_tokenizer(args.model_path)
     student = load_causal_lm(args.model_path, device=device)
@@ -213,10 +273,15 @@ def main(argv: list[str] | None = None) -> None:
     if valid_set is not None and args.dev_num >= 0:
         valid_set = valid_set.select(range(min(args.dev_num, len(valid_set))))
     collate = InstructionCollator(tokenizer.pad_token_id, args.max_length)
-    sampler = GlobalBatchSampler(len(train_set), args.batch_size, args.gradient_accumulation_steps, E.world_size(), E.rank(), args.seed)
-    if sampler.dropped:
-        log.info(f"{sampler.dropped} of {len(train_set)} training examples do not fill a global batch and are left out of each epoch")
-    loader = DataLoader(train_set, batch_sampler=sampler, collate_fn=collate, num_workers=args.num_workers)
+    curriculum = None
+    if args.curriculum == "pocl":
+        curriculum = BabyStepScheduler(
+            load_ranking(args.ranking, args.data_dir, meta), args.num_stages, args.stage_epochs, args.stage_patience,
+            temperature=(args.kd_temperature_start, args.kd_temperature_end), kd_ratio=(args.kd_ratio_start, args.kd_ratio_end),
+        )
+    data = TrainingData(train_set, collate, args, curriculum)
+    if data.sampler.dropped:
+        log.info(f"{data.sampler.dropped} of {len(data.loader.dataset)} training examples do not fill a global batch and are left out of each epoch")
     lm_batches = None
     if args.lm_data_dir:
         lm_data, _ = load_processed(args.lm_data_dir, tokenizer, flag="--lm-data-dir")
@@ -224,13 +289,13 @@ def main(argv: list[str] | None = None) -> None:
         lm_state = {"epoch": 0, "step_in_epoch": 0}
         lm_batches = forever(DataLoader(lm_data["train"], batch_sampler=lm_sampler, collate_fn=LMCollator()), lm_sampler, lm_state)
 
-    total_steps = args.total_iters or args.epochs * sampler.steps_per_epoch
+    total_steps = data.total_steps()
     optimizer = torch.optim.AdamW(param_groups(student, args.weight_decay), lr=args.lr)
     scheduler = build_scheduler(optimizer, warmup=args.warmup_iters, total=total_steps, style=args.lr_decay_style, min_ratio=args.lr_min / args.lr)
     engine = E.initialize(student, optimizer, scheduler, ds_config)
     objective = Objective(
         engine.module, teacher, args.divergence, divergence_params(args), args.kd_ratio, args.kd_temperature, vocab,
-        lm_coef=args.lm_coef, **({"chunk_size": args.chunk_size} if args.chunk_size else {}),
+        lm_coef=args.lm_coef, partitioned_parameters=args.zero_stage == 3, **({"chunk_size": args.chunk_size} if args.chunk_size else {}),
     )
 
     state = {"step": 0, "epoch": 0, "step_in_epoch": 0, "best_metric": None, "best_step": None}
@@ -241,11 +306,15 @@ def main(argv: list[str] | None = None) -> None:
         else:
             client = E.load_checkpoint(engine, save_dir / CHECKPOINTS, tag)
             state.update({key: client[key] for key in state})
+            if curriculum is not None:
+                curriculum.load_state_dict(client["curriculum"])
             log.info(f"resumed from {tag}: step {state['step']}, epoch {state['epoch']} (+{state['step_in_epoch']} steps)")
+    if curriculum is not None:
+        apply_stage(curriculum, objective, data, log)
 
     if args.do_train:
-        log.info(f"training {total_steps} steps ({sampler.steps_per_epoch} per epoch, global batch {sampler.global_batch})")
-        train(args, engine, objective, loader, sampler, lm_batches, valid_set, collate, tokenizer, state, log, device, total_steps)
+        log.info(f"training {total_steps} steps ({data.sampler.steps_per_epoch} per epoch, global batch {data.sampler.global_batch})")
+        train(args, engine, objective, data, lm_batches, valid_set, collate, tokenizer, state, log, device, total_steps)
     elif args.do_valid:
         log.metrics(state["step"], validate(engine, objective, valid_set, collate, tokenizer, args, device), prefix="valid")
     log.close()

@@ -32,6 +32,8 @@ class Objective:
     vocab: int  # common vocabulary of student and teacher heads
     lm_coef: float = 0.0
     chunk_size: int = DEFAULT_CHUNK_SIZE
+    # ZeRO-3 partitions the head weight across ranks; only the model's own forward gathers it.
+    partitioned_parameters: bool = False
 
     def __post_init__(self):
         self.student_split = split_head(self.student)
@@ -39,6 +41,9 @@ class Objective:
         self.fused = self.student_split.fused and (self.teacher_split is None or self.teacher_split.fused)
         if not self.fused:
             logger.warning("no accessible LM head (get_output_embeddings): computing full logits, which costs O(tokens x vocab) memory")
+        elif self.partitioned_parameters:
+            self.fused = False
+            logger.warning("ZeRO-3 partitions the LM head: computing full logits through the model's forward")
         if self.divergence is None:
             self.kd_ratio = 0.0
 

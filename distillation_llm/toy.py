@@ -68,7 +68,9 @@ def make_causal_lm(
     if kind == "gpt2":
         config = GPT2Config(
             vocab_size=vocab_size, n_positions=max_positions, n_embd=hidden_size, n_layer=num_layers, n_head=num_heads,
-            resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout, **special,
+            resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
+            activation_function="gelu_pytorch_tanh",  # gelu_new's maths in one native kernel: faster on CPU
+            **special,
         )
     elif kind == "opt":
         config = OPTConfig(

@@ -10,7 +10,8 @@
 #   2. train a byte-level BPE tokenizer on it and tokenise the data;
 #   3. SFT a teacher (GPT-2, 4 layers) and an SFT student baseline (GPT-2, 2 layers);
 #   4. distil the student from the teacher with kd (forward KL) and ab (alpha-beta divergence);
-#   5. evaluate every model with ROUGE-L and print the table (also CSV and a PNG chart).
+#   5. the same two with the POCL curriculum: the SFT student ranks the data from easy to hard;
+#   6. evaluate every model with ROUGE-L and print the table (also CSV and a PNG chart).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -30,10 +31,10 @@ PYTHON="${PYTHON:-${ROOT}/.venv/bin/python}"
 # Sizes: the variables to edit.
 if [[ "${QUICK}" == 1 ]]; then
     TRAIN_EXAMPLES=300; EVAL_EXAMPLES=8; VOCAB=400; DEV_NUM=40
-    TEACHER_EPOCHS=2; STUDENT_EPOCHS=1; BATCH=16; SEEDS=10; LOG_INTERVAL=5
+    TEACHER_EPOCHS=2; STUDENT_EPOCHS=1; STAGE_EPOCHS=1; BATCH=16; SEEDS=10; LOG_INTERVAL=5
 else
     TRAIN_EXAMPLES=4000; EVAL_EXAMPLES=60; VOCAB=600; DEV_NUM=200
-    TEACHER_EPOCHS=10; STUDENT_EPOCHS=6; BATCH=32; SEEDS=10,20,30; LOG_INTERVAL=50
+    TEACHER_EPOCHS=10; STUDENT_EPOCHS=6; STAGE_EPOCHS=2; BATCH=32; SEEDS=10,20,30; LOG_INTERVAL=50
 fi
 TEACHER_SIZE=(--hidden-size 128 --num-layers 4 --num-heads 4)
 STUDENT_SIZE=(--hidden-size 64 --num-layers 2 --num-heads 4)
@@ -70,9 +71,19 @@ finetune student-kd "${STUDENT_EPOCHS}" --type kd --kd-ratio "${KD_RATIO}" \
 finetune student-ab "${STUDENT_EPOCHS}" --type ab --ab_alpha "${AB_ALPHA}" --ab_beta "${AB_BETA}" --kd-ratio "${KD_RATIO}" \
     --model-path "${OUT}/init/student" --teacher-model-path "${OUT}/runs/teacher/best"
 
+echo "== POCL: ranking the training data with the SFT student =="
+"${PYTHON}" -m distillation_llm.curriculum rank --model-path "${OUT}/runs/student-sft/best" --data-dir "${OUT}/processed" \
+    --ranking "${OUT}/ranking/ranking.jsonl" --max-new-tokens 32 --max-prompt-length 96 --max-length 128 --batch-size 64
+POCL=(--curriculum pocl --ranking "${OUT}/ranking/ranking.jsonl" --num-stages 4 --stage-epochs "${STAGE_EPOCHS}")
+finetune student-kd-pocl "${STUDENT_EPOCHS}" --type kd "${POCL[@]}" \
+    --model-path "${OUT}/init/student" --teacher-model-path "${OUT}/runs/teacher/best"
+finetune student-ab-pocl "${STUDENT_EPOCHS}" --type ab --ab_alpha "${AB_ALPHA}" --ab_beta "${AB_BETA}" "${POCL[@]}" \
+    --model-path "${OUT}/init/student" --teacher-model-path "${OUT}/runs/teacher/best"
+
 echo "== evaluating =="
-"${PYTHON}" -m distillation_llm.evaluate \
-    --model-path "${OUT}/runs/teacher/best,${OUT}/runs/student-sft/best,${OUT}/runs/student-kd/best,${OUT}/runs/student-ab/best" \
+MODELS=(teacher student-sft student-kd student-ab student-kd-pocl student-ab-pocl)
+MODEL_PATHS=$(printf "${OUT}/runs/%s/best," "${MODELS[@]}")
+"${PYTHON}" -m distillation_llm.evaluate --model-path "${MODEL_PATHS%,}" \
     --data-dir "${OUT}/data/eval" --eval-sets "${TASKS}" --seeds "${SEEDS}" --do-sample --temperature 0.7 \
     --max-new-tokens 32 --eval-batch-size 64 --save "${OUT}/eval" --no-progress | tee "${OUT}/table.txt"
 echo "demo finished in $((SECONDS - ${START})) s: table ${OUT}/table.txt, chart ${OUT}/eval/comparison.png"

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-MODELS = ["teacher", "student-sft", "student-kd", "student-ab"]
+MODELS = ["teacher", "student-sft", "student-kd", "student-ab", "student-kd-pocl", "student-ab-pocl"]
 TASKS = ["copy", "lookup", "reverse", "sort", "add"]
 
 
@@ -26,7 +26,7 @@ def test_demo_quick_end_to_end(tmp_path):
         assert len(losses) >= 2 and losses[-1] < losses[0], (model, losses)
         assert (tmp_path / "runs" / model / "best" / "model.safetensors").is_file()
     # The distilled students computed a real divergence against the teacher.
-    for model in ("student-kd", "student-ab"):
+    for model in ("student-kd", "student-ab", "student-kd-pocl", "student-ab-pocl"):
         kd = [float(line.split("| kd ")[1].split()[0]) for line in (tmp_path / "runs" / model / "log.txt").read_text().splitlines() if "train step" in line]
         assert all(value > 0 for value in kd)
 
@@ -39,6 +39,11 @@ def test_demo_quick_end_to_end(tmp_path):
         assert all(0.0 <= value <= 100.0 for value in values)
         assert abs(float(row["avg_rougeL"]) - sum(values) / len(values)) < 1e-3  # the CSV keeps 4 decimals
     assert (tmp_path / "eval" / "comparison.png").stat().st_size > 1000
+    # The curriculum runs walked all four stages from the ranking the SFT student made.
+    assert len((tmp_path / "ranking" / "ranking.jsonl").read_text().splitlines()) == 260
+    for model in ("student-kd-pocl", "student-ab-pocl"):
+        log = (tmp_path / "runs" / model / "log.txt").read_text()
+        assert "curriculum stage 4/4: easiest 100%" in log and "curriculum finished after 4 stages" in log
     table = (tmp_path / "table.txt").read_text()
     assert all(model in table for model in MODELS) and "avg" in table
     results = json.loads((tmp_path / "eval" / "teacher" / "best" / "results.json").read_text())

@@ -1,0 +1,168 @@
+"""POCL ("Being Strong Progressively!", 2025): difficulty ranking by reciprocal rank fusion and
+the Baby Step scheduler, as small objects with state (saved in checkpoints, so a resumed run
+continues mid-stage).
+
+Ranking: the student scores every training example twice (ROUGE-L of its own generation, higher
+is easier; its LM loss on the reference, lower is easier). Each signal gives a rank, and
+
+    score = 1 / (k + rank_rouge) + 1 / (k + rank_loss),    k = 60 by default,
+
+sorted descending, orders the data from easy to hard.
+
+Baby Step: stage s = 0..S-1 trains on the easiest ceil((s + 1) / S * N) examples, with the KD
+temperature and kd-ratio rising linearly from their start to their end values over the stages.
+A stage ends after a fixed number of epochs, or earlier when the validation loss has not improved
+for `patience` evaluations.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+def fractional_ranks(values: Sequence[float], *, descending: bool) -> list[float]:
+    """1-based ranks of `values`; tied values share the mean of the ranks they span."""
+    order = sorted(range(len(values)), key=lambda i: -values[i] if descending else values[i])
+    ranks = [0.0] * len(values)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for position in range(start, end + 1):
+            ranks[order[position]] = (start + end) / 2 + 1
+        start = end + 1
+    return ranks
+
+
+@dataclass
+class RankedExample:
+    id: int
+    rouge: float
+    loss: float
+    rank_rouge: float
+    rank_loss: float
+    score: float
+
+
+def reciprocal_rank_fusion(ids: Sequence[int], rouge: Sequence[float], loss: Sequence[float], k: float = 60.0) -> list[RankedExample]:
+    """Examples ordered easy to hard by RRF of their ROUGE-L (higher easier) and loss (lower
+    easier) ranks; ties in the fused score keep the id order, so the result is deterministic."""
+    if not (len(ids) == len(rouge) == len(loss)):
+        raise ValueError(f"ids, rouge and loss must have the same length, got {len(ids)}, {len(rouge)}, {len(loss)}")
+    if k < 0:
+        raise ValueError(f"the RRF constant k must be non-negative, got {k}")
+    rank_rouge = fractional_ranks(rouge, descending=True)
+    rank_loss = fractional_ranks(loss, descending=False)
+    examples = [
+        RankedExample(int(i), float(r), float(l), rr, rl, 1.0 / (k + rr) + 1.0 / (k + rl))
+        for i, r, l, rr, rl in zip(ids, rouge, loss, rank_rouge, rank_loss)
+    ]
+    return sorted(examples, key=lambda e: (-e.score, e.id))
+
+
+def _linear(start: float, end: float, stage: int, num_stages: int) -> float:
+    return start if num_stages == 1 else start + (end - start) * stage / (num_stages - 1)
+
+
+class BabyStepScheduler:
+    """Which examples, temperature and kd-ratio each curriculum stage uses, and when to advance.
+
+    Args:
+        ranked_ids: example ids from easiest to hardest.
+        num_stages: S.
+        stage_epochs: epochs per stage (with `patience`, the most a stage may take).
+        patience: advance once the validation loss has not improved for this many evaluations.
+        temperature, kd_ratio: (start, end) of the linear schedules (POCL's GPT-2 defaults).
+    """
+
+    def __init__(
+        self,
+        ranked_ids: Sequence[int],
+        num_stages: int = 4,
+        stage_epochs: int = 1,
+        patience: int | None = None,
+        temperature: tuple[float, float] = (1.0, 2.0),
+        kd_ratio: tuple[float, float] = (0.7, 1.0),
+    ):
+        if num_stages < 1:
+            raise ValueError(f"--num-stages must be at least 1, got {num_stages}")
+        if stage_epochs < 1:
+            raise ValueError(f"--stage-epochs must be at least 1, got {stage_epochs}")
+        if patience is not None and patience < 1:
+            raise ValueError(f"--stage-patience must be at least 1, got {patience}")
+        if len(ranked_ids) < num_stages:
+            raise ValueError(f"{len(ranked_ids)} ranked examples cannot fill {num_stages} stages")
+        self.ranked_ids = list(ranked_ids)
+        self.num_stages, self.stage_epochs, self.patience = num_stages, stage_epochs, patience
+        self.temperature_range, self.kd_ratio_range = temperature, kd_ratio
+        self.stage = 0
+        self.epochs_in_stage = 0
+        self.best_loss: float | None = None
+        self.bad_evaluations = 0
+
+    # The schedule, as pure functions of the stage.
+    def fraction(self, stage: int | None = None) -> float:
+        stage = self.stage if stage is None else stage
+        return (stage + 1) / self.num_stages
+
+    def size(self, stage: int | None = None) -> int:
+        return math.ceil(self.fraction(stage) * len(self.ranked_ids))
+
+    def temperature(self, stage: int | None = None) -> float:
+        return _linear(*self.temperature_range, self.stage if stage is None else stage, self.num_stages)
+
+    def kd_ratio(self, stage: int | None = None) -> float:
+        return _linear(*self.kd_ratio_range, self.stage if stage is None else stage, self.num_stages)
+
+    def active_ids(self, stage: int | None = None) -> list[int]:
+        return self.ranked_ids[: self.size(stage)]
+
+    @property
+    def finished(self) -> bool:
+        return self.stage >= self.num_stages
+
+    def describe(self, stage: int | None = None) -> str:
+        stage = self.stage if stage is None else stage
+        return (
+            f"stage {stage + 1}/{self.num_stages}: easiest {self.fraction(stage):.0%} ({self.size(stage)} examples), "
+            f"kd temperature {self.temperature(stage):.3g}, kd-ratio {self.kd_ratio(stage):.3g}"
+        )
+
+    # Advancing.
+    def _advance(self) -> bool:
+        self.stage += 1
+        self.epochs_in_stage = 0
+        self.best_loss = None
+        self.bad_evaluations = 0
+        return True
+
+    def on_epoch_end(self) -> bool:
+        """Count an epoch of the current stage; True if that moves to the next stage."""
+        self.epochs_in_stage += 1
+        return self._advance() if self.epochs_in_stage >= self.stage_epochs else False
+
+    def on_validation(self, loss: float) -> bool:
+        """Record a validation loss; True if the stage has converged (patience) and advances."""
+        if self.patience is None:
+            return False
+        if self.best_loss is None or loss < self.best_loss:
+            self.best_loss, self.bad_evaluations = loss, 0
+            return False
+        self.bad_evaluations += 1
+        return self._advance() if self.bad_evaluations >= self.patience else False
+
+    def total_epochs(self) -> int:
+        """Epochs of the whole curriculum (an upper bound with patience)."""
+        return self.num_stages * self.stage_epochs
+
+    def state_dict(self) -> dict:
+        return {"stage": self.stage, "epochs_in_stage": self.epochs_in_stage, "best_loss": self.best_loss, "bad_evaluations": self.bad_evaluations}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.stage = int(state["stage"])
+        self.epochs_in_stage = int(state["epochs_in_stage"])
+        self.best_loss = state["best_loss"]
+        self.bad_evaluations = int(state["bad_evaluations"])

@@ -1,0 +1,153 @@
+"""POCL difficulty ranking of a processed training set by the student itself.
+
+    python -m distillation_llm.curriculum rank --model-path STUDENT_INIT --data-dir processed_data/dolly/full/gpt2 \
+        --ranking results/pocl/ranking.jsonl
+
+For every training example the student (1) generates a response (greedy by default) and is scored
+by ROUGE-L against the references, and (2) is scored by its mean LM loss on the reference
+response. `abkd.curriculum.reciprocal_rank_fusion` fuses the two ranks. Writes `ranking.jsonl`
+(easy to hard: id, both signals, both ranks, fused score) and `ranking.meta.json`, which names
+the dataset and the checkpoint; a ranking whose meta matches is reused instead of recomputed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from abkd.curriculum import reciprocal_rank_fusion
+from abkd.fused import IGNORE_INDEX
+from distillation_llm.data import InstructionCollator, batches, load_processed
+from distillation_llm.generation import GenerationSettings, add_generation_args, generate, settings_from_args
+from distillation_llm.metrics import max_over_references, rouge_l
+from distillation_llm.models import load_causal_lm, load_tokenizer
+
+
+def checkpoint_fingerprint(path: str | Path) -> str:
+    """A cheap identity of a local checkpoint: config, and each weight file's size and ends."""
+    digest = hashlib.sha256()
+    path = Path(path)
+    for file in sorted(path.iterdir()):
+        if file.name == "config.json":
+            digest.update(file.read_bytes())
+        elif file.suffix in (".safetensors", ".bin", ".pt"):
+            size = file.stat().st_size
+            digest.update(f"{file.name}:{size}".encode())
+            with file.open("rb") as handle:
+                digest.update(handle.read(1 << 20))
+                handle.seek(max(size - (1 << 20), 0))
+                digest.update(handle.read())
+    return digest.hexdigest()
+
+
+@torch.no_grad()
+def example_losses(model, dataset, collate, batch_size: int, device) -> list[float]:
+    """Mean token cross-entropy of the model on each example's reference response."""
+    model.eval()
+    losses = []
+    for index in tqdm(batches(range(len(dataset)), batch_size), desc="loss", leave=False):
+        batch = {k: v.to(device) for k, v in collate([dataset[i] for i in index]).items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        per_token = F.cross_entropy(logits.transpose(1, 2), batch["labels"], ignore_index=IGNORE_INDEX, reduction="none")
+        counts = (batch["labels"] != IGNORE_INDEX).sum(-1).clamp(min=1)
+        losses += (per_token.sum(-1) / counts).tolist()
+    return losses
+
+
+def ranking_meta(args, data_meta: dict, settings: GenerationSettings, size: int) -> dict:
+    return {
+        "dataset": str(Path(args.data_dir).resolve()),
+        "dataset_fingerprint": data_meta.get("fingerprint"),
+        "model": str(Path(args.model_path).resolve()),
+        "model_fingerprint": checkpoint_fingerprint(args.model_path),
+        "rrf_k": args.rrf_k,
+        "seed": args.seed,
+        "generation": vars(settings),
+        "max_prompt_length": args.max_prompt_length,
+        "max_length": args.max_length,
+        "examples": size,
+    }
+
+
+def rank(args: argparse.Namespace) -> Path:
+    ranking = Path(args.ranking)
+    meta_path = ranking.with_suffix(".meta.json")
+    tokenizer = load_tokenizer(args.model_path)
+    data, data_meta = load_processed(args.data_dir, tokenizer)
+    train = data["train"]
+    settings = settings_from_args(args, args.seed)
+    meta = ranking_meta(args, data_meta, settings, len(train))
+    if ranking.is_file() and meta_path.is_file() and json.loads(meta_path.read_text()) == meta and not args.overwrite:
+        print(f"ranking {ranking} matches this checkpoint and dataset: reusing it")
+        return ranking
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_causal_lm(args.model_path, device=device)
+    output = generate(
+        model, tokenizer, [list(row["prompt_ids"]) for row in train], settings,
+        batch_size=args.batch_size, max_prompt_length=args.max_prompt_length,
+    )
+    rouge = [max_over_references(rouge_l, text, row["references"]) for text, row in zip(output.texts, train)]
+    losses = example_losses(model, train, InstructionCollator(tokenizer.pad_token_id, args.max_length), args.batch_size, device)
+    ranked = reciprocal_rank_fusion(train["id"], rouge, losses, k=args.rrf_k)
+
+    ranking.parent.mkdir(parents=True, exist_ok=True)
+    staging = ranking.with_name(f".{ranking.name}.tmp")
+    staging.write_text("".join(json.dumps(vars(example)) + "\n" for example in ranked))
+    os.replace(staging, ranking)
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"ranked {len(ranked)} examples ({output.prompt_truncated} prompts truncated) -> {ranking}")
+    return ranking
+
+
+def load_ranking(path: str | Path, data_dir: str | Path, data_meta: dict) -> list[int]:
+    """Example ids easy to hard, after checking the ranking was made for this dataset."""
+    path = Path(path)
+    meta_path = path.with_suffix(".meta.json")
+    if not path.is_file() or not meta_path.is_file():
+        raise FileNotFoundError(f"--ranking {path}: no ranking (and {meta_path.name}) here; run `python -m distillation_llm.curriculum rank` first")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("dataset_fingerprint") != data_meta.get("fingerprint"):
+        raise ValueError(f"--ranking {path} was made for {meta.get('dataset')}, not for --data-dir {data_dir} (dataset fingerprints differ)")
+    ids = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        try:
+            ids.append(int(json.loads(line)["id"]))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{path}:{number}: not a ranking line ({error})") from None
+    return ids
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m distillation_llm.curriculum", description="POCL curriculum tools.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    ranker = commands.add_parser("rank", help="rank the training set from easy to hard with the student")
+    ranker.add_argument("--model-path", required=True, help="the student checkpoint that judges difficulty (usually the SFT-initialised student)")
+    ranker.add_argument("--data-dir", required=True, help="processed dataset whose train split is ranked")
+    ranker.add_argument("--ranking", required=True, help="output ranking.jsonl; its meta goes beside it as ranking.meta.json")
+    ranker.add_argument("--rrf-k", type=float, default=60.0, help="reciprocal-rank-fusion constant k")
+    ranker.add_argument("--batch-size", type=int, default=16, help="examples per generation and loss batch")
+    ranker.add_argument("--max-prompt-length", type=int, default=256, help="prompts longer than this are truncated from the left for generation")
+    ranker.add_argument("--max-length", type=int, default=512, help="prompt + response tokens for the loss")
+    ranker.add_argument("--seed", type=int, default=10, help="generation seed (matters only with --do-sample)")
+    ranker.add_argument("--overwrite", action="store_true", help="recompute even if a matching ranking exists")
+    add_generation_args(ranker, GenerationSettings(do_sample=False, max_new_tokens=128))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if not (Path(args.model_path) / "config.json").is_file():
+        raise SystemExit(f"error: --model-path {args.model_path}: not a local model directory (no config.json)")
+    rank(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""POCL end to end: the student ranks the data, and one finetune run walks the Baby Step stages."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from distillation_llm import curriculum as curriculum_cli
+from distillation_llm import finetune
+from distillation_llm.data import InstructionCollator
+
+
+
+@pytest.fixture(scope="module")
+def processed_dir(tmp_path_factory, tiny_tokenizer_dir):
+    from conftest import write_instruction_jsonl
+    from tools import process_data_dolly
+
+    root = tmp_path_factory.mktemp("pocl-data")
+    write_instruction_jsonl(root / "raw" / "raw.jsonl", 80, seed=4)
+    out = root / "processed"
+    process_data_dolly.main([
+        "--data-dir", str(root / "raw"), "--processed-data-dir", str(out), "--model-path", str(tiny_tokenizer_dir),
+        "--max-prompt-length", "64", "--max-length", "96", "--dev-num", "8",
+    ])
+    return out
+
+
+@pytest.fixture(scope="module")
+def ranking(tmp_path_factory, processed_dir, tiny_gpt2_dir):
+    path = tmp_path_factory.mktemp("ranking") / "ranking.jsonl"
+    curriculum_cli.main(["rank", "--model-path", str(tiny_gpt2_dir), "--data-dir", str(processed_dir), "--ranking", str(path), "--max-new-tokens", "8", "--batch-size", "16"])
+    return path
+
+
+def test_ranking_covers_the_training_set_in_rrf_order(ranking, processed_dir, tiny_gpt2_dir, capsys):
+    import datasets
+
+    rows = [json.loads(line) for line in ranking.read_text().splitlines()]
+    train_ids = datasets.load_from_disk(str(processed_dir))["train"]["id"]
+    assert sorted(row["id"] for row in rows) == sorted(train_ids)
+    for row in rows:
+        assert row["score"] == pytest.approx(1 / (60 + row["rank_rouge"]) + 1 / (60 + row["rank_loss"]))
+        assert 0.0 <= row["rouge"] <= 1.0 and row["loss"] > 0
+    scores = [row["score"] for row in rows]
+    assert scores == sorted(scores, reverse=True)
+    meta = json.loads(ranking.with_suffix(".meta.json").read_text())
+    assert meta["examples"] == len(rows) and meta["rrf_k"] == 60
+    # A second request with the same checkpoint and data reuses the ranking.
+    capsys.readouterr()
+    curriculum_cli.main(["rank", "--model-path", str(tiny_gpt2_dir), "--data-dir", str(processed_dir), "--ranking", str(ranking), "--max-new-tokens", "8", "--batch-size", "16"])
+    assert "reusing" in capsys.readouterr().out
+
+
+def _argv(save, processed_dir, student, teacher, ranking, *extra):
+    return [
+        "--type", "kd", "--model-path", str(student), "--teacher-model-path", str(teacher), "--data-dir", str(processed_dir),
+        "--save", str(save), "--do-train", "--batch-size", "4", "--lr", "5e-3", "--log-interval", "1", "--seed", "3",
+        "--curriculum", "pocl", "--ranking", str(ranking), "--num-stages", "3", "--stage-epochs", "1", *map(str, extra),
+    ]
+
+
+class RecordingCollator(InstructionCollator):
+    seen: list[list[int]] = []
+
+    def __call__(self, rows):
+        RecordingCollator.seen.append([row["id"] for row in rows])
+        return super().__call__(rows)
+
+
+def test_stages_see_only_their_fraction_and_resume_mid_curriculum(tmp_path, monkeypatch, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, ranking):
+    ranked = [json.loads(line)["id"] for line in ranking.read_text().splitlines()]  # 72 training examples
+    monkeypatch.setattr(finetune, "InstructionCollator", RecordingCollator)
+    RecordingCollator.seen = []
+    finetune.main(_argv(tmp_path / "full", processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, ranking))
+
+    # Stage sizes ceil(72 (s+1)/3) = 24, 48, 72 examples -> 6, 12, 18 steps of 4 examples.
+    seen = RecordingCollator.seen
+    RecordingCollator.seen = []
+    assert len(seen) == 36
+    stages = [seen[:6], seen[6:18], seen[18:]]
+    for stage, (batches, size) in enumerate(zip(stages, (24, 48, 72))):
+        ids = [i for batch in batches for i in batch]
+        assert sorted(ids) == sorted(ranked[:size]), f"stage {stage} saw examples outside its fraction"
+    log = (tmp_path / "full" / "log.txt").read_text()
+    for text in ("stage 1/3: easiest 33% (24 examples), kd temperature 1, kd-ratio 0.7",
+                 "stage 2/3: easiest 67% (48 examples), kd temperature 1.5, kd-ratio 0.85",
+                 "stage 3/3: easiest 100% (72 examples), kd temperature 2, kd-ratio 1",
+                 "curriculum finished after 3 stages at step 36"):
+        assert text in log
+
+    # Interrupted in the middle of stage 2, then resumed: same stage, same data, same weights.
+    interrupted = tmp_path / "interrupted"
+    finetune.main(_argv(interrupted, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, ranking, "--stop-after-iters", 10))
+    RecordingCollator.seen = []
+    finetune.main(_argv(interrupted, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, ranking, "--resume"))
+    assert RecordingCollator.seen == seen[10:]
+    resumed_log = (interrupted / "log.txt").read_text().split("resumed from step10")[1]
+    assert resumed_log.splitlines()[1].endswith("curriculum stage 2/3: easiest 67% (48 examples), kd temperature 1.5, kd-ratio 0.85")
+    full, resumed = load_file(tmp_path / "full" / "36" / "model.safetensors"), load_file(interrupted / "36" / "model.safetensors")
+    for name in full:
+        torch.testing.assert_close(resumed[name], full[name], rtol=1e-6, atol=1e-7)
+
+
+def test_patience_advances_stages_early(tmp_path, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, ranking):
+    save = tmp_path / "patience"
+    finetune.main(_argv(save, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, ranking, "--stage-epochs", 5, "--stage-patience", 1, "--do-valid", "--eval-interval", 2, "--lr", "1e-1"))
+    log = (save / "log.txt").read_text()
+    assert "curriculum finished after 3 stages" in log
+    steps = [int(line.split("train step ")[1].split()[0]) for line in log.splitlines() if "train step" in line]
+    assert steps[-1] < 5 * (6 + 12 + 18)  # some stage converged before its 5 epochs
+
+
+def test_ranking_for_another_dataset_is_refused(tmp_path, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, ranking):
+    meta = json.loads(ranking.with_suffix(".meta.json").read_text())
+    other = tmp_path / "other.jsonl"
+    other.write_text(ranking.read_text())
+    other.with_suffix(".meta.json").write_text(json.dumps({**meta, "dataset_fingerprint": "something else"}))
+    with pytest.raises(ValueError, match="was made for .* not for --data-dir"):
+        finetune.main(_argv(tmp_path / "x", processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, other))
