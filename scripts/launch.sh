@@ -27,3 +27,17 @@ launch_module() {
             -m "${module}" "$@"
     fi
 }
+
+# `run_module MODULE ARGS...`: one plain `python -m` process (single-device steps such as the POCL
+# ranking), with the same DRY_RUN behaviour.
+run_module() {
+    local module=$1
+    shift
+    if [[ "${DRY_RUN:-0}" == 1 ]]; then
+        printf 'python -m %q' "${module}"
+        printf ' %q' "$@"
+        printf '\n'
+        return 0
+    fi
+    python -m "${module}" "$@"
+}

@@ -248,3 +248,31 @@ def test_billion_parameter_models_train_with_zero2(dry_runs):
     for script, args in runs.items():
         large = Path(args.model_path).parts[-2 if Path(args.model_path).name == "best" else -1] in ("gpt2-xlarge", "opt-1.3B", "opt-2.7B")
         assert Path(args.deepspeed_config).name == ("ds_config_zero2.json" if large else "ds_config.json"), name(script)
+
+
+POCL_SCRIPTS = sorted(SCRIPTS.glob("*/pocl/*.sh"))
+
+
+@pytest.mark.parametrize("script", POCL_SCRIPTS, ids=name)
+@pytest.mark.parametrize("divergence", ["fkl", "srkl", "ab"])
+def test_pocl_launcher_ranks_then_trains_the_curriculum(script, divergence, tmp_path):
+    from distillation_llm.curriculum import build_parser as rank_parser
+
+    result = run_script(script, tmp_path, "--type", divergence)
+    assert result.returncode == 0, result.stderr
+    rank_line, train_line = result.stdout.splitlines()
+    rank_words, train_words = shlex.split(rank_line), shlex.split(train_line)
+    assert rank_words[:4] == ["python", "-m", "distillation_llm.curriculum", "rank"]
+    rank_args = rank_parser().parse_args(rank_words[3:])
+    assert train_words[:3] == ["python", "-m", "distillation_llm.finetune"]
+    args = finetune_args(train_words[3:], tmp_path)
+    assert args.type == divergence and args.curriculum == "pocl"
+    # The run trains from the ranking that the ranking step writes, made by its own student.
+    assert args.ranking == rank_args.ranking and args.model_path == rank_args.model_path and args.data_dir == rank_args.data_dir
+    assert (args.num_stages, args.kd_temperature_start, args.kd_temperature_end, args.kd_ratio_start, args.kd_ratio_end) == (4, 1.0, 2.0, 0.7, 1.0)
+    assert (args.ab_alpha is not None) == (divergence == "ab")
+
+
+def test_pocl_launcher_rejects_other_types(tmp_path):
+    result = run_script(POCL_SCRIPTS[0], tmp_path, "--type", "sft")
+    assert result.returncode != 0 and "--type sft is not a POCL divergence" in result.stderr
