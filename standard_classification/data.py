@@ -1,0 +1,238 @@
+"""CIFAR-100 from the official python pickles, decoded once into uint8 tensors and augmented on
+whole batches in torch (random 32x32 crop of the 4-pixel zero-padded image, horizontal flip,
+per-channel normalisation), as in the CRD/RepDistiller recipe but without per-image PIL work.
+
+Layout read (https://www.cs.toronto.edu/~kriz/cifar.html): `<data-folder>/cifar-100-python/`
+(or `<data-folder>` itself) holding the pickles `train`, `test` and `meta`, or the unextracted
+`<data-folder>/cifar-100-python.tar.gz`. `write_synthetic_cifar` writes a tiny dataset in the same
+layout for tests and CPU smoke runs (`python -m standard_classification.data --synthetic ...`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import os
+import pickle
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+DIRECTORY = "cifar-100-python"
+ARCHIVE = "cifar-100-python.tar.gz"
+URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+
+
+@dataclass
+class CifarSplit:
+    """images: uint8 [N, 3, 32, 32]; labels: int64 [N] (fine labels); classes: fine label names."""
+
+    images: Tensor
+    labels: Tensor
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def _missing(data_folder: Path) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"CIFAR-100 not found under --data-folder {data_folder}: expected {data_folder / DIRECTORY}/{{train,test,meta}} "
+        f"or {data_folder / ARCHIVE}. Download it with `bash scripts/download_cifar100.sh {data_folder}` "
+        f"(or fetch {URL} by hand into that folder), or write a tiny synthetic dataset with "
+        f"`python -m standard_classification.data --synthetic --data-folder {data_folder}`."
+    )
+
+
+def _read_pickles(data_folder: Path, names: tuple[str, ...]) -> dict[str, dict]:
+    """The named pickles from the extracted directory or straight from the archive."""
+    for directory in (data_folder / DIRECTORY, data_folder):
+        if all((directory / name).is_file() for name in names):
+            return {name: pickle.loads((directory / name).read_bytes(), encoding="latin1") for name in names}
+    archive = data_folder / ARCHIVE
+    if archive.is_file():
+        with tarfile.open(archive, "r:gz") as tar:
+            members = {member.name: member for member in tar.getmembers()}
+            found = {}
+            for name in names:
+                member = members.get(f"{DIRECTORY}/{name}")
+                if member is None:
+                    raise ValueError(f"{archive} has no {DIRECTORY}/{name}; is it the CIFAR-100 python archive?")
+                found[name] = pickle.load(io.BytesIO(tar.extractfile(member).read()), encoding="latin1")
+            return found
+    raise _missing(data_folder)
+
+
+def load_cifar100(data_folder: str | Path, split: str) -> CifarSplit:
+    """Decode the `train` or `test` split once: images uint8 [N, 3, 32, 32], fine labels int64 [N]."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got '{split}'")
+    data_folder = Path(data_folder)
+    pickles = _read_pickles(data_folder, (split, "meta"))
+    batch, meta = pickles[split], pickles["meta"]
+    try:
+        data, labels, classes = batch["data"], batch["fine_labels"], list(meta["fine_label_names"])
+    except KeyError as error:
+        raise ValueError(f"{data_folder}: the {split}/meta pickles lack key {error}; is this CIFAR-100 (python version)?") from None
+    images = torch.from_numpy(np.ascontiguousarray(np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32)))
+    labels = torch.as_tensor(labels, dtype=torch.int64)
+    if len(labels) != len(images) or (len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < len(classes)):
+        raise ValueError(f"{data_folder}/{split}: {len(images)} images, {len(labels)} labels, {len(classes)} classes do not agree")
+    return CifarSplit(images, labels, classes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches and augmentation.
+# ---------------------------------------------------------------------------------------------
+
+
+def normalize(images: Tensor) -> Tensor:
+    """uint8 [B, 3, H, W] -> float32, scaled to [0, 1] and standardised per channel."""
+    mean = images.new_tensor(CIFAR100_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
+    std = images.new_tensor(CIFAR100_STD, dtype=torch.float32).view(1, 3, 1, 1)
+    return (images.float() / 255.0 - mean) / std
+
+
+def augment(images: Tensor, generator: torch.Generator, padding: int = 4) -> Tensor:
+    """Random crop of the zero-padded image and random horizontal flip, per image, on a batch.
+
+    images: uint8 [B, 3, H, W] on any device; `generator` is a CPU generator, so the draws are
+    the same whatever the device.
+    """
+    batch, _, height, width = images.shape
+    padded = torch.nn.functional.pad(images, (padding,) * 4)
+    top = torch.randint(0, 2 * padding + 1, (batch,), generator=generator).to(images.device)
+    left = torch.randint(0, 2 * padding + 1, (batch,), generator=generator).to(images.device)
+    flip = (torch.rand(batch, generator=generator) < 0.5).to(images.device)
+    rows = (top[:, None] + torch.arange(height, device=images.device))[:, None, :, None]
+    cols = left[:, None] + torch.arange(width, device=images.device)
+    cols = torch.where(flip[:, None], cols.flip(-1), cols)[:, None, None, :]
+    index = torch.arange(batch, device=images.device)[:, None, None, None]
+    channel = torch.arange(3, device=images.device)[None, :, None, None]
+    return padded[index, channel, rows, cols]
+
+
+class EpochBatches:
+    """This rank's mini-batches of one split, a pure function of (seed, epoch, step, rank), so a
+    resumed run sees exactly the batches and augmentations of an uninterrupted one.
+
+    Training shuffles with `seed + epoch` and, like DistributedSampler, pads the permutation by
+    wrapping around to a multiple of the world size and gives rank r every world-th index; each
+    rank then takes `local_batch` at a time (the last batch may be smaller, the same on every rank).
+    """
+
+    def __init__(self, split: CifarSplit, local_batch: int, *, train: bool, seed: int = 0, rank: int = 0, world_size: int = 1):
+        if local_batch < 1:
+            raise ValueError(f"batch size per process must be >= 1, got {local_batch}")
+        if len(split) == 0:
+            raise ValueError("the dataset split is empty")
+        self.split, self.local_batch, self.train = split, local_batch, train
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.per_rank = math.ceil(len(split) / world_size) if train else len(range(rank, len(split), world_size))
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.per_rank / self.local_batch)
+
+    def indices(self, epoch: int) -> Tensor:
+        n = len(self.split)
+        if not self.train:
+            return torch.arange(self.rank, n, self.world_size)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
+        total = self.per_rank * self.world_size
+        order = order.repeat(math.ceil(total / n))[:total]
+        return order[self.rank :: self.world_size]
+
+    def epoch(self, epoch: int, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+        """(normalised float images [b, 3, 32, 32], labels [b]) on `device`."""
+        order = self.indices(epoch)
+        for step in range(self.steps_per_epoch):
+            index = order[step * self.local_batch : (step + 1) * self.local_batch]
+            images = self.split.images[index].to(device, non_blocking=True)
+            labels = self.split.labels[index].to(device, non_blocking=True)
+            if self.train:
+                generator = torch.Generator().manual_seed(((self.seed * 1009 + epoch) * 100_003 + step) * 257 + self.rank)
+                images = augment(images, generator)
+            yield normalize(images), labels
+
+
+# ---------------------------------------------------------------------------------------------
+# A tiny dataset in the official layout.
+# ---------------------------------------------------------------------------------------------
+
+
+def write_synthetic_cifar(
+    data_folder: str | Path, *, num_classes: int = 10, train_per_class: int = 16, test_per_class: int = 8, seed: int = 0
+) -> Path:
+    """Write `<data_folder>/cifar-100-python/{train,test,meta}` with the official pickle keys.
+
+    Each class is a smooth random colour pattern; images are that pattern, randomly shifted by
+    up to 3 pixels, with per-image noise, so the classes are learnable but not trivially so by a
+    small network in a few epochs. Returns the directory written.
+    """
+    if not 1 <= num_classes <= 100:
+        raise ValueError(f"num_classes must be in [1, 100], got {num_classes}")
+    rng = np.random.RandomState(seed)
+    coarse = rng.rand(num_classes, 3, 4, 4)
+    templates = coarse.repeat(8, axis=2).repeat(8, axis=3)  # [C, 3, 32, 32], 8x8 tiles
+
+    def make(per_class: int, split: str) -> dict:
+        labels = np.repeat(np.arange(num_classes), per_class)
+        rng.shuffle(labels)
+        images = []
+        for label in labels:
+            shift = rng.randint(-3, 4, size=2)
+            image = np.roll(templates[label], tuple(shift), axis=(1, 2)) + 0.25 * rng.randn(3, 32, 32)
+            images.append(np.clip(image * 255.0, 0, 255).astype(np.uint8))
+        data = np.stack(images).reshape(len(labels), 3072) if images else np.zeros((0, 3072), np.uint8)
+        return {
+            "filenames": [f"synthetic_{split}_{i}.png" for i in range(len(labels))],
+            "batch_label": f"synthetic {split}",
+            "fine_labels": labels.tolist(),
+            "coarse_labels": (labels // 5).tolist(),
+            "data": data,
+        }
+
+    directory = Path(data_folder) / DIRECTORY
+    directory.mkdir(parents=True, exist_ok=True)
+    payloads = {
+        "train": make(train_per_class, "train"),
+        "test": make(test_per_class, "test"),
+        "meta": {"fine_label_names": [f"class_{i}" for i in range(num_classes)], "coarse_label_names": [f"super_{i}" for i in range(20)]},
+    }
+    for name, payload in payloads.items():
+        temporary = directory / f".{name}.tmp"
+        temporary.write_bytes(pickle.dumps(payload, protocol=2))
+        os.replace(temporary, directory / name)
+    return directory
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Write a tiny synthetic CIFAR-format dataset, or summarise a CIFAR-100 folder.")
+    parser.add_argument("--data-folder", required=True, help="folder holding (or to receive) cifar-100-python/")
+    parser.add_argument("--synthetic", action="store_true", help="write a synthetic dataset instead of reading one")
+    parser.add_argument("--classes", type=int, default=10, help="synthetic: number of classes (1-100)")
+    parser.add_argument("--train-per-class", type=int, default=16, help="synthetic: training images per class")
+    parser.add_argument("--test-per-class", type=int, default=8, help="synthetic: test images per class")
+    parser.add_argument("--seed", type=int, default=0, help="synthetic: random seed of the patterns and noise")
+    args = parser.parse_args(argv)
+    if args.synthetic:
+        directory = write_synthetic_cifar(
+            args.data_folder, num_classes=args.classes, train_per_class=args.train_per_class, test_per_class=args.test_per_class, seed=args.seed
+        )
+        print(f"wrote a synthetic CIFAR-format dataset to {directory}")
+    for split in ("train", "test"):
+        data = load_cifar100(args.data_folder, split)
+        print(f"{split}: {len(data)} images, {len(data.classes)} classes")
+
+
+if __name__ == "__main__":
+    main()
