@@ -18,13 +18,18 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from abkd.losses import check_temperature, divergence
+from abkd.losses import check_temperature, compute_dtype, divergence
+
+
+def _promote(logits: Tensor) -> Tensor:
+    """float32 (float64 stays float64), the precision `abkd.losses` computes in."""
+    return logits.to(compute_dtype(logits))
 
 
 def standardize(logits: Tensor, eps: float = 1e-7) -> Tensor:
     """Per-sample z-score of logits [B, C]: (z - mean) / (std + eps) over classes, with the
-    population standard deviation (Sun et al., CVPR 2024, eq. 9; computed in float32)."""
-    logits = logits.float()
+    population standard deviation (Sun et al., CVPR 2024, eq. 9), in float32 or float64."""
+    logits = _promote(logits)
     mean = logits.mean(dim=-1, keepdim=True)
     std = logits.std(dim=-1, keepdim=True, correction=0)
     return (logits - mean) / (std + eps)
@@ -53,7 +58,7 @@ class DistillLoss(nn.Module):
 
 def binary_log_probs(logits: Tensor, target: Tensor, temperature: float) -> Tensor:
     """[B, 2] log-probabilities (target class, all other classes) of softmax(logits / T)."""
-    log_probs = torch.log_softmax(logits.float() / temperature, dim=-1)
+    log_probs = torch.log_softmax(_promote(logits) / temperature, dim=-1)
     log_target = log_probs.gather(1, target[:, None])
     log_other = log_probs.masked_fill(target_mask(logits, target), -torch.inf).logsumexp(dim=-1, keepdim=True)
     return torch.cat([log_target, log_other], dim=1)
@@ -86,7 +91,7 @@ class DKDLoss(nn.Module):
         tckd = divergence("fkl", binary_log_probs(student_logits, labels, T), binary_log_probs(teacher_logits, labels, T))
         mask = target_mask(student_logits, labels)
         nckd = divergence(
-            "fkl", student_logits.float().masked_fill(mask, -torch.inf), teacher_logits.float().masked_fill(mask, -torch.inf), temperature=T
+            "fkl", _promote(student_logits).masked_fill(mask, -torch.inf), _promote(teacher_logits).masked_fill(mask, -torch.inf), temperature=T
         )
         return tckd.mean(), nckd.mean()
 

@@ -182,7 +182,8 @@ def setup(args: argparse.Namespace, save_dir: Path) -> tuple[torch.device, RunLo
 
 
 def run(args: argparse.Namespace, model_name: str, student: nn.Module, objective: Objective, save_dir: Path, device, log: RunLog, train_set, test_set) -> dict:
-    """Train `student` for args.epochs (resuming if asked); returns the final state."""
+    """Train `student` for args.epochs (resuming if asked). Returns the final state (epoch,
+    best_accuracy, best_epoch) with `history`, the per-epoch metrics of this invocation."""
     world = E.world_size()
     if args.batch_size % world:
         raise ValueError(f"--batch_size {args.batch_size} must be divisible by the number of processes ({world})")
@@ -215,11 +216,13 @@ def run(args: argparse.Namespace, model_name: str, student: nn.Module, objective
             state.update({key: client[key] for key in state})
             log.info(f"resumed from {tag}: {state['epoch']} epochs done, best top-1 {state['best_accuracy']:.2f} at epoch {state['best_epoch']}")
 
+    history = []
     last = args.epochs if args.stop_after_epochs is None else min(args.epochs, state["epoch"] + args.stop_after_epochs)
     for epoch in range(state["epoch"], last):
         metrics = train_epoch(engine, objective, train_batches, epoch, device, dtype, args)
         metrics.update(evaluate(engine.module, test_batches, device, dtype))
         state["epoch"] = done = epoch + 1
+        history.append({"epoch": done, **metrics})
         log.info(f"epoch {done}/{args.epochs} | " + " | ".join(f"{key} {value:.4g}" for key, value in metrics.items()))
         if log.writer is not None:
             for key, value in metrics.items():
@@ -241,4 +244,4 @@ def run(args: argparse.Namespace, model_name: str, student: nn.Module, objective
         log.info(f"finished {args.epochs} epochs; best top-1 {state['best_accuracy']:.2f} at epoch {state['best_epoch']}")
         log.json("best.json", {"model": model_name, "best_accuracy": state["best_accuracy"], "best_epoch": state["best_epoch"]})
     log.close()
-    return state
+    return {**state, "history": history}
