@@ -32,12 +32,17 @@ from standard_classification.train import Objective, add_training_args, resolve_
 DEFAULT_WEIGHTS = {"kd": (0.1, 0.9), "ab": (0.1, 0.9), "ls": (0.1, 0.9), "abls": (0.1, 0.9), "dkd": (1.0, 1.0)}
 
 
+# Directory names of published teachers that differ from the zoo's model names.
+TEACHER_ALIASES = {"ResNet50": "resnet50"}
+
+
 def teacher_name(path_t: str | Path) -> str | None:
     """Architecture from `.../<name>_vanilla[...]/file.pth` or `.../<name>_best.pth`, else None."""
     path = Path(path_t)
     candidates = [path.parent.name.split("_vanilla")[0] if "_vanilla" in path.parent.name else None]
     if path.stem.endswith("_best"):
         candidates.append(path.stem[: -len("_best")])
+    candidates = [TEACHER_ALIASES.get(name, name) for name in candidates]
     return next((name for name in candidates if name in model_dict), None)
 
 

@@ -3,8 +3,12 @@ and every --distill through the real DeepSpeed engine, exact resume, bad input),
 distillation terms against their definitions."""
 
 import math
+import os
 import pickle
+import shlex
+import subprocess
 import tarfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +19,7 @@ from standard_classification.data import CifarSplit, EpochBatches, augment, load
 from standard_classification.losses import DISTILL_LOSSES, build_distill_loss, standardize
 from standard_classification.models import build_model
 
+REPO = Path(__file__).resolve().parents[1]
 # Fast settings shared by every run: 10 classes x 8 images, batches of 16 (5 steps per epoch).
 FAST = ["--batch_size", "16", "--learning_rate", "0.05", "--lr_decay_epochs", "", "--weight_decay", "0"]
 
@@ -103,7 +108,31 @@ def test_teacher_name_is_parsed_from_the_zoo_path():
     assert train_student.teacher_name("save/models/wrn_40_2_vanilla/ckpt_epoch_240.pth") == "wrn_40_2"
     assert train_student.teacher_name("save/models/resnet32x4_vanilla/resnet32x4_best.pth") == "resnet32x4"
     assert train_student.teacher_name("elsewhere/ShuffleV2_best.pth") == "ShuffleV2"
+    assert train_student.teacher_name("save/models/ResNet50_vanilla/ckpt_epoch_240.pth") == "resnet50"
     assert train_student.teacher_name("elsewhere/teacher.pth") is None
+
+
+def _dry_run(script, *args):
+    result = subprocess.run(["bash", str(REPO / "standard_classification" / script), *args], env={**os.environ, "DRY_RUN": "1"},
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    commands = [shlex.split(line) for line in result.stdout.splitlines()]
+    assert all(words[:3] == ["python", "-m", "standard_classification.train_student"] for words in commands)
+    return [train_student.parse_args(words[3:]) for words in commands]
+
+
+def test_ab_launcher_sweeps_alpha_plus_beta_and_alpha():
+    runs = _dry_run("train_ab.sh", "1.0", "1.1", "0.7", "0.9", "resnet56", "resnet20", "2", "0.5")
+    pairs = sorted((round(args.ab_alpha, 6), round(args.ab_beta, 6)) for args in runs)
+    assert pairs == [(0.7, 0.3), (0.7, 0.4), (0.8, 0.2), (0.8, 0.3), (0.9, 0.1), (0.9, 0.2)]
+    assert all(args.distill == "ab" and args.kd_weight == 0.5 and args.model_t == "resnet56" and args.model_s == "resnet20" for args in runs)
+    assert len({args.save for args in runs}) == len(runs)
+
+
+@pytest.mark.parametrize("script, distill", [("train_kd.sh", "kd"), ("train_ls.sh", "ls"), ("train_dkd.sh", "dkd")])
+def test_launchers_print_valid_commands(script, distill):
+    (args,) = _dry_run(script, "resnet32x4", "resnet8x4", "1")
+    assert args.distill == distill and args.model_t == "resnet32x4" and args.model_s == "resnet8x4"
 
 
 def test_teacher_of_the_wrong_architecture_is_rejected(cifar_dir, teacher_path, tmp_path):
