@@ -1,0 +1,84 @@
+"""Training throughput of CIFAR-100 distillation: images per second of a student step (teacher
+forward, student forward + backward, SGD step through the DeepSpeed engine, batched augmentation)
+at batch 64, on synthetic uint8 images, on the available device (bf16 on CUDA as ds_config's
+"auto", fp32 on CPU).
+
+    python benchmarks/bench_cifar.py                          # the default pairs, kd and ab
+    python benchmarks/bench_cifar.py --pairs resnet56:resnet20 --distill ab dkd --steps 20
+
+Rows with teacher "-" train the student alone (cross-entropy), the cost distillation is compared
+with. Times are the median over `--steps` timed steps after `--warmup` untimed ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from abkd import engine as E
+from standard_classification.data import augment, normalize
+from standard_classification.losses import build_distill_loss
+from standard_classification.models import build_model
+from standard_classification.train import DEFAULT_DS_CONFIG, Objective
+
+
+def measure(teacher_name: str | None, student_name: str, distill: str | None, batch: int, steps: int, warmup: int, device) -> dict:
+    config = E.load_deepspeed_config(DEFAULT_DS_CONFIG, micro_batch_size=batch, gradient_accumulation_steps=1)
+    dtype = E.training_dtype(config)
+    student = build_model(student_name).to(device)
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    engine = E.initialize(student, optimizer, None, config)
+    objective = Objective(ce_weight=1.0)
+    if teacher_name is not None:
+        teacher = build_model(teacher_name).to(device=device, dtype=dtype).eval().requires_grad_(False)
+        options = dict(temperature=4.0, ab_alpha=0.8, ab_beta=0.2, dkd_alpha=1.0, dkd_beta=8.0, dkd_warmup=20)
+        objective = Objective(ce_weight=0.1, kd_weight=0.9, teacher=teacher, distill=build_distill_loss(distill, **options))
+    images = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8, device=device)
+    labels = torch.randint(0, 100, (batch,), device=device)
+    generator = torch.Generator().manual_seed(0)
+    engine.train()
+    times = []
+    for step in range(warmup + steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        out = objective(engine, normalize(augment(images, generator)).to(dtype), labels, epoch=0)
+        engine.backward(out["loss"])
+        engine.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if step >= warmup:
+            times.append(time.perf_counter() - started)
+    seconds = statistics.median(times)
+    return {"teacher": teacher_name or "-", "student": student_name, "distill": distill or "ce", "dtype": str(dtype).replace("torch.", ""),
+            "ms_per_step": 1000 * seconds, "images_per_s": batch / seconds}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pairs", nargs="+", default=["resnet56:resnet20", "resnet32x4:resnet8x4"], help="TEACHER:STUDENT zoo names")
+    parser.add_argument("--distill", nargs="+", default=["kd", "ab"], help="distillation terms to time for each pair")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per step")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per row")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps before timing")
+    args = parser.parse_args(argv)
+    device = E.init_distributed()
+    rows = []
+    for pair in args.pairs:
+        teacher, student = pair.split(":")
+        rows.append(measure(None, student, None, args.batch_size, args.steps, args.warmup, device))
+        for distill in args.distill:
+            rows.append(measure(teacher, student, distill, args.batch_size, args.steps, args.warmup, device))
+    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"\nCIFAR training step, batch {args.batch_size}, {name}, median of {args.steps} steps\n")
+    print("| teacher | student | loss | dtype | ms/step | images/s |")
+    print("|---|---|---|---|---:|---:|")
+    for row in rows:
+        print(f"| {row['teacher']} | {row['student']} | {row['distill']} | {row['dtype']} | {row['ms_per_step']:.1f} | {row['images_per_s']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
