@@ -124,6 +124,18 @@ def _all_reduce(values: list[float], device: torch.device) -> list[float]:
 
 
 @torch.no_grad()
+def average_buffers(module: nn.Module) -> None:
+    """Average BatchNorm running statistics over ranks. DeepSpeed, unlike DDP, does not keep
+    buffers in sync, so each rank's statistics drift towards its own shard of the data."""
+    if E.world_size() == 1:
+        return
+    for buffer in module.buffers():
+        if buffer.is_floating_point():
+            torch.distributed.all_reduce(buffer)
+            buffer.div_(E.world_size())
+
+
+@torch.no_grad()
 def evaluate(model: nn.Module, batches: EpochBatches, device: torch.device, dtype: torch.dtype) -> dict[str, float]:
     """Test loss, top-1 and top-5 accuracy (%) over the whole split, summed over ranks."""
     was_training = model.training
@@ -220,6 +232,7 @@ def run(args: argparse.Namespace, model_name: str, student: nn.Module, objective
     last = args.epochs if args.stop_after_epochs is None else min(args.epochs, state["epoch"] + args.stop_after_epochs)
     for epoch in range(state["epoch"], last):
         metrics = train_epoch(engine, objective, train_batches, epoch, device, dtype, args)
+        average_buffers(engine.module)
         metrics.update(evaluate(engine.module, test_batches, device, dtype))
         state["epoch"] = done = epoch + 1
         history.append({"epoch": done, **metrics})
