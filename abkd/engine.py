@@ -174,12 +174,13 @@ def set_rng_state(state: dict) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def save_checkpoint(engine, root: str | Path, tag: str, client_state: dict, keep_last: int | None = None) -> Path:
+def save_checkpoint(engine, root: str | Path, tag: str, client_state: dict, keep_last: int | None = None, rank_state: dict | None = None) -> Path:
     """Save a resumable DeepSpeed checkpoint `root/tag` atomically on every rank (collective).
 
-    `client_state` must hold only plain Python values and tensors (loaded with weights_only).
-    Each rank's RNG state is saved beside it. With `keep_last`, older complete checkpoints are
-    deleted after the new one is in place.
+    `client_state` (rank 0's) holds plain Python values. Each rank's RNG state, and its
+    `rank_state` (per-rank objects such as a replay buffer; plain values and tensors, loaded with
+    weights_only), are saved beside it. With `keep_last`, older complete checkpoints are deleted
+    after the new one is in place.
     """
     root = Path(root)
     staging = root / INCOMPLETE
@@ -187,7 +188,7 @@ def save_checkpoint(engine, root: str | Path, tag: str, client_state: dict, keep
         shutil.rmtree(staging / tag)
     barrier()
     engine.save_checkpoint(str(staging), tag=tag, client_state=client_state, save_latest=False)
-    torch.save(rng_state(), staging / tag / f"rng_state_{rank()}.pt")
+    torch.save({"rng": rng_state(), "rank_state": rank_state or {}}, staging / tag / f"rank_state_{rank()}.pt")
     barrier()
     final = root / tag
     if is_main_process():
@@ -223,13 +224,15 @@ def latest_checkpoint(root: str | Path) -> str | None:
 
 
 def load_checkpoint(engine, root: str | Path, tag: str) -> dict:
-    """Restore engine (model, optimizer, scheduler) and this rank's RNG; returns the client state."""
+    """Restore engine (model, optimizer, scheduler) and this rank's RNG; returns the client state,
+    with this rank's own `rank_state` (as saved by `save_checkpoint`) under the key "rank_state"."""
     _, client_state = engine.load_checkpoint(str(root), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True)
     if client_state is None:
         raise RuntimeError(f"could not load DeepSpeed checkpoint {Path(root) / tag}")
-    rng_file = Path(root) / tag / f"rng_state_{rank()}.pt"
-    if rng_file.is_file():
-        set_rng_state(torch.load(rng_file, weights_only=True))
-    else:
-        logger.warning("%s is missing: random state not restored (world size changed?)", rng_file)
-    return client_state
+    rank_file = Path(root) / tag / f"rank_state_{rank()}.pt"
+    if not rank_file.is_file():
+        logger.warning("%s is missing: random state not restored (world size changed?)", rank_file)
+        return {**client_state, "rank_state": {}}
+    saved = torch.load(rank_file, weights_only=True)
+    set_rng_state(saved["rng"])
+    return {**client_state, "rank_state": saved["rank_state"]}

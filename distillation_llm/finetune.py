@@ -26,11 +26,13 @@ from abkd import engine as E
 from abkd.curriculum import BabyStepScheduler
 from abkd.runlog import RunLog
 from abkd.schedules import build_scheduler
-from distillation_llm.arguments import divergence_params, parse_args, write_args
+from distillation_llm.arguments import STUDENT_GENERATED, divergence_params, parse_args, write_args
 from distillation_llm.curriculum import load_ranking
 from distillation_llm.data import GlobalBatchSampler, InstructionCollator, LMCollator, batches, load_processed, shard_indices
-from distillation_llm.models import check_shared_vocabulary, load_causal_lm, load_tokenizer
+from distillation_llm.models import add_lora, check_shared_vocabulary, load_causal_lm, load_tokenizer, merge_lora
+from distillation_llm.generation import GenerationSettings
 from distillation_llm.objective import Objective
+from distillation_llm.sources import AdaptiveThreshold, DatasetSource, StudentGeneratedSource, replay_ratio
 
 CHECKPOINTS = "checkpoints"
 
@@ -39,7 +41,8 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """AdamW groups: no weight decay on biases and normalisation weights (1-D parameters)."""
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [group for group in groups if group["params"]]  # LoRA has no 1-D trainable parameters
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -54,11 +57,12 @@ def forever(loader: DataLoader, sampler: GlobalBatchSampler, state: dict) -> Ite
 
 
 class TrainingData:
-    """Where training batches come from: the whole train split, or with POCL the current stage's
-    easiest fraction of it (`select` re-targets the sampler when the stage changes)."""
+    """Which training rows a run draws: the whole train split, or with POCL the current stage's
+    easiest fraction of it (`select` re-targets the sampler when the stage changes). The rows of
+    each micro-batch go through the batch source (distillation_llm/sources.py) to be collated."""
 
-    def __init__(self, train_set, collate, args, curriculum: BabyStepScheduler | None = None):
-        self.train_set, self.collate, self.args, self.curriculum = train_set, collate, args, curriculum
+    def __init__(self, train_set, args, curriculum: BabyStepScheduler | None = None):
+        self.train_set, self.args, self.curriculum = train_set, args, curriculum
         if curriculum is not None:
             row_of_id = {example_id: row for row, example_id in enumerate(train_set["id"])}
             missing = [i for i in curriculum.ranked_ids if i not in row_of_id]
@@ -75,7 +79,7 @@ class TrainingData:
         if self.curriculum is not None:
             examples = self.train_set.select([self.row_of_id[i] for i in self.curriculum.active_ids()])
         self.sampler = self._sampler(len(examples))
-        self.loader = DataLoader(examples, batch_sampler=self.sampler, collate_fn=self.collate, num_workers=self.args.num_workers)
+        self.loader = DataLoader(examples, batch_sampler=self.sampler, collate_fn=list, num_workers=self.args.num_workers)
 
     def micro_batches(self, state: dict) -> Iterator[dict]:
         return forever(self.loader, self.sampler, state)
@@ -158,13 +162,31 @@ def selection(metrics: dict[str, float], args) -> tuple[str, float]:
     return "valid_loss", metrics["valid_loss"]
 
 
+def build_source(args, collate, student, tokenizer):
+    """The batch source of --type: the dataset as it is, or student-generated outputs."""
+    if args.type not in STUDENT_GENERATED:
+        if args.type == "seqkd" and "seqkd" not in load_processed(args.data_dir)[1]:
+            E.print_rank0(f"warning: --type seqkd but --data-dir {args.data_dir} was not made by tools.generate_data_seqkd")
+        return DatasetSource(collate)
+    settings = GenerationSettings(do_sample=True, top_k=0, top_p=1.0, temperature=1.0, max_new_tokens=args.max_length - args.max_prompt_length, seed=args.seed + 1000 * E.rank())
+    common = dict(max_prompt_length=args.max_prompt_length, seed=args.seed + E.rank())
+    if args.type == "imitkd":
+        return StudentGeneratedSource(collate, student, tokenizer, settings, threshold=1.0, **common)
+    if args.type == "gkd":
+        return StudentGeneratedSource(collate, student, tokenizer, settings, threshold=args.mixed_alpha, **common)
+    return StudentGeneratedSource(
+        collate, student, tokenizer, settings, threshold=AdaptiveThreshold(args.init_threshold, args.loss_eps),
+        capacity=args.capacity, replay=lambda progress: replay_ratio(args.replay_ratio, progress), **common,
+    )
+
+
 def apply_stage(curriculum: BabyStepScheduler, objective: Objective, data: TrainingData, log: RunLog) -> None:
     objective.temperature, objective.kd_ratio = curriculum.temperature(), curriculum.kd_ratio()
     data.select()
     log.info(f"curriculum {curriculum.describe()}")
 
 
-def train(args, engine, objective, data: TrainingData, lm_batches, valid_set, collate, tokenizer, state, log, device, total_steps):
+def train(args, engine, objective, data: TrainingData, source, lm_batches, valid_set, collate, tokenizer, state, log, device, total_steps):
     save_dir = Path(args.save)
     curriculum = data.curriculum
     stop_at = min(total_steps, state["step"] + args.stop_after_iters) if args.stop_after_iters else total_steps
@@ -173,7 +195,7 @@ def train(args, engine, objective, data: TrainingData, lm_batches, valid_set, co
     while state["step"] < stop_at:
         started, sums, tokens = time.perf_counter(), defaultdict(float), 0
         for _ in range(args.gradient_accumulation_steps):
-            batch = to_device(next(micro_batches), device)
+            batch = to_device(source(next(micro_batches), progress=state["step"] / total_steps), device)
             out = objective(batch, to_device(next(lm_batches), device) if lm_batches else None)
             engine.backward(out.loss)
             engine.step()
@@ -198,6 +220,9 @@ def train(args, engine, objective, data: TrainingData, lm_batches, valid_set, co
             log.metrics(step, metrics, prefix="valid")
             save_model(engine, tokenizer, save_dir / str(step), args.zero_stage)
             next_stage = (curriculum is not None and curriculum.on_validation(metrics["valid_loss"])) or next_stage
+            if isinstance(getattr(source, "threshold", None), AdaptiveThreshold):
+                threshold = source.threshold.update(metrics["valid_loss"])
+                log.info(f"student-generated batch probability {threshold:.2f}; batches so far {source.counts}")
             metric, value = selection(metrics, args)
             if state["best_metric"] is None or value < state["best_metric"]:
                 state["best_metric"], state["best_step"] = value, step
@@ -223,7 +248,10 @@ def train(args, engine, objective, data: TrainingData, lm_batches, valid_set, co
             if not (save_dir / str(step)).is_dir():
                 save_model(engine, tokenizer, save_dir / str(step), args.zero_stage)
             client_state = {**state, "curriculum": curriculum.state_dict() if curriculum is not None else None}
-            E.save_checkpoint(engine, save_dir / CHECKPOINTS, f"step{step}", client_state=client_state, keep_last=args.keep_checkpoints)
+            E.save_checkpoint(
+                engine, save_dir / CHECKPOINTS, f"step{step}", client_state=client_state, keep_last=args.keep_checkpoints,
+                rank_state={"source": source.state_dict()},
+            )
             log.info(f"saved model {save_dir / str(step)} and resumable checkpoint step{step}")
     bar.close()
     if state["step"] < total_steps and not (curriculum is not None and curriculum.finished):
@@ -257,11 +285,17 @@ def main(argv: list[str] | None = None) -> None:
     if args.divergence is not None:
         teacher_dtype = torch.float16 if args.teacher_model_fp16 and device.type == "cuda" else dtype
         teacher = load_causal_lm(args.teacher_model_path, dtype=teacher_dtype, device=device, flag="--teacher-model-path")
+        if args.teacher_peft_path:
+            teacher = merge_lora(teacher, args.teacher_peft_path)
+            log.info(f"merged the teacher's LoRA adapter {args.teacher_peft_path}")
         teacher.eval().requires_grad_(False)
         teacher_vocab = teacher.get_output_embeddings().weight.shape[0] if teacher.get_output_embeddings() is not None else len(tokenizer)
         vocab = check_shared_vocabulary(tokenizer, load_tokenizer(args.teacher_model_path, "--teacher-model-path"), vocab, teacher_vocab)
         log.info(f"teacher {args.teacher_ckpt_name} ({sum(p.numel() for p in teacher.parameters()) / 1e6:.1f}M params, {teacher_dtype})")
-    log.info(f"student {args.ckpt_name} ({student.config.model_type}, {sum(p.numel() for p in student.parameters()) / 1e6:.1f}M params); type {args.type}")
+    if args.peft == "lora":
+        student = add_lora(student, args.peft_lora_r, args.peft_lora_alpha, args.peft_lora_dropout)
+    trainable = sum(p.numel() for p in student.parameters() if p.requires_grad)
+    log.info(f"student {args.ckpt_name} ({student.config.model_type}, {sum(p.numel() for p in student.parameters()) / 1e6:.1f}M params, {trainable / 1e6:.2f}M trainable); type {args.type}")
 
     data, meta = load_processed(args.data_dir, tokenizer)
     if "train" not in data:
@@ -279,7 +313,7 @@ def main(argv: list[str] | None = None) -> None:
             load_ranking(args.ranking, args.data_dir, meta), args.num_stages, args.stage_epochs, args.stage_patience,
             temperature=(args.kd_temperature_start, args.kd_temperature_end), kd_ratio=(args.kd_ratio_start, args.kd_ratio_end),
         )
-    data = TrainingData(train_set, collate, args, curriculum)
+    data = TrainingData(train_set, args, curriculum)
     if data.sampler.dropped:
         log.info(f"{data.sampler.dropped} of {len(data.loader.dataset)} training examples do not fill a global batch and are left out of each epoch")
     lm_batches = None
@@ -298,6 +332,7 @@ def main(argv: list[str] | None = None) -> None:
         lm_coef=args.lm_coef, partitioned_parameters=args.zero_stage == 3, **({"chunk_size": args.chunk_size} if args.chunk_size else {}),
     )
 
+    source = build_source(args, collate, engine.module, tokenizer)
     state = {"step": 0, "epoch": 0, "step_in_epoch": 0, "best_metric": None, "best_step": None}
     if args.resume:
         tag = E.latest_checkpoint(save_dir / CHECKPOINTS)
@@ -305,6 +340,7 @@ def main(argv: list[str] | None = None) -> None:
             log.info(f"--resume: no checkpoint in {save_dir / CHECKPOINTS} yet, starting from scratch")
         else:
             client = E.load_checkpoint(engine, save_dir / CHECKPOINTS, tag)
+            source.load_state_dict(client["rank_state"].get("source", {}))
             state.update({key: client[key] for key in state})
             if curriculum is not None:
                 curriculum.load_state_dict(client["curriculum"])
@@ -314,7 +350,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.do_train:
         log.info(f"training {total_steps} steps ({data.sampler.steps_per_epoch} per epoch, global batch {data.sampler.global_batch})")
-        train(args, engine, objective, data, lm_batches, valid_set, collate, tokenizer, state, log, device, total_steps)
+        train(args, engine, objective, data, source, lm_batches, valid_set, collate, tokenizer, state, log, device, total_steps)
     elif args.do_valid:
         log.metrics(state["step"], validate(engine, objective, valid_set, collate, tokenizer, args, device), prefix="valid")
     log.close()

@@ -162,10 +162,27 @@ def _position_limit(model: nn.Module) -> int | None:
     return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
 
 
+class _TokenizerVocabulary:
+    """Logits processor that forbids the rows of a padded embedding table beyond the tokenizer's
+    vocabulary (e.g. GPT-2's 50257..50303), which no tokenizer can decode or a smaller-table
+    student embed."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if scores.shape[-1] > self.size:
+            scores[:, self.size :] = -float("inf")
+        return scores
+
+
 def _generate_hf(model, tokenizer, prompt_ids, settings, batch_size, device, progress) -> list[list[int]]:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos_ids = _eos_ids(tokenizer, getattr(model, "generation_config", None))
     config = _hf_generation_config(settings, pad_id, eos_ids)
+    from transformers import LogitsProcessorList
+
+    processors = LogitsProcessorList([_TokenizerVocabulary(len(tokenizer))])
     limit = _position_limit(model)
     longest = max(len(ids) for ids in prompt_ids)
     if limit is not None and longest + settings.max_new_tokens > limit:
@@ -194,7 +211,8 @@ def _generate_hf(model, tokenizer, prompt_ids, settings, batch_size, device, pro
                     input_ids[row, width - len(ids) :] = torch.tensor(ids)
                     attention_mask[row, width - len(ids) :] = 1
                 output = model.generate(
-                    input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), generation_config=config
+                    input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), generation_config=config,
+                    logits_processor=processors,
                 )
                 for row, i in enumerate(batch):
                     continuations[i] = _cut_at_eos(output[row, width:].tolist(), eos_ids)

@@ -51,6 +51,27 @@ class HeadSplit:
         return self.body is not None and self.weight is not None
 
 
+def add_lora(model: nn.Module, r: int, alpha: float, dropout: float) -> nn.Module:
+    """Wrap `model` in PEFT LoRA adapters (PEFT's default target modules for its family); only
+    the adapters train."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    return get_peft_model(model, LoraConfig(task_type=TaskType.CAUSAL_LM, r=r, lora_alpha=alpha, lora_dropout=dropout))
+
+
+def merge_lora(model: nn.Module, adapter_path: str | Path) -> nn.Module:
+    """Load a LoRA adapter into `model` and merge it, for inference (e.g. a LoRA-tuned teacher)."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(adapter_path)).merge_and_unload()
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The transformers model inside a PEFT wrapper (its layers carry the adapters), else `model`."""
+    get_base_model = getattr(model, "get_base_model", None)
+    return get_base_model() if callable(get_base_model) else model
+
+
 def split_head(model: nn.Module) -> HeadSplit:
     """The model body and LM head of GPT-2, OPT, Llama, Qwen and other `*ForCausalLM` models.
 
@@ -58,6 +79,7 @@ def split_head(model: nn.Module) -> HeadSplit:
     which is exactly what `get_output_embeddings()` is applied to. Models without both parts get
     an empty split, and callers fall back to full logits.
     """
+    model = unwrap(model)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     body = getattr(model, "base_model", None)
     if head is None or body is None or body is model or not isinstance(head, nn.Linear):

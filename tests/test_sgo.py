@@ -1,0 +1,195 @@
+"""Student-generated outputs (ImitKD, GKD, DistiLLM), SeqKD data and LoRA students, on tiny models."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from distillation_llm import finetune
+from distillation_llm.data import InstructionCollator
+from distillation_llm.generation import GenerationSettings
+from distillation_llm.sources import AdaptiveThreshold, StudentGeneratedSource, replay_ratio
+
+
+@pytest.fixture(scope="module")
+def processed_dir(tmp_path_factory, tiny_tokenizer_dir):
+    from conftest import write_instruction_jsonl
+    from tools import process_data_dolly
+
+    root = tmp_path_factory.mktemp("sgo-data")
+    write_instruction_jsonl(root / "raw" / "raw.jsonl", 40, seed=7)
+    out = root / "processed"
+    process_data_dolly.main([
+        "--data-dir", str(root / "raw"), "--processed-data-dir", str(out), "--model-path", str(tiny_tokenizer_dir),
+        "--max-prompt-length", "48", "--max-length", "64", "--dev-num", "8",
+    ])
+    return out
+
+
+def _argv(save, data, student, teacher, *extra):
+    argv = [
+        "--model-path", str(student), "--data-dir", str(data), "--save", str(save), "--do-train", "--batch-size", "4",
+        "--lr", "5e-3", "--log-interval", "1", "--seed", "3", "--max-length", "64", "--max-prompt-length", "48",
+    ]
+    return argv + (["--teacher-model-path", str(teacher)] if teacher else []) + [str(x) for x in extra]
+
+
+def _changed(before, after):
+    return max((after[k].float() - before[k].float()).abs().max().item() for k in before)
+
+
+# ---------------------------------------------------------------------------------------------
+# The adaptive threshold and the replay buffer, on their own.
+# ---------------------------------------------------------------------------------------------
+
+
+def test_threshold_follows_the_distillm_rule():
+    threshold = AdaptiveThreshold(initial=0.2, loss_eps=0.1)
+    scripted = [(2.00, 0.2), (2.05, 0.2), (2.30, 0.3), (2.20, 0.3), (2.31, 0.4), (2.31, 0.4)]
+    for loss, expected in scripted:  # rises only when the loss worsens by more than eps
+        assert threshold.update(loss) == pytest.approx(expected)
+    capped = AdaptiveThreshold(initial=0.95, loss_eps=0.0)
+    capped.update(1.0), capped.update(2.0), capped.update(3.0)
+    assert capped.value == 1.0
+    restored = AdaptiveThreshold(0.0, 0.1)
+    restored.load_state_dict(threshold.state_dict())
+    assert restored.update(2.5) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="--init-threshold"):
+        AdaptiveThreshold(1.5, 0.1)
+
+
+def test_replay_ratio_schedules():
+    assert [replay_ratio("constant", p) for p in (0.0, 0.5, 1.0)] == [0.5, 0.5, 0.5]
+    assert [replay_ratio("increasing", p) for p in (0.0, 0.25, 1.0)] == [0.0, 0.25, 1.0]
+    assert [replay_ratio("decreasing", p) for p in (0.0, 0.25, 1.0)] == [1.0, 0.75, 0.0]
+    with pytest.raises(ValueError, match="valid: constant, increasing, decreasing"):
+        replay_ratio("cosine", 0.5)
+
+
+@pytest.mark.parametrize("probability", [0.0, 0.3, 0.8, 1.0])
+def test_batch_origins_follow_the_threshold(probability):
+    source = StudentGeneratedSource(
+        InstructionCollator(0, 16), model=None, tokenizer=None, settings=GenerationSettings(), max_prompt_length=8,
+        threshold=probability, capacity=50, replay=lambda progress: 0.25, seed=1,
+    )
+    empty = [source.choose(4, 0.0) for _ in range(4000)]
+    assert "replayed" not in empty  # nothing to replay yet
+    assert empty.count("dataset") / 4000 == pytest.approx(1 - probability, abs=0.03)
+    source.buffer.extend({"id": i, "prompt_ids": [1], "response_ids": [2]} for i in range(10))
+    full = [source.choose(4, 0.0) for _ in range(4000)]
+    student = [origin for origin in full if origin != "dataset"]
+    assert len(student) / 4000 == pytest.approx(probability, abs=0.03)
+    if student:
+        assert student.count("replayed") / len(student) == pytest.approx(0.25, abs=0.05)
+
+
+# ---------------------------------------------------------------------------------------------
+# Every type trains through the real engine.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kind,extra",
+    [
+        ("imitkd", ["--type", "imitkd", "--kd-ratio", "1.0"]),
+        ("gkd", ["--type", "gkd", "--mixed-alpha", "0.5", "--gkd-beta", "0.5", "--kd-ratio", "1.0"]),
+        ("distillm", ["--type", "distillm", "--init-threshold", "0.5", "--do-valid", "--eval-interval", "2", "--capacity", "8"]),
+        ("adaptive-sfkl", ["--type", "adaptive-sfkl", "--init-threshold", "1.0", "--do-valid", "--replay-ratio", "increasing"]),
+    ],
+)
+def test_student_generated_types_train(tmp_path, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, kind, extra):
+    save = tmp_path / kind
+    finetune.main(_argv(save, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, "--total-iters", 4, *extra))
+    assert _changed(load_file(tiny_gpt2_dir / "model.safetensors"), load_file(save / "4" / "model.safetensors")) > 1e-4
+    state = torch.load(save / "checkpoints" / "step4" / "rank_state_0.pt", weights_only=True)["rank_state"]["source"]
+    counts = state["counts"]
+    assert sum(counts.values()) == 4
+    if kind == "imitkd" or kind == "adaptive-sfkl":
+        assert counts["dataset"] == 0  # every batch is the student's own
+    generated = [row for row in state["buffer"]]
+    if kind in ("distillm", "adaptive-sfkl"):
+        assert len(generated) > 0 and all(row["response_ids"] for row in generated)
+    if kind == "distillm":
+        assert "threshold" in state and 0.5 <= state["threshold"]["value"] <= 1.0
+        assert "student-generated batch probability" in (save / "log.txt").read_text()
+
+
+def test_distillm_resume_restores_buffer_and_threshold(tmp_path, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir):
+    common = ("--type", "distillm", "--init-threshold", "0.6", "--do-valid", "--eval-interval", "1", "--loss-eps", "-1", "--capacity", "12", "--total-iters", 6)
+    finetune.main(_argv(tmp_path / "full", processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, *common))
+    interrupted = tmp_path / "interrupted"
+    finetune.main(_argv(interrupted, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, *common, "--stop-after-iters", 3))
+    saved = torch.load(interrupted / "checkpoints" / "step3" / "rank_state_0.pt", weights_only=True)["rank_state"]["source"]
+    # loss-eps -1 makes every evaluation after the first (which sets the reference) count as
+    # "worse": three evaluations raised the threshold twice.
+    assert saved["threshold"]["value"] == pytest.approx(0.8)
+    finetune.main(_argv(interrupted, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, *common, "--resume"))
+    full = torch.load(tmp_path / "full" / "checkpoints" / "step6" / "rank_state_0.pt", weights_only=True)["rank_state"]["source"]
+    resumed = torch.load(interrupted / "checkpoints" / "step6" / "rank_state_0.pt", weights_only=True)["rank_state"]["source"]
+    assert resumed["buffer"] == full["buffer"] and resumed["counts"] == full["counts"]
+    assert resumed["threshold"] == full["threshold"]
+    a, b = load_file(tmp_path / "full" / "6" / "model.safetensors"), load_file(interrupted / "6" / "model.safetensors")
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-6, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------
+# SeqKD: the teacher writes the targets, and the student trains on them.
+# ---------------------------------------------------------------------------------------------
+
+
+def test_seqkd_data_generation_and_training(tmp_path, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, tiny_tokenizer):
+    import datasets
+
+    from tools import generate_data_seqkd
+
+    out = tmp_path / "seqkd"
+    generate_data_seqkd.main([
+        "--model-path", str(tiny_gpt2_teacher_dir), "--data-dir", str(processed_dir), "--processed-data-dir", str(out),
+        "--max-new-tokens", "12", "--batch-size", "8", "--max-prompt-length", "48",
+    ])
+    source, generated = datasets.load_from_disk(str(processed_dir)), datasets.load_from_disk(str(out))
+    assert generated["train"]["prompt_ids"] == source["train"]["prompt_ids"]
+    assert generated["train"]["id"] == source["train"]["id"]
+    assert generated["valid"]["response_ids"] == source["valid"]["response_ids"]  # validation stays real
+    assert generated["train"]["response_ids"] != source["train"]["response_ids"]
+    for response in generated["train"]["response_ids"]:
+        assert 1 <= len(response) <= 12  # at most max-new-tokens: a stopped answer ends in EOS, a cut one hits the cap
+        assert response[-1] == tiny_tokenizer.eos_token_id or len(response) == 12
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["seqkd"]["teacher"].endswith(tiny_gpt2_teacher_dir.name) and meta["vocab_size"] == len(tiny_tokenizer)
+
+    save = tmp_path / "student"
+    finetune.main(_argv(save, out, tiny_gpt2_dir, None, "--type", "seqkd", "--total-iters", 3))
+    assert _changed(load_file(tiny_gpt2_dir / "model.safetensors"), load_file(save / "3" / "model.safetensors")) > 1e-4
+
+
+# ---------------------------------------------------------------------------------------------
+# LoRA students and LoRA teachers.
+# ---------------------------------------------------------------------------------------------
+
+
+def test_lora_trains_only_adapters_and_reloads(tmp_path, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    save = tmp_path / "lora"
+    finetune.main(_argv(save, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, "--type", "kd", "--total-iters", 3, "--peft", "lora", "--peft-lora-r", 4, "--lr", "5e-2"))
+    adapter = save / "3"
+    assert (adapter / "adapter_config.json").is_file() and not (adapter / "model.safetensors").exists()
+    adapter_weights = load_file(adapter / "adapter_model.safetensors")
+    assert adapter_weights and all("lora_" in name for name in adapter_weights)
+    assert any(tensor.abs().max() > 0 for name, tensor in adapter_weights.items() if "lora_B" in name)  # B starts at 0
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir)
+    original = {k: v.clone() for k, v in base.state_dict().items()}
+    reloaded = PeftModel.from_pretrained(base, str(adapter))
+    merged = reloaded.merge_and_unload()
+    changed = [k for k, v in merged.state_dict().items() if not torch.equal(v, original[k])]
+    assert changed and all(k.endswith(("c_attn.weight",)) for k in changed)  # only the adapted projections moved
+
+    # The adapter also serves as a LoRA-tuned teacher, merged for inference.
+    teacher_run = tmp_path / "from-lora-teacher"
+    finetune.main(_argv(teacher_run, processed_dir, tiny_gpt2_dir, tiny_gpt2_dir, "--type", "fkl", "--total-iters", 1, "--teacher-peft-path", adapter))
+    assert f"merged the teacher's LoRA adapter {adapter}" in (teacher_run / "log.txt").read_text()
