@@ -162,6 +162,22 @@ def selection(metrics: dict[str, float], args) -> tuple[str, float]:
     return "valid_loss", metrics["valid_loss"]
 
 
+def record_best(save_dir: Path, step: int, metrics: dict, state: dict, args, log: RunLog) -> None:
+    """Copy the model saved at `step` to best/ if it is the best so far by the selection metric."""
+    metric, value = selection(metrics, args)
+    if state["best_metric"] is not None and value >= state["best_metric"]:
+        return
+    state["best_metric"], state["best_step"] = value, step
+    if E.is_main_process():
+        staging = save_dir / ".best.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(save_dir / str(step), staging)
+        (staging / "best.json").write_text(json.dumps({"step": step, **metrics}, indent=2))
+        shutil.rmtree(save_dir / "best", ignore_errors=True)
+        os.replace(staging, save_dir / "best")
+    log.info(f"new best {metric} {metrics[metric]:.4f} at step {step}: copied to {save_dir / 'best'}")
+
+
 def build_source(args, collate, student, tokenizer):
     """The batch source of --type: the dataset as it is, or student-generated outputs."""
     if args.type not in STUDENT_GENERATED:
@@ -220,20 +236,9 @@ def train(args, engine, objective, data: TrainingData, source, lm_batches, valid
             log.metrics(step, metrics, prefix="valid")
             save_model(engine, tokenizer, save_dir / str(step), args.zero_stage)
             next_stage = (curriculum is not None and curriculum.on_validation(metrics["valid_loss"])) or next_stage
-            if isinstance(getattr(source, "threshold", None), AdaptiveThreshold):
-                threshold = source.threshold.update(metrics["valid_loss"])
-                log.info(f"student-generated batch probability {threshold:.2f}; batches so far {source.counts}")
-            metric, value = selection(metrics, args)
-            if state["best_metric"] is None or value < state["best_metric"]:
-                state["best_metric"], state["best_step"] = value, step
-                if E.is_main_process():
-                    staging = save_dir / ".best.tmp"
-                    shutil.rmtree(staging, ignore_errors=True)
-                    shutil.copytree(save_dir / str(step), staging)
-                    (staging / "best.json").write_text(json.dumps({"step": step, **metrics}, indent=2))
-                    shutil.rmtree(save_dir / "best", ignore_errors=True)
-                    os.replace(staging, save_dir / "best")
-                log.info(f"new best {metric} {metrics[metric]:.4f} at step {step}: copied to {save_dir / 'best'}")
+            if message := source.on_validation(metrics["valid_loss"]):
+                log.info(message)
+            record_best(save_dir, step, metrics, state, args, log)
         if next_stage:
             if not epoch_end:  # converged mid-epoch: the new stage starts a fresh epoch
                 state["epoch"] += 1

@@ -33,6 +33,9 @@ class DatasetSource:
     def __call__(self, rows: Sequence[dict], progress: float = 0.0) -> dict[str, torch.Tensor]:
         return self.collate(rows)
 
+    def on_validation(self, valid_loss: float) -> str | None:
+        return None
+
     def state_dict(self) -> dict:
         return {}
 
@@ -125,6 +128,13 @@ class StudentGeneratedSource:
             rows = self._generate(rows)
             self.buffer.extend(rows)
         return self.collate(rows)
+
+    def on_validation(self, valid_loss: float) -> str | None:
+        """Adapt DistiLLM's threshold to a new validation loss; returns a line for the log."""
+        if not isinstance(self.threshold, AdaptiveThreshold):
+            return None
+        self.threshold.update(valid_loss)
+        return f"student-generated batch probability {self.threshold.value:.2f}; batches so far {self.counts}"
 
     def _generate(self, rows: Sequence[dict]) -> list[dict]:
         self.calls += 1

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The embedded end-to-end demo: teacher -> student distillation at toy scale, nothing downloaded.
 #
-#   bash scripts/demo.sh            # about 6-8 minutes on 2 CPU cores
-#   bash scripts/demo.sh --quick    # under a minute of training, for the tests
+#   bash scripts/demo.sh            # under 10 minutes on 2 CPU cores
+#   bash scripts/demo.sh --all      # also GKD and DistiLLM (student-generated outputs; a few minutes more)
+#   bash scripts/demo.sh --quick    # a tiny version (about 1.5 minutes), for the tests
 #   bash scripts/demo.sh --out DIR  # outputs somewhere other than results/demo
 #
 # Steps, each one of the project's own commands:
@@ -11,18 +12,21 @@
 #   3. SFT a teacher (GPT-2, 4 layers) and an SFT student baseline (GPT-2, 2 layers);
 #   4. distil the student from the teacher with kd (forward KL) and ab (alpha-beta divergence);
 #   5. the same two with the POCL curriculum: the SFT student ranks the data from easy to hard;
-#   6. evaluate every model with ROUGE-L and print the table (also CSV and a PNG chart).
+#   6. with --all, GKD and DistiLLM, which train on the student's own samples;
+#   7. evaluate every model with ROUGE-L and print the table (also CSV and a PNG chart).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${ROOT}/results/demo"
 QUICK=0
+ALL=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --quick) QUICK=1; shift ;;
+        --all) ALL=1; shift ;;
         --out) OUT="$(mkdir -p "$2" && cd "$2" && pwd)"; shift 2 ;;
-        -h|--help) sed -n '2,14p' "${BASH_SOURCE[0]}"; exit 0 ;;
-        *) echo "scripts/demo.sh: unknown argument '$1' (valid: --quick, --out DIR)" >&2; exit 2 ;;
+        -h|--help) sed -n '2,17p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        *) echo "scripts/demo.sh: unknown argument '$1' (valid: --quick, --all, --out DIR)" >&2; exit 2 ;;
     esac
 done
 PYTHON="${PYTHON:-${ROOT}/.venv/bin/python}"
@@ -31,10 +35,10 @@ PYTHON="${PYTHON:-${ROOT}/.venv/bin/python}"
 # Sizes: the variables to edit.
 if [[ "${QUICK}" == 1 ]]; then
     TRAIN_EXAMPLES=300; EVAL_EXAMPLES=8; VOCAB=400; DEV_NUM=40
-    TEACHER_EPOCHS=2; STUDENT_EPOCHS=1; STAGE_EPOCHS=1; BATCH=16; SEEDS=10; LOG_INTERVAL=5
+    TEACHER_EPOCHS=2; STUDENT_EPOCHS=1; STAGE_EPOCHS=1; BATCH=16; SEEDS=10; LOG_INTERVAL=5; DISTILLM_EVAL_INTERVAL=4
 else
-    TRAIN_EXAMPLES=4000; EVAL_EXAMPLES=60; VOCAB=600; DEV_NUM=200
-    TEACHER_EPOCHS=10; STUDENT_EPOCHS=6; STAGE_EPOCHS=2; BATCH=32; SEEDS=10,20,30; LOG_INTERVAL=50
+    TRAIN_EXAMPLES=3200; EVAL_EXAMPLES=60; VOCAB=600; DEV_NUM=200
+    TEACHER_EPOCHS=10; STUDENT_EPOCHS=6; STAGE_EPOCHS=2; BATCH=32; SEEDS=10,20,30; LOG_INTERVAL=50; DISTILLM_EVAL_INTERVAL=25
 fi
 TEACHER_SIZE=(--hidden-size 128 --num-layers 4 --num-heads 4)
 STUDENT_SIZE=(--hidden-size 64 --num-layers 2 --num-heads 4)
@@ -80,8 +84,17 @@ finetune student-kd-pocl "${STUDENT_EPOCHS}" --type kd "${POCL[@]}" \
 finetune student-ab-pocl "${STUDENT_EPOCHS}" --type ab --ab_alpha "${AB_ALPHA}" --ab_beta "${AB_BETA}" "${POCL[@]}" \
     --model-path "${OUT}/init/student" --teacher-model-path "${OUT}/runs/teacher/best"
 
-echo "== evaluating =="
 MODELS=(teacher student-sft student-kd student-ab student-kd-pocl student-ab-pocl)
+if [[ "${ALL}" == 1 ]]; then
+    finetune student-gkd "${STUDENT_EPOCHS}" --type gkd --mixed-alpha 0.5 --gkd-beta 0.5 --kd-ratio 1.0 \
+        --model-path "${OUT}/init/student" --teacher-model-path "${OUT}/runs/teacher/best"
+    finetune student-distillm "${STUDENT_EPOCHS}" --type distillm --skew-alpha 0.1 --kd-ratio 1.0 \
+        --init-threshold 0.0 --eval-interval "${DISTILLM_EVAL_INTERVAL}" --capacity 1000 \
+        --model-path "${OUT}/init/student" --teacher-model-path "${OUT}/runs/teacher/best"
+    MODELS+=(student-gkd student-distillm)
+fi
+
+echo "== evaluating =="
 MODEL_PATHS=$(printf "${OUT}/runs/%s/best," "${MODELS[@]}")
 "${PYTHON}" -m distillation_llm.evaluate --model-path "${MODEL_PATHS%,}" \
     --data-dir "${OUT}/data/eval" --eval-sets "${TASKS}" --seeds "${SEEDS}" --do-sample --temperature 0.7 \
