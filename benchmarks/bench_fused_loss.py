@@ -136,6 +136,7 @@ def main() -> None:
     parser.add_argument("--chunk-sizes", default="256,512,1024", help="comma-separated fused chunk sizes")
     parser.add_argument("--reps", type=int, default=3, help="timed repetitions per row (the best is reported)")
     parser.add_argument("--max-naive-gib", type=float, default=18.0, help="skip naive runs projected above this memory")
+    parser.add_argument("--rows", default="naive,matmul-floor,fused,fused-eager,liger-jsd", help="comma-separated implementations to run")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     token_counts = [int(n) for n in args.tokens.split(",")]
@@ -157,6 +158,7 @@ def main() -> None:
         plan.append(("fused-eager", tokens, DEFAULT_CHUNK_SIZE))
         if _liger_available():
             plan.append(("liger-jsd", tokens, 1024))
+    plan = [item for item in plan if item[0] in args.rows.split(",")]
     for impl, tokens, chunk in plan:
         if impl == "naive" and naive_mib_per_token and naive_mib_per_token * tokens > args.max_naive_gib * 1024:
             result = f"skipped: projected {naive_mib_per_token * tokens / 1024:.0f} GiB"
