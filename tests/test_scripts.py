@@ -23,8 +23,14 @@ LAUNCH = SCRIPTS / "launch.sh"
 SWEEP = SCRIPTS / "gpt2" / "ab" / "sweep_ab.sh"
 SWEPT = SCRIPTS / "gpt2" / "ab" / "train_0.1B_1.5B.sh"
 ALL_SCRIPTS = sorted(path for path in SCRIPTS.rglob("*.sh") if path != LAUNCH)
+FINETUNE = "distillation_llm.finetune"
+GENERATE_SEQKD = "tools.generate_data_seqkd"
 # The finetune launchers: scripts/<family>/<--type>/*.sh (tools/ and eval/ run other modules).
-LAUNCHERS = [path for path in ALL_SCRIPTS if path.parent.name in ("sft", "init", "kd", "ab") and path != SWEEP]
+METHODS = ("sft", "init", "kd", "ab", "seqkd", "imitkd", "gkd", "distillm")
+LAUNCHERS = [path for path in ALL_SCRIPTS if path.parent.name in METHODS and path != SWEEP]
+# Families whose students (and 7B teachers) train LoRA adapters; the directory name is not the model type.
+MODEL_TYPES = {"gpt2": "gpt2", "opt": "opt", "openllama2": "llama", "qwen": "qwen2"}
+LORA_FAMILIES = ("openllama2", "qwen")
 # Read by launch_module rather than by the launcher that declares them.
 LAUNCH_VARIABLES = {"MASTER_PORT", "GPU_NUM", "NNODES", "NODE_RANK", "MASTER_ADDR", "HOSTFILE"}
 # Inherited settings that would change what a script prints.
@@ -45,16 +51,40 @@ def run_script(script: Path, *args: str, env: dict | None = None, dry_run: bool 
     return subprocess.run(["bash", str(script), *map(str, args)], env=full_env, capture_output=True, text=True, timeout=60)
 
 
-def dry_commands(script: Path, base: Path, *args: str, env: dict | None = None) -> list[list[str]]:
-    """The finetune argument lists a launcher prints under DRY_RUN=1, one per command."""
+def printed_commands(script: Path, base: Path, *args: str, env: dict | None = None) -> list[tuple[str, list[str]]]:
+    """(module, arguments) of every `python -m` command a launcher prints under DRY_RUN=1, in order."""
     result = run_script(script, base, *args, env=env)
     assert result.returncode == 0, f"{name(script)} failed:\n{result.stderr}"
     commands = []
     for line in result.stdout.splitlines():
         words = shlex.split(line)
-        assert words[:3] == ["python", "-m", "distillation_llm.finetune"], f"{name(script)} printed {line!r}"
-        commands.append(words[3:])
+        assert words[:2] == ["python", "-m"] and len(words) > 2, f"{name(script)} printed {line!r}"
+        commands.append((words[2], words[3:]))
     return commands
+
+
+def dry_commands(script: Path, base: Path, *args: str, env: dict | None = None) -> list[list[str]]:
+    """The finetune argument lists a launcher prints under DRY_RUN=1, one per command."""
+    commands = printed_commands(script, base, *args, env=env)
+    assert [module for module, _ in commands] == [FINETUNE] * len(commands), f"{name(script)} runs {commands}"
+    return [argv for _, argv in commands]
+
+
+def launcher_commands(script: Path, base: Path, *args: str, env: dict | None = None) -> tuple[list[str] | None, list[str]]:
+    """(SeqKD generation arguments or None, finetune arguments) of a training launcher: seqkd launchers
+    make their dataset first, every other launcher runs finetune alone."""
+    commands = printed_commands(script, base, *args, env=env)
+    if script.parent.name == "seqkd":
+        assert [module for module, _ in commands] == [GENERATE_SEQKD, FINETUNE], f"{name(script)} runs {commands}"
+        return commands[0][1], commands[1][1]
+    assert [module for module, _ in commands] == [FINETUNE], f"{name(script)} runs {commands}"
+    return None, commands[0][1]
+
+
+def seqkd_generation_args(argv: list[str]):
+    from tools.generate_data_seqkd import build_parser as seqkd_parser
+
+    return seqkd_parser().parse_args(argv)
 
 
 def finetune_args(argv: list[str], base: Path):
@@ -70,6 +100,10 @@ def finetune_args(argv: list[str], base: Path):
             (Path(path) / "config.json").write_text('{"model_type": "%s"}\n' % args.model_type)
     Path(args.data_dir).mkdir(parents=True, exist_ok=True)
     (Path(args.data_dir) / "meta.json").write_text("{}\n")
+    if args.teacher_peft_path is not None:
+        assert Path(args.teacher_peft_path).resolve().is_relative_to(base), f"{args.teacher_peft_path} lies outside BASE_PATH {base}"
+        Path(args.teacher_peft_path).mkdir(parents=True, exist_ok=True)
+        (Path(args.teacher_peft_path) / "adapter_config.json").write_text('{"peft_type": "LORA"}\n')
     try:
         return validate(args, parser)
     except SystemExit:
@@ -77,14 +111,18 @@ def finetune_args(argv: list[str], base: Path):
 
 
 @pytest.fixture(scope="module")
-def dry_runs(tmp_path_factory) -> tuple[Path, dict]:
-    """Every launcher's validated arguments, all dry-run against one BASE_PATH (how the runs chain)."""
+def dry_runs(tmp_path_factory) -> tuple[Path, dict, dict]:
+    """Every launcher's validated finetune arguments and, for seqkd, its parsed data-generation arguments,
+    all dry-run against one BASE_PATH (how the runs chain)."""
     base = tmp_path_factory.mktemp("base").resolve()
     runs = {}
+    generations = {}
     for script in LAUNCHERS:
-        (argv,) = dry_commands(script, base)
+        generation, argv = launcher_commands(script, base)
         runs[script] = finetune_args(argv, base)
-    return base, runs
+        if generation is not None:
+            generations[script] = seqkd_generation_args(generation)
+    return base, runs, generations
 
 
 @pytest.mark.parametrize("script", ALL_SCRIPTS, ids=name)
@@ -105,25 +143,44 @@ def test_house_rules(script):
 @pytest.mark.parametrize("script", LAUNCHERS, ids=name)
 def test_launcher_runs_a_valid_finetune_command(script, tmp_path):
     base = tmp_path.resolve()
-    commands = dry_commands(script, base)
-    assert len(commands) == 1
+    generation, argv = launcher_commands(script, base)
     assert list(base.iterdir()) == [], "DRY_RUN must not create anything"
-    args = finetune_args(commands[0], base)
+    args = finetune_args(argv, base)
 
     family, method = script.relative_to(SCRIPTS).parts[:2]
+    full_data = base / "processed_data" / "dolly" / "full" / family
     assert args.type == method
-    assert args.model_type == family
-    assert Path(args.data_dir) == base / "processed_data" / "dolly" / "full" / family
+    assert args.model_type == MODEL_TYPES[family]
     assert Path(args.save).is_relative_to(base / "results" / family / "train" / method)
     assert args.do_train and args.do_valid
     assert args.epochs and args.total_iters is None
     assert Path(args.deepspeed_config).is_file() and Path(args.deepspeed_config).is_relative_to(REPO / "configs" / "deepspeed")
-    if method in ("sft", "init"):
+    if method == "seqkd":
+        # It trains on exactly the dataset its first command makes from the family's data, with the prompts
+        # cut as in training and whole teacher answers fitting into --max-length.
+        made = seqkd_generation_args(generation)
+        teacher = Path(made.model_path)
+        assert Path(args.data_dir) == Path(made.processed_data_dir) == base / "processed_data" / "dolly" / "seqkd" / teacher.parent.name
+        assert Path(made.data_dir) == full_data and teacher.is_relative_to(base / "results" / family / "train" / "sft")
+        assert not made.overwrite, "the launcher must reuse a dataset made with its settings"
+        assert made.max_prompt_length == args.max_prompt_length
+        assert args.max_prompt_length + made.max_new_tokens <= args.max_length
+    else:
+        assert generation is None
+        assert Path(args.data_dir) == full_data
+    if method in ("sft", "init", "seqkd"):
         assert args.teacher_model_path is None
-        assert Path(args.model_path).parent == base / "checkpoints"
     else:
         assert args.teacher_model_path is not None
         assert args.teacher_model_fp16 == (family == "opt")
+    if method in ("sft", "init"):
+        assert Path(args.model_path).parent == base / "checkpoints"
+    if family in LORA_FAMILIES:
+        assert args.peft == "lora"
+        assert (args.peft_lora_r, args.peft_lora_alpha, args.peft_lora_dropout) == (16, 32, 0.1)
+        assert (args.teacher_peft_path is None) == (args.teacher_model_path is None), "the 7B teachers are LoRA-tuned"
+    else:
+        assert args.peft == "none" and args.teacher_peft_path is None
     if method == "ab":
         assert args.ab_alpha is not None and args.ab_beta is not None
         assert args.kd_ratio == 1.0
@@ -132,30 +189,110 @@ def test_launcher_runs_a_valid_finetune_command(script, tmp_path):
         assert args.ab_alpha is None and args.ab_beta is None
     if method == "kd":
         assert args.kd_ratio == 0.5
+    if method in ("imitkd", "gkd", "distillm"):
+        assert args.kd_ratio == 1.0 and args.num_workers == 0
+        if family == "gpt2":  # DistiLLM's published GPT-2 recipe
+            assert (args.lr, args.epochs) == (5e-4, 20)
+        if family == "opt":  # the learning rate of the OPT KD/AB launchers
+            assert args.lr == 5e-5
+    if method == "gkd":
+        assert (args.mixed_alpha, args.gkd_beta) == (0.5, 0.5)
+    if method == "distillm":
+        assert (args.skew_alpha, args.init_threshold, args.loss_eps, args.capacity, args.replay_ratio) == (0.1, 0.0, 0.1, 1000, "constant")
+        assert args.eval_interval > 0, "the threshold adapts at validations: they must come within epochs"
+    else:
+        assert args.eval_interval == 0
 
 
-# KD/AB launcher -> (teacher SFT launcher, student init launcher) whose <save>/best it must read.
+@pytest.mark.parametrize("script", sorted(SCRIPTS.glob("*/distillm/*.sh")), ids=name)
+def test_distillm_validates_about_ten_times_an_epoch_on_any_number_of_gpus(script, tmp_path):
+    """The validations that move DistiLLM's threshold come about every tenth of Dolly's ~14k training examples."""
+    base = tmp_path.resolve()
+    for gpus, nodes in ((1, 1), (8, 1), (8, 2)):
+        _, argv = launcher_commands(script, base, "2012", str(gpus), env={"NNODES": str(nodes)})
+        args = finetune_args(argv, base)
+        examples = args.eval_interval * args.batch_size * args.gradient_accumulation_steps * gpus * nodes
+        assert 1200 <= examples <= 1600, f"{gpus} GPUs x {nodes} nodes: {examples} examples between validations"
+
+
+GPT2_STUDENTS = (("base", "0.1B"), ("medium", "0.3B"), ("large", "0.7B"))
+OPT_STUDENTS = ("0.1B", "0.3B", "1.3B")
+STUDENT_GENERATED = ("seqkd", "imitkd", "gkd", "distillm")
+# Distillation launcher -> (teacher SFT launcher, student init launcher) whose <save>/best it must read
+# (for seqkd, the teacher is read by the data-generation step).
 CHAIN = {
     **{f"gpt2/{kd}": ("gpt2/sft/sft_xlarge.sh", f"gpt2/init/init_{size}.sh")
-       for size, params in (("base", "0.1B"), ("medium", "0.3B"), ("large", "0.7B"))
-       for kd in (f"kd/kd_{size}.sh", f"ab/train_{params}_1.5B.sh")},
+       for size, params in GPT2_STUDENTS
+       for kd in (f"kd/kd_{size}.sh", f"ab/train_{params}_1.5B.sh", *(f"{m}/{m}_{size}.sh" for m in STUDENT_GENERATED))},
     **{f"opt/{kd}": ("opt/sft/sft_2.7B.sh", f"opt/init/init_{params}.sh")
-       for params in ("0.1B", "0.3B", "1.3B")
-       for kd in (f"kd/kd_{params}.sh", f"ab/train_{params}_2.7B.sh")},
+       for params in OPT_STUDENTS
+       for kd in (f"kd/kd_{params}.sh", f"ab/train_{params}_2.7B.sh", *(f"{m}/{m}_{params}.sh" for m in STUDENT_GENERATED))},
+}  # fmt: skip
+# LoRA distillation launcher -> (teacher LoRA SFT launcher, student SFT launcher): the teacher is the base
+# checkpoint of that SFT run with its adapter (<save>/best) merged in; the student starts from the
+# pretrained checkpoint its SFT baseline tunes.
+LORA_CHAIN = {
+    **{f"openllama2/{m}/{m}_3B.sh": ("openllama2/sft/sft_7B.sh", "openllama2/sft/sft_3B.sh") for m in ("kd", "ab", "distillm")},
+    **{f"qwen/{m}/{m}_{size}.sh": ("qwen/sft/sft_7B.sh", f"qwen/sft/sft_{size}.sh")
+       for m in ("kd", "ab", "distillm") for size in ("0.5B", "1.5B")},
 }  # fmt: skip
 
 
 def test_runs_chain_teacher_sft_and_student_init_into_kd(dry_runs):
-    """Each KD/AB run starts from its student's init run and distils the family teacher's SFT run (both <save>/best)."""
-    _, runs = dry_runs
+    """Each distillation run starts from its student's init run and distils the family teacher's SFT run (both <save>/best)."""
+    _, runs, generations = dry_runs
     saved_by = {Path(args.save): name(script) for script, args in runs.items()}
-    assert len(runs) == 23  # GPT-2: 4 sft, 3 init, 3 kd, 3 ab; OPT: 1 sft, 3 init, 3 kd, 3 ab
+    # GPT-2: 4 sft, 3 init, 3 each of kd, ab, seqkd, imitkd, gkd, distillm; OPT: 1 sft, 3 init, 3 each of the same six;
+    # OpenLLaMA: 2 sft, 1 each of kd, ab, distillm; Qwen: 3 sft, 2 each of kd, ab, distillm
+    assert len(runs) == 25 + 22 + 5 + 9
     assert len(saved_by) == len(runs), "two launchers write to the same --save"
-    assert sorted(CHAIN) == sorted(name(script) for script in runs if script.parent.name in ("kd", "ab"))
+    assert sorted([*CHAIN, *LORA_CHAIN]) == sorted(name(script) for script in runs if script.parent.name not in ("sft", "init"))
     for script, (teacher_run, student_run) in CHAIN.items():
         args = runs[SCRIPTS / script]
-        assert Path(args.teacher_model_path) == Path(runs[SCRIPTS / teacher_run].save) / "best", script
+        teacher = generations[SCRIPTS / script].model_path if args.type == "seqkd" else args.teacher_model_path
+        assert Path(teacher) == Path(runs[SCRIPTS / teacher_run].save) / "best", script
         assert Path(args.model_path) == Path(runs[SCRIPTS / student_run].save) / "best", script
+    for script, (teacher_run, student_run) in LORA_CHAIN.items():
+        args, teacher_sft = runs[SCRIPTS / script], runs[SCRIPTS / teacher_run]
+        assert teacher_sft.peft == "lora" and Path(teacher_sft.save).name.endswith("-lora"), teacher_run
+        assert Path(args.teacher_model_path) == Path(teacher_sft.model_path), script
+        assert Path(args.teacher_peft_path) == Path(teacher_sft.save) / "best", script
+        assert Path(args.model_path) == Path(runs[SCRIPTS / student_run].model_path), script
+
+
+def test_seqkd_launchers_of_a_family_make_one_dataset(dry_runs):
+    """The generation settings are part of the dataset's fingerprint, so the launchers of one family must
+    agree on all of them: otherwise each would refuse the dataset the others made."""
+    _, _, generations = dry_runs
+    by_family: dict[str, list[dict]] = {}
+    for script, made in generations.items():
+        by_family.setdefault(script.relative_to(SCRIPTS).parts[0], []).append(vars(made))
+    assert {family: len(settings) for family, settings in by_family.items()} == {"gpt2": 3, "opt": 3}
+    for family, settings in by_family.items():
+        assert all(made == settings[0] for made in settings), family
+
+
+SEQKD_TOOLS = SCRIPTS / "gpt2" / "tools"
+
+
+def test_generate_data_seqkd_is_the_seqkd_launchers_first_step(tmp_path):
+    ((module, argv),) = printed_commands(SEQKD_TOOLS / "generate_data_seqkd.sh", tmp_path)
+    generation, _ = launcher_commands(SCRIPTS / "gpt2" / "seqkd" / "seqkd_base.sh", tmp_path)
+    assert module == GENERATE_SEQKD
+    assert vars(seqkd_generation_args(argv)) == vars(seqkd_generation_args(generation))
+
+
+def test_process_pseudo_data_seqkd_remakes_the_dataset_with_other_decoding(tmp_path):
+    from distillation_llm.generation import settings_from_args
+
+    ((module, argv),) = printed_commands(SEQKD_TOOLS / "process_pseudo_data_seqkd.sh", tmp_path)
+    generation, _ = launcher_commands(SCRIPTS / "gpt2" / "seqkd" / "seqkd_base.sh", tmp_path)
+    remade, made = seqkd_generation_args(argv), seqkd_generation_args(generation)
+    assert module == GENERATE_SEQKD
+    assert remade.overwrite, "it replaces the dataset the launchers made"
+    for setting in ("model_path", "data_dir", "processed_data_dir", "max_prompt_length"):
+        assert getattr(remade, setting) == getattr(made, setting), setting
+    assert settings_from_args(remade, remade.seed) != settings_from_args(made, made.seed)
 
 
 def test_ab_alpha_beta_come_from_the_environment(tmp_path):
@@ -242,12 +379,22 @@ def test_launch_uses_the_deepspeed_launcher_with_a_hostfile(tmp_path):
     ]  # fmt: skip
 
 
-def test_billion_parameter_models_train_with_zero2(dry_runs):
-    """The 1.3B+ models (gpt2-xlarge, OPT-1.3B, OPT-2.7B) partition gradients too; the small ones use ZeRO-1."""
-    _, runs = dry_runs
+# DeepSpeed config per trained model (the student; a teacher is a frozen copy on every GPU).
+ZERO_CONFIGS = {
+    **dict.fromkeys(("gpt2-base", "gpt2-medium", "gpt2-large", "opt-0.1B", "opt-0.3B"), "ds_config.json"),
+    **dict.fromkeys(("gpt2-xlarge", "opt-1.3B", "opt-2.7B", "openllama2-3B", "qwen2.5-0.5B", "qwen2.5-1.5B"), "ds_config_zero2.json"),
+    **dict.fromkeys(("openllama2-7B", "qwen2.5-7B"), "ds_config_zero3.json"),
+}
+
+
+def test_zero_stage_follows_the_trained_model(dry_runs):
+    """ZeRO-1 for the small GPT-2/OPT models; ZeRO-2 (gradients and optimizer states partitioned) for the
+    1.3B+ ones and the OpenLLaMA/Qwen LoRA students; ZeRO-3 (parameters too) for the 7B LoRA SFT runs."""
+    _, runs, _ = dry_runs
     for script, args in runs.items():
-        large = Path(args.model_path).parts[-2 if Path(args.model_path).name == "best" else -1] in ("gpt2-xlarge", "opt-1.3B", "opt-2.7B")
-        assert Path(args.deepspeed_config).name == ("ds_config_zero2.json" if large else "ds_config.json"), name(script)
+        path = Path(args.model_path)
+        model = path.parts[-2] if path.name == "best" else path.name
+        assert Path(args.deepspeed_config).name == ZERO_CONFIGS[model], name(script)
 
 
 POCL_SCRIPTS = sorted(SCRIPTS.glob("*/pocl/*.sh"))
