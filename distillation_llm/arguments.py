@@ -171,6 +171,8 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argpa
     for flag in ("mixed_alpha", "gkd_beta", "init_threshold"):
         if not 0.0 <= getattr(args, flag) <= 1.0:
             parser.error(f"--{flag.replace('_', '-')} must lie in [0, 1]")
+    if args.type in STUDENT_GENERATED and args.max_length <= args.max_prompt_length:
+        parser.error(f"--type {args.type} samples up to --max-length - --max-prompt-length new tokens: need --max-length ({args.max_length}) > --max-prompt-length ({args.max_prompt_length})")
     if args.type in STUDENT_GENERATED and args.num_workers > 0:
         parser.error(f"--type {args.type} generates batches with the model being trained: use --num-workers 0")
     if not 0.0 <= args.kd_ratio <= 1.0:

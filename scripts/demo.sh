@@ -66,7 +66,7 @@ finetune() {  # finetune NAME EPOCHS ARGS...: one training run into ${OUT}/runs/
     echo "== training ${name} =="
     "${PYTHON}" -m distillation_llm.finetune --data-dir "${OUT}/processed" --save "${OUT}/runs/${name}" \
         --do-train --do-valid --epochs "${epochs}" --batch-size "${BATCH}" --eval-batch-size 64 --lr "${LR}" \
-        --warmup-iters 20 --weight-decay 0.0 --max-length 128 --log-interval "${LOG_INTERVAL}" --seed 10 "$@"
+        --warmup-iters 20 --weight-decay 0.0 --max-length 128 --max-prompt-length 96 --log-interval "${LOG_INTERVAL}" --seed 10 "$@"
 }
 finetune teacher "${TEACHER_EPOCHS}" --type sft --model-path "${OUT}/init/teacher"
 finetune student-sft "${STUDENT_EPOCHS}" --type sft --model-path "${OUT}/init/student"

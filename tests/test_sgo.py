@@ -193,3 +193,9 @@ def test_lora_trains_only_adapters_and_reloads(tmp_path, processed_dir, tiny_gpt
     teacher_run = tmp_path / "from-lora-teacher"
     finetune.main(_argv(teacher_run, processed_dir, tiny_gpt2_dir, tiny_gpt2_dir, "--type", "fkl", "--total-iters", 1, "--teacher-peft-path", adapter))
     assert f"merged the teacher's LoRA adapter {adapter}" in (teacher_run / "log.txt").read_text()
+
+
+def test_student_samples_need_room_after_the_prompt(tmp_path, capsys, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir):
+    with pytest.raises(SystemExit):
+        finetune.main(_argv(tmp_path, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, "--type", "gkd", "--total-iters", 1, "--max-prompt-length", "64"))
+    assert "need --max-length (64) > --max-prompt-length (64)" in capsys.readouterr().err
