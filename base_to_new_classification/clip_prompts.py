@@ -161,7 +161,7 @@ class TeacherPromptLearner(nn.Module):
         text_config, vision_config = clip.config.text_config, clip.config.vision_config
         _check_depth("--prompt-depth-text", depth_text, text_config.num_hidden_layers)
         _check_depth("--prompt-depth-vision", depth_vision, vision_config.num_hidden_layers)
-        self.config = {
+        self.prompt_config = {
             "n_ctx_text": n_ctx_text, "n_ctx_vision": n_ctx_vision, "depth_text": depth_text,
             "depth_vision": depth_vision, "ctx_init": ctx_init,
         }
@@ -173,7 +173,9 @@ class TeacherPromptLearner(nn.Module):
                 embedded = clip.text_model.embeddings.token_embedding.weight[torch.tensor(init_ids)].detach().cpu()
             ctx[: len(init_ids)] = embedded
         self.text_ctx = nn.Parameter(ctx)
-        self.text_deep = nn.Parameter(torch.empty(depth_text - 1, n_ctx_text, text_width).normal_(std=0.02))
+        # None at depth 1: a zero-size parameter would upset ZeRO's flattening.
+        deep = torch.empty(depth_text - 1, n_ctx_text, text_width).normal_(std=0.02)
+        self.text_deep = nn.Parameter(deep) if depth_text > 1 else None
         self.vision_prompts = nn.Parameter(torch.empty(depth_vision, n_ctx_vision, vision_width).normal_(std=0.02))
         _hide(self, "clip", clip)
         _hide(self, "template", ClassPromptTemplate(tokenizer, classnames, n_ctx_text, text_config.max_position_embeddings))
@@ -181,7 +183,7 @@ class TeacherPromptLearner(nn.Module):
 
     def text_features(self) -> Tensor:
         """Normalised class text features [C, projection_dim]."""
-        return normalize(encode_text(self.clip, self.template, self.text_ctx, self.text_deep if self.text_deep.numel() else None))
+        return normalize(encode_text(self.clip, self.template, self.text_ctx, self.text_deep))
 
     def image_features(self, pixel_values: Tensor) -> Tensor:
         """Normalised image features [B, projection_dim]."""
@@ -207,7 +209,7 @@ class StudentPromptLearner(nn.Module):
         super().__init__()
         vision_config = clip.config.vision_config
         _check_depth("--student-prompt-depth", depth_vision, vision_config.num_hidden_layers)
-        self.config = {"n_ctx_vision": n_ctx_vision, "depth_vision": depth_vision, "teacher_dim": teacher_dim}
+        self.prompt_config = {"n_ctx_vision": n_ctx_vision, "depth_vision": depth_vision, "teacher_dim": teacher_dim}
         self.vision_prompts = nn.Parameter(torch.empty(depth_vision, n_ctx_vision, vision_config.hidden_size).normal_(std=0.02))
         student_dim = clip.config.projection_dim
         self.projector = nn.Sequential(
@@ -220,7 +222,9 @@ class StudentPromptLearner(nn.Module):
 
     def forward(self, pixel_values: Tensor, class_text_features: Tensor) -> Tensor:
         """Student logits [B, C] against the teacher's normalised class text features [C, d_t]."""
-        features = self.projector(encode_image(self.clip, pixel_values, self.vision_prompts))
+        features = encode_image(self.clip, pixel_values, self.vision_prompts)
+        # DeepSpeed may hold the learnable module in bf16/fp16 while the frozen encoder stays fp32.
+        features = self.projector(features.to(self.projector[0].weight.dtype))
         return self.logit_scale() * normalize(features) @ class_text_features.to(features.dtype).t()
 
 

@@ -36,7 +36,7 @@ def resize_shorter(image: Image.Image, size: int) -> Image.Image:
         new = (size, max(1, round(height * size / width)))
     else:
         new = (max(1, round(width * size / height)), size)
-    return image.resize(new, Image.BICUBIC)
+    return image.resize(new, Image.Resampling.BICUBIC)
 
 
 def center_crop(image: Image.Image, size: int) -> Image.Image:
@@ -88,7 +88,7 @@ class TrainTransform:
     def __call__(self, image: Image.Image, rng: np.random.Generator) -> torch.Tensor:
         image = image.convert("RGB")
         left, top, w, h = random_resized_box(*image.size, rng, scale=self.scale)
-        image = image.resize((self.size, self.size), Image.BICUBIC, box=(left, top, left + w, top + h))
+        image = image.resize((self.size, self.size), Image.Resampling.BICUBIC, box=(left, top, left + w, top + h))
         if rng.random() < 0.5:
-            image = image.transpose(Image.FLIP_LEFT_RIGHT)
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         return to_tensor(image, self.mean, self.std)
