@@ -166,9 +166,7 @@ def fit(args, module: torch.nn.Module, loss_step, train_set: ImageDataset, log: 
         if tag is None:
             log.info(f"--resume: no checkpoint in {save_dir / CHECKPOINTS} yet, starting from scratch")
         else:
-            client = E.load_checkpoint(engine, save_dir / CHECKPOINTS, tag)
-            if isinstance(client, tuple):  # newer engine helpers also return per-rank state (unused here)
-                client = client[0]
+            client, _ = E.load_checkpoint(engine, save_dir / CHECKPOINTS, tag)  # no per-rank state here
             state.update({key: client[key] for key in state})
             log.info(f"resumed from {tag}: step {state['step']}, epoch {state['epoch']} (+{state['step_in_epoch']} steps)")
 

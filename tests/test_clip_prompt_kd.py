@@ -75,7 +75,7 @@ def write_images(root: Path, spec: datasets.DatasetSpec, classes, per_class: dic
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def promptkd(tmp_path_factory):
     base = tmp_path_factory.mktemp("promptkd")
     tokenizer = make_tokenizer()
     teacher_dir = make_clip(base / "teacher", 32, 24, tokenizer, seed=1)
@@ -92,21 +92,21 @@ def setup(tmp_path_factory):
             "teacher_results": teacher_results, "teacher_save": teacher_save}
 
 
-def student_argv(setup, save, *extra):
+def student_argv(promptkd, save, *extra):
     return [
-        "--dataset", "oxford_pets", "--root", str(setup["root"]), "--teacher-model-path", str(setup["teacher"]),
-        "--student-model-path", str(setup["student"]), "--teacher-ckpt", str(setup["teacher_ckpt"]), "--save", str(save),
+        "--dataset", "oxford_pets", "--root", str(promptkd["root"]), "--teacher-model-path", str(promptkd["teacher"]),
+        "--student-model-path", str(promptkd["student"]), "--teacher-ckpt", str(promptkd["teacher_ckpt"]), "--save", str(save),
         "--prompt-depth-vision", "2", "--n-ctx-vision", "2", "--batch-size", "4", "--warmup-epochs", "0", "--seed", "3",
         "--log-interval", "1", "--kd-weight", "10", *map(str, extra),
     ]
 
 
-def test_teacher_trains_and_saves_only_prompts(setup):
-    checkpoint = torch.load(setup["teacher_ckpt"], weights_only=True)
+def test_teacher_trains_and_saves_only_prompts(promptkd):
+    checkpoint = torch.load(promptkd["teacher_ckpt"], weights_only=True)
     assert checkpoint["num_classes"] == 4 and checkpoint["num_base"] == 2 and checkpoint["classnames"] == CLASSES
     assert set(checkpoint["prompts"]) == {"text_ctx", "text_deep", "vision_prompts"}
     assert checkpoint["prompts"]["text_deep"].shape == (1, 2, 32)
-    results = setup["teacher_results"]
+    results = promptkd["teacher_results"]
     assert results["num_base_images"] == 4 and results["num_new_images"] == 4
     assert 0 <= results["hm"] <= 100
 
@@ -117,7 +117,7 @@ def test_teacher_trains_and_saves_only_prompts(setup):
     ("ls", ["--temperature", "2.0"]),
     ("ab", ["--ab_alpha", "0.8", "--ab_beta", "0.3"]),
 ])
-def test_distill_changes_prompts_not_encoders(setup, tmp_path, monkeypatch, distill, extra):
+def test_distill_changes_prompts_not_encoders(promptkd, tmp_path, monkeypatch, distill, extra):
     loaded, initial = [], {}
     load_clip, fit = train.load_frozen_clip, train.fit
 
@@ -132,7 +132,7 @@ def test_distill_changes_prompts_not_encoders(setup, tmp_path, monkeypatch, dist
 
     monkeypatch.setattr(train, "load_frozen_clip", recording_load)
     monkeypatch.setattr(train, "fit", recording_fit)
-    results = train.main(student_argv(setup, tmp_path, "--distill", distill, "--epochs", "1", *extra))
+    results = train.main(student_argv(promptkd, tmp_path, "--distill", distill, "--epochs", "1", *extra))
 
     final = torch.load(tmp_path / "student_prompts.pt", weights_only=True)["state_dict"]
     assert set(initial) == set(final)
@@ -140,7 +140,7 @@ def test_distill_changes_prompts_not_encoders(setup, tmp_path, monkeypatch, dist
     for key in ("vision_prompts", "projector.0.weight", "projector.3.weight"):
         assert not torch.equal(initial[key], final[key]), f"{key} did not change"
     # Both frozen encoders, as used in training, are bit-identical to the files on disk.
-    assert [path for path, _ in loaded] == [setup["teacher"], setup["student"]]
+    assert [path for path, _ in loaded] == [promptkd["teacher"], promptkd["student"]]
     for path, model in loaded:
         on_disk = load_file(path / "model.safetensors")
         in_memory = model.state_dict()
@@ -161,14 +161,14 @@ def test_distill_changes_prompts_not_encoders(setup, tmp_path, monkeypatch, dist
     assert on_disk["num_base_images"] == 4 and on_disk["num_new_images"] == 4
 
 
-def test_resume_matches_uninterrupted_run(setup, tmp_path):
+def test_resume_matches_uninterrupted_run(promptkd, tmp_path):
     common = ["--distill", "ab", "--ab_alpha", "0.5", "--ab_beta", "0.5", "--epochs", "2"]
-    full = train.main(student_argv(setup, tmp_path / "full", *common))
-    assert train.main(student_argv(setup, tmp_path / "split", *common, "--stop-after-iters", "3")) is None
+    full = train.main(student_argv(promptkd, tmp_path / "full", *common))
+    assert train.main(student_argv(promptkd, tmp_path / "split", *common, "--stop-after-iters", "3")) is None
     assert not (tmp_path / "split" / "results.json").exists()
-    resumed = train.main(student_argv(setup, tmp_path / "split", *common, "--resume", "--stop-after-iters", "3"))
+    resumed = train.main(student_argv(promptkd, tmp_path / "split", *common, "--resume", "--stop-after-iters", "3"))
     assert resumed is None  # 6 of 8 steps; crosses the epoch boundary
-    resumed = train.main(student_argv(setup, tmp_path / "split", *common, "--resume"))
+    resumed = train.main(student_argv(promptkd, tmp_path / "split", *common, "--resume"))
     a = torch.load(tmp_path / "full" / "student_prompts.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "split" / "student_prompts.pt", weights_only=True)["state_dict"]
     for key in a:
@@ -220,9 +220,9 @@ def test_dkd_matches_reference_and_losses_dispatch():
         losses.get_loss("ab", temperature=1.0, ab_beta=0.5)
 
 
-def test_bad_inputs_fail_clearly(setup, tmp_path):
+def test_bad_inputs_fail_clearly(promptkd, tmp_path):
     with pytest.raises(ValueError, match="unknown dataset 'pets'; valid names: caltech101, oxford_pets"):
-        datasets.load_dataset("pets", setup["root"])
+        datasets.load_dataset("pets", promptkd["root"])
     with pytest.raises(ValueError, match="unknown dataset 'pets'"):
         train.parse_args([
             "--dataset", "pets", "--root", "r", "--teacher-model-path", "t", "--student-model-path", "s",
@@ -231,12 +231,12 @@ def test_bad_inputs_fail_clearly(setup, tmp_path):
     with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):
         datasets.load_dataset("dtd", tmp_path / "empty")
     with pytest.raises(ValueError, match="valid names: kd, dkd, ls, ab"):
-        train.main(student_argv(setup, tmp_path / "x", "--distill", "fkl"))
+        train.main(student_argv(promptkd, tmp_path / "x", "--distill", "fkl"))
     # A 6-class dataset with the 4-class teacher's checkpoint.
     other = tmp_path / "other"
     write_images(other, datasets.DATASETS["oxford_pets"], CLASSES + ["red ant", "green leaf"], {"train": 1, "val": 1, "test": 1}, seed=1)
     with pytest.raises(ValueError, match="with 4 classes, but --dataset oxford_pets has 6 classes"):
-        train.main(student_argv(setup, tmp_path / "mismatch", "--distill", "kd", "--root", other))
+        train.main(student_argv(promptkd, tmp_path / "mismatch", "--distill", "kd", "--root", other))
 
 
 def test_preprocess_and_summarize(tmp_path):
@@ -278,13 +278,13 @@ def test_launchers_print_valid_commands(script, runs):
     assert len({args.save for args in parsed}) == runs
 
 
-def test_layerwise_encoders_equal_hf_clip_without_prompts(setup):
+def test_layerwise_encoders_equal_hf_clip_without_prompts(promptkd):
     from base_to_new_classification.clip_prompts import (
         ClassPromptTemplate, encode_image, encode_text, load_frozen_clip, load_tokenizer,
     )
 
-    clip = load_frozen_clip(setup["teacher"], "--teacher-model-path")
-    tokenizer = load_tokenizer(setup["teacher"], "--teacher-model-path")
+    clip = load_frozen_clip(promptkd["teacher"], "--teacher-model-path")
+    tokenizer = load_tokenizer(promptkd["teacher"], "--teacher-model-path")
     pixels = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(encode_image(clip, pixels, None), clip.get_image_features(pixel_values=pixels).pooler_output)
