@@ -13,6 +13,16 @@ SHARED_CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / 
 ZOO_SPEC = SHARED_CIFAR / "teacher_zoo_state_dicts.json"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared machine the threads'
+    spin-waiting makes each step several times slower; restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def zoo_spec() -> dict:
     if not ZOO_SPEC.is_file():

@@ -20,14 +20,24 @@ from standard_classification.losses import DISTILL_LOSSES, build_distill_loss, s
 from standard_classification.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
-# Fast settings shared by every run: 10 classes x 8 images, batches of 16 (5 steps per epoch).
-FAST = ["--batch_size", "16", "--learning_rate", "0.05", "--lr_decay_epochs", "", "--weight_decay", "0"]
+# Fast settings shared by every run: 10 classes x 6 images, batches of 12 (5 steps per epoch).
+FAST = ["--batch_size", "12", "--learning_rate", "0.05", "--lr_decay_epochs", "", "--weight_decay", "0"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared machine the threads'
+    spin-waiting makes each step several times slower; restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
 def cifar_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cifar")
-    write_synthetic_cifar(folder, num_classes=10, train_per_class=8, test_per_class=4, seed=0)
+    write_synthetic_cifar(folder, num_classes=10, train_per_class=6, test_per_class=2, seed=0)
     return folder
 
 
@@ -36,7 +46,7 @@ def teacher_path(cifar_dir, tmp_path_factory):
     """A resnet14 trained by train_teacher for two epochs, saved where the zoo keeps teachers."""
     save = tmp_path_factory.mktemp("teachers") / "resnet14_vanilla"
     state = train_teacher.main(["--model", "resnet14", "--data-folder", str(cifar_dir), "--epochs", "2", "--save", str(save), *FAST])
-    assert state["epoch"] == 2 and len(state["history"]) == 2
+    assert state["epoch"] == 2 and state["history"][1]["train_loss"] < state["history"][0]["train_loss"]
     return save / "ckpt_epoch_2.pth"
 
 
@@ -72,7 +82,7 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(cifar_dir, teacher_pat
     assert first["epoch"] == 2 and not (tmp_path / "split" / "ckpt_epoch_3.pth").exists()
     second = train_student.main([*common, "--save", str(tmp_path / "split"), "--resume"])
     assert [epoch["epoch"] for epoch in second["history"]] == [3]
-    assert second["history"][0]["lr"] == pytest.approx(0.005)
+    assert second["history"][0]["lr"] == pytest.approx(0.005)  # the schedule resumed too
     full = torch.load(tmp_path / "full" / "ckpt_epoch_3.pth", weights_only=True)
     split = torch.load(tmp_path / "split" / "ckpt_epoch_3.pth", weights_only=True)
     assert full["accuracy"] == split["accuracy"]
