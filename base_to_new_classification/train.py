@@ -166,7 +166,7 @@ def fit(args, module: torch.nn.Module, loss_step, train_set: ImageDataset, log: 
         if tag is None:
             log.info(f"--resume: no checkpoint in {save_dir / CHECKPOINTS} yet, starting from scratch")
         else:
-            client, _ = E.load_checkpoint(engine, save_dir / CHECKPOINTS, tag)  # no per-rank state here
+            client = E.load_checkpoint(engine, save_dir / CHECKPOINTS, tag)
             state.update({key: client[key] for key in state})
             log.info(f"resumed from {tag}: step {state['step']}, epoch {state['epoch']} (+{state['step_in_epoch']} steps)")
 
