@@ -7,6 +7,7 @@ import os
 import pickle
 import shlex
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -274,3 +275,18 @@ def test_ls_standardises_each_sample_then_applies_kd():
     abls = build_distill_loss("abls", temperature=T, ab_alpha=0.7, ab_beta=0.2)
     expected = divergence("ab", manual(student), manual(teacher), temperature=T, alpha=0.7, beta=0.2).mean() * T**2
     torch.testing.assert_close(abls(student, teacher, labels), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_two_processes_under_torchrun(cifar_dir, teacher_path, tmp_path):
+    """gloo, two ranks: sharded batches, all-reduced metrics, BN statistics averaged before saving."""
+    save = tmp_path / "ddp"
+    command = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2", "-m", "standard_classification.train_student",
+               "--path_t", str(teacher_path), "--model_s", "resnet8", "--distill", "dkd", "--data-folder", str(cifar_dir),
+               "--epochs", "1", "--save", str(save), *FAST]
+    result = subprocess.run(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = (save / "log.txt").read_text()
+    assert "world size 2" in log and "5 steps per epoch of 12" in log  # 60 images, 6 per rank per step
+    checkpoint = torch.load(save / "ckpt_epoch_1.pth", weights_only=True)
+    build_model("resnet8", num_classes=10).load_state_dict(checkpoint["model"], strict=True)
+    assert (checkpoint["accuracy"] * 20 / 100) == round(checkpoint["accuracy"] * 20 / 100)  # counted over all 20 test images
