@@ -142,6 +142,14 @@ def atomic_torch_save(payload, path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def sync_buffers(module: torch.nn.Module) -> None:
+    """Give every rank rank 0's buffers (the projector's BatchNorm statistics, which each rank
+    updates from its own images), so that what is saved, resumed and evaluated is one model."""
+    if torch.distributed.is_initialized() and E.world_size() > 1:
+        for buffer in module.buffers():
+            torch.distributed.broadcast(buffer, 0)
+
+
 def fit(args, module: torch.nn.Module, loss_step, train_set: ImageDataset, log: RunLog, device: torch.device):
     """Train the learnable `module` with SGD through DeepSpeed; returns (engine, finished).
 
@@ -195,6 +203,7 @@ def fit(args, module: torch.nn.Module, loss_step, train_set: ImageDataset, log: 
             }, prefix="epoch")
             state.update(epoch=state["epoch"] + 1, step_in_epoch=0, epoch_loss=0.0)
         tag = f"epoch{state['epoch']}" if epoch_end else f"step{state['step']}"
+        sync_buffers(engine.module)
         E.save_checkpoint(engine, save_dir / CHECKPOINTS, tag, client_state=dict(state), keep_last=args.keep_checkpoints)
     finished = state["step"] >= total_steps
     if not finished:
