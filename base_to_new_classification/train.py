@@ -35,7 +35,7 @@ from base_to_new_classification.clip_prompts import (
 )
 from base_to_new_classification.datasets import DATASETS, ImageDataset, load_dataset
 from base_to_new_classification.evaluate import evaluate
-from base_to_new_classification.losses import LOSSES, distillation_objective, get_loss
+from base_to_new_classification.losses import LOSSES, build_objective
 from base_to_new_classification.preprocess import EvalTransform, TrainTransform
 from distillation_llm.data import GlobalBatchSampler
 
@@ -114,14 +114,17 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     check_common_args(args)
-    # Validates the name and the parameters it needs (raises ValueError listing valid names).
-    get_loss(args.distill, temperature=args.temperature, ab_alpha=args.ab_alpha, ab_beta=args.ab_beta,
-             dkd_alpha=args.dkd_alpha, dkd_beta=args.dkd_beta)
+    objective(args, num_classes=1)  # validates the name and its parameters (ValueError listing valid names)
     if args.batch_size < 2:
         raise ValueError("--batch-size must be at least 2: the student projector's batch norm needs two images per step")
     if args.kd_weight <= 0:
         raise ValueError(f"--kd-weight must be positive, got {args.kd_weight}")
     return args
+
+
+def objective(args: argparse.Namespace, num_classes: int):
+    return build_objective(args.distill, temperature=args.temperature, kd_weight=args.kd_weight, num_classes=num_classes,
+                           ab_alpha=args.ab_alpha, ab_beta=args.ab_beta, dkd_alpha=args.dkd_alpha, dkd_beta=args.dkd_beta)
 
 
 def write_args(args: argparse.Namespace, save_dir: Path) -> None:
@@ -271,15 +274,13 @@ def main(argv: list[str] | None = None) -> dict | None:
     ).to(device)
     log.info(f"{args.dataset}: {data.num_classes} classes ({data.num_base} base); distill {args.distill} at T={args.temperature}, kd_weight {args.kd_weight}")
 
-    divergence = get_loss(args.distill, temperature=args.temperature, ab_alpha=args.ab_alpha, ab_beta=args.ab_beta,
-                          dkd_alpha=args.dkd_alpha, dkd_beta=args.dkd_beta)
+    distillation_loss = objective(args, data.num_classes)
 
     def loss_step(engine, pixel_values, labels):  # labels unused: PromptKD distils on unlabeled images
         with torch.no_grad():
             teacher_logits = teacher.logit_scale() * teacher.image_features(pixel_values) @ class_text_features.t()
         student_logits = engine(pixel_values, class_text_features)
-        return distillation_objective(divergence(student_logits, teacher_logits), kd_weight=args.kd_weight,
-                                      temperature=args.temperature, num_classes=data.num_classes)
+        return distillation_loss(student_logits, teacher_logits)
 
     train_set = ImageDataset(data.train, TrainTransform(size), seed=args.seed)
     engine, finished = fit(args, student, loss_step, train_set, log, device)

@@ -194,11 +194,11 @@ def test_base_new_accuracy_by_hand():
     assert datasets.num_base_classes(5) == 3  # ceil, as CoOp
 
 
-def test_dkd_matches_reference_and_losses_dispatch():
+def test_objectives_match_definitions_and_dispatch():
     torch.manual_seed(0)
     student_logits, teacher_logits, temperature = torch.randn(5, 7), torch.randn(5, 7) * 3, 2.0
-    target = teacher_logits.argmax(-1)
-    # Reference: the DKD paper's code (Zhao et al. 2022), per sample, without the T^2 factor.
+    target = teacher_logits.argmax(-1)  # unlabeled images: DKD's target is the teacher's prediction
+    # Reference: the DKD paper's code (Zhao et al. 2022), per sample.
     gt = torch.nn.functional.one_hot(target, 7).bool()
     ps, pt = (torch.softmax(x / temperature, -1) for x in (student_logits, teacher_logits))
     bs = torch.stack([(ps * gt).sum(1), (ps * ~gt).sum(1)], 1)
@@ -207,17 +207,25 @@ def test_dkd_matches_reference_and_losses_dispatch():
     ls_s = torch.log_softmax(student_logits / temperature - 1000.0 * gt, -1)
     ls_t = torch.softmax(teacher_logits / temperature - 1000.0 * gt, -1)
     nckd = (ls_t * (ls_t.clamp_min(1e-30).log() - ls_s)).sum(1)
-    got = losses.dkd(student_logits, teacher_logits, temperature=temperature, dkd_alpha=1.0, dkd_beta=8.0)
-    torch.testing.assert_close(got, tckd + 8.0 * nckd, rtol=1e-4, atol=1e-5)
-
-    z = losses.standardize(torch.tensor([[1.0, 2.0, 3.0]]))
-    torch.testing.assert_close(z, torch.tensor([[-1.0, 0.0, 1.0]]), atol=1e-6, rtol=0)
-    ab_fkl = losses.get_loss("ab", temperature=1.0, ab_alpha=1.0, ab_beta=0.0)(student_logits, teacher_logits)
-    torch.testing.assert_close(ab_fkl, losses.get_loss("kd", temperature=1.0)(student_logits, teacher_logits))
+    # PromptKD's reduction: kd_weight * T^2 * batch mean / C.
+    dkd = losses.build_objective("dkd", temperature=temperature, kd_weight=3.0, num_classes=7, dkd_alpha=1.0, dkd_beta=8.0)
+    torch.testing.assert_close(dkd(student_logits, teacher_logits), 3.0 * 4.0 * (tckd + 8.0 * nckd).mean() / 7, rtol=1e-4, atol=1e-6)
+    kl = (pt * (pt.log() - ps.log())).sum(1)
+    kd = losses.build_objective("kd", temperature=temperature, kd_weight=3.0, num_classes=7)
+    torch.testing.assert_close(kd(student_logits, teacher_logits), 3.0 * 4.0 * kl.mean() / 7)
+    # The same reduction as PromptKD's own code: kl_div(sum) * T^2 / numel.
+    promptkd = torch.nn.functional.kl_div(torch.log_softmax(student_logits / temperature, 1), pt, reduction="sum") * 4.0 / 35
+    torch.testing.assert_close(kd(student_logits, teacher_logits), 3.0 * promptkd)
+    ab = losses.build_objective("ab", temperature=temperature, kd_weight=3.0, num_classes=7, ab_alpha=1.0, ab_beta=0.0)
+    torch.testing.assert_close(ab(student_logits, teacher_logits), kd(student_logits, teacher_logits))
+    # Logit standardisation makes the loss blind to a per-sample scale and shift of either side.
+    ls = losses.build_objective("ls", temperature=temperature, kd_weight=1.0, num_classes=7)
+    shifted = teacher_logits * torch.tensor([[0.5], [2.0], [3.0], [1.0], [7.0]]) + 4.0
+    torch.testing.assert_close(ls(student_logits, shifted), ls(student_logits, teacher_logits))
     with pytest.raises(ValueError, match="valid names: kd, dkd, ls, ab"):
-        losses.get_loss("fkd", temperature=1.0)
+        losses.build_objective("fkd", temperature=1.0, kd_weight=1.0, num_classes=2)
     with pytest.raises(ValueError, match="--ab_alpha"):
-        losses.get_loss("ab", temperature=1.0, ab_beta=0.5)
+        losses.build_objective("ab", temperature=1.0, kd_weight=1.0, num_classes=2, ab_beta=0.5)
 
 
 def test_bad_inputs_fail_clearly(promptkd, tmp_path):
