@@ -170,12 +170,12 @@ class EpochBatches:
 
 
 def write_synthetic_cifar(
-    data_folder: str | Path, *, num_classes: int = 10, train_per_class: int = 16, test_per_class: int = 8, seed: int = 0
+    data_folder: str | Path, *, num_classes: int = 10, train_per_class: int = 16, test_per_class: int = 8, seed: int = 0, noise: float = 0.25
 ) -> Path:
     """Write `<data_folder>/cifar-100-python/{train,test,meta}` with the official pickle keys.
 
     Each class is a smooth random colour pattern; images are that pattern, randomly shifted by
-    up to 3 pixels, with per-image noise, so the classes are learnable but not trivially so by a
+    up to 3 pixels, with Gaussian pixel noise of std `noise` (1 = the full intensity range), so the classes are learnable but not trivially so by a
     small network in a few epochs. Returns the directory written.
     """
     if not 1 <= num_classes <= 100:
@@ -190,7 +190,7 @@ def write_synthetic_cifar(
         images = []
         for label in labels:
             shift = rng.randint(-3, 4, size=2)
-            image = np.roll(templates[label], tuple(shift), axis=(1, 2)) + 0.25 * rng.randn(3, 32, 32)
+            image = np.roll(templates[label], tuple(shift), axis=(1, 2)) + noise * rng.randn(3, 32, 32)
             images.append(np.clip(image * 255.0, 0, 255).astype(np.uint8))
         data = np.stack(images).reshape(len(labels), 3072) if images else np.zeros((0, 3072), np.uint8)
         return {
@@ -223,10 +223,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-per-class", type=int, default=16, help="synthetic: training images per class")
     parser.add_argument("--test-per-class", type=int, default=8, help="synthetic: test images per class")
     parser.add_argument("--seed", type=int, default=0, help="synthetic: random seed of the patterns and noise")
+    parser.add_argument("--noise", type=float, default=0.25, help="synthetic: std of the pixel noise (1 = the full intensity range)")
     args = parser.parse_args(argv)
     if args.synthetic:
         directory = write_synthetic_cifar(
-            args.data_folder, num_classes=args.classes, train_per_class=args.train_per_class, test_per_class=args.test_per_class, seed=args.seed
+            args.data_folder, num_classes=args.classes, train_per_class=args.train_per_class, test_per_class=args.test_per_class, seed=args.seed,
+            noise=args.noise,
         )
         print(f"wrote a synthetic CIFAR-format dataset to {directory}")
     for split in ("train", "test"):
