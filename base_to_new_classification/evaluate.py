@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from abkd import engine as E
-from distillation_llm.data import batches, shard_indices
+from abkd.sampling import batches, shard_indices
 
 
 def harmonic_mean(base: float, new: float) -> float:

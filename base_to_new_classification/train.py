@@ -37,7 +37,7 @@ from base_to_new_classification.datasets import DATASETS, ImageDataset, load_dat
 from base_to_new_classification.evaluate import evaluate
 from base_to_new_classification.losses import LOSSES, build_objective
 from base_to_new_classification.preprocess import EvalTransform, TrainTransform
-from distillation_llm.data import GlobalBatchSampler
+from abkd.sampling import GlobalBatchSampler
 
 CHECKPOINTS = "checkpoints"
 DEFAULT_DS_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "deepspeed" / "ds_config.json")

@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 from abkd.curriculum import reciprocal_rank_fusion
 from abkd.fused import IGNORE_INDEX
-from distillation_llm.data import InstructionCollator, batches, load_processed
+from abkd.sampling import batches
+from distillation_llm.data import InstructionCollator, load_processed
 from distillation_llm.generation import GenerationSettings, add_generation_args, generate, settings_from_args
 from distillation_llm.metrics import max_over_references, rouge_l
 from distillation_llm.models import load_causal_lm, load_tokenizer

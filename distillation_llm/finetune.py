@@ -28,7 +28,8 @@ from abkd.runlog import RunLog
 from abkd.schedules import build_scheduler
 from distillation_llm.arguments import STUDENT_GENERATED, divergence_params, parse_args, write_args
 from distillation_llm.curriculum import load_ranking
-from distillation_llm.data import GlobalBatchSampler, InstructionCollator, LMCollator, batches, load_processed, shard_indices
+from abkd.sampling import GlobalBatchSampler, batches, shard_indices
+from distillation_llm.data import InstructionCollator, LMCollator, load_processed
 from distillation_llm.models import add_lora, check_shared_vocabulary, load_causal_lm, load_tokenizer, merge_lora
 from distillation_llm.generation import GenerationSettings
 from distillation_llm.objective import Objective

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from abkd.schedules import lr_multiplier
-from distillation_llm.data import GlobalBatchSampler, InstructionCollator, LMCollator
+from abkd.sampling import GlobalBatchSampler
+from distillation_llm.data import InstructionCollator, LMCollator
 
 
 def test_collator_puts_labels_on_response_tokens_only():

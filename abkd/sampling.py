@@ -1,0 +1,66 @@
+"""Data-parallel batch sampling shared by the three training loops."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import torch
+
+
+class GlobalBatchSampler:
+    """Seeded per-epoch shuffling that makes a data-parallel run reproducible across layouts.
+
+    Each optimizer step consumes one global batch of micro_batch x grad_accum x world examples.
+    Micro-batch m of rank r takes slice (m * world + r) of it, so 2 processes x 1 accumulation
+    step see exactly the micro-batches that 1 process x 2 accumulation steps sees. The trailing
+    examples that do not fill a global batch are dropped each epoch (`dropped` says how many).
+    """
+
+    def __init__(self, size: int, micro_batch: int, grad_accum: int, world: int, rank: int, seed: int, shuffle: bool = True):
+        self.size, self.micro_batch, self.grad_accum = size, micro_batch, grad_accum
+        self.world, self.rank, self.seed, self.shuffle = world, rank, seed, shuffle
+        self.global_batch = micro_batch * grad_accum * world
+        self.steps_per_epoch = size // self.global_batch
+        self.dropped = size - self.steps_per_epoch * self.global_batch
+        self.epoch = 0
+        self.skip_steps = 0
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"the training set has {size} examples, fewer than one global batch "
+                f"({micro_batch} x {grad_accum} accumulation x {world} processes)"
+            )
+
+    def set_epoch(self, epoch: int, skip_steps: int = 0) -> None:
+        """Select the epoch's order; `skip_steps` resumes part-way through it."""
+        self.epoch, self.skip_steps = epoch, skip_steps
+
+    def order(self) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.size))
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return torch.randperm(self.size, generator=generator).tolist()
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = self.order()
+        for step in range(self.skip_steps, self.steps_per_epoch):
+            base = step * self.global_batch
+            for micro in range(self.grad_accum):
+                start = base + (micro * self.world + self.rank) * self.micro_batch
+                yield order[start : start + self.micro_batch]
+
+    def __len__(self) -> int:
+        return (self.steps_per_epoch - self.skip_steps) * self.grad_accum
+
+
+def shard_indices(size: int, world: int, rank: int) -> list[int]:
+    """Evaluation sharding without padding: rank r takes r, r + world, ..."""
+    return list(range(rank, size, world))
+
+
+def batches(indices: Sequence[int], batch_size: int) -> list[list[int]]:
+    return [list(indices[i : i + batch_size]) for i in range(0, len(indices), batch_size)]
+
+
+def num_batches(size: int, batch_size: int) -> int:
+    return math.ceil(size / batch_size)
