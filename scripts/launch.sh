@@ -8,13 +8,19 @@
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
+# The command a launcher would run, shell-quoted on one line (DRY_RUN=1).
+print_command() {
+    printf 'python -m %q' "$1"
+    shift
+    printf ' %q' "$@"
+    printf '\n'
+}
+
 launch_module() {
     local module=$1
     shift
     if [[ "${DRY_RUN:-0}" == 1 ]]; then
-        printf 'python -m %q' "${module}"
-        printf ' %q' "$@"
-        printf '\n'
+        print_command "${module}" "$@"
         return 0
     fi
     if [[ -n "${HOSTFILE}" ]]; then
@@ -34,9 +40,7 @@ run_module() {
     local module=$1
     shift
     if [[ "${DRY_RUN:-0}" == 1 ]]; then
-        printf 'python -m %q' "${module}"
-        printf ' %q' "$@"
-        printf '\n'
+        print_command "${module}" "$@"
         return 0
     fi
     python -m "${module}" "$@"
