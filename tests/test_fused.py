@@ -242,3 +242,41 @@ def test_one_sided_minus_inf_entries_match_naive(name, params):
     torch.testing.assert_close(fused, expected, rtol=1e-10, atol=1e-12)
     for got, want in zip(_grads(fused, leaves), _grads(expected, leaves)):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+
+
+NEAR_ZERO = sorted({sign * m for m in (0.0, 1e-8, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2) for sign in (1, -1)})
+
+
+@pytest.mark.parametrize(
+    "family",
+    {
+        "alpha~0": lambda e: (e, 0.7),
+        "beta~0": lambda e: (0.4, e),
+        "alpha+beta~0": lambda e: (0.6, -0.6 + e),
+        "alpha~0,beta~0": lambda e: (e, -2.5 * e),
+    }.items(),
+    ids=lambda item: item[0],
+)
+def test_ab_float32_matches_float64_near_special_cases(family):
+    """The fused path in float32 (closed-form gradient) against itself in float64 on the same
+    float32 inputs, next to alpha = 0, beta = 0 and alpha + beta = 0: loss within 1e-4, hidden
+    and weight gradients within 1e-3 (relative, in norm)."""
+    _, near = family
+    hidden, weight, _, teacher_hidden, teacher_weight, labels = (t.detach() if t.is_floating_point() else t for t in _inputs(seed=5))
+    hidden32, weight32 = (hidden * 3).float(), weight.float()  # scale 3: varied log-probabilities
+    teacher32 = (teacher_hidden @ teacher_weight.T * 3).float()
+    mask = labels != -100
+    for e in NEAR_ZERO:
+        alpha, beta = near(e)
+        results = []
+        for dtype in (torch.float32, torch.float64):
+            leaves = (hidden32.to(dtype).requires_grad_(), weight32.to(dtype).requires_grad_())
+            loss = fused_linear_divergence(
+                "ab", *leaves, teacher_logits=teacher32.to(dtype), mask=mask, chunk_size=16, compile=False, alpha=alpha, beta=beta
+            )
+            results.append((loss.double(), [g.double() for g in _grads(loss, leaves)]))
+        (loss32, grads32), (loss64, grads64) = results
+        assert loss64 > 0 and loss32 > 0
+        assert abs(loss32 - loss64) <= 1e-4 * loss64, (alpha, beta, loss32, loss64)
+        for got, want in zip(grads32, grads64):
+            assert (got - want).norm() <= 1e-3 * want.norm(), (alpha, beta, ((got - want).norm() / want.norm()).item())
