@@ -11,35 +11,30 @@ the gradients of the hidden states ([C, V] @ [V, H]) and of the head weight ([V,
 Only O(chunk_size x V) logits exist at any time; the accumulated gradients are handed back by a
 custom `autograd.Function`, so the result drops into any model.
 
-Gradient with respect to the student logits z (q = softmax(z / T)). For any divergence whose
-entries depend on (p_k, q_k) only, dD/dz_j = (u_j - q_j sum_k u_k) / T with u_k = q_k dD/dq_k:
-
-    ab  (Cichocki et al. 2011; ABKD eq. 6):  u_k = -(1/a)(p^a q^b - q^(a+b)), evaluated as the divided
-                                             difference (ln q - ln p) exp[C, A] (exact at a = 0 too)
-    fkl (KL(p||q)):                          u_k = -p_k
-    rkl (KL(q||p)):                          u_k = q_k (ln q_k - ln p_k + 1)
-
-(see `abkd.losses.ab_grad_weights` for the derivation). These closed forms avoid autograd's
-saved intermediates. The other divergences (jsd, tvd, sfkl, srkl) take the per-chunk gradient
-from `torch.func.grad` instead. Cross-entropy at temperature 1: dCE/dz = softmax(z) - onehot(y).
+Gradient with respect to the student logits z (q = softmax(z / T)). A divergence that registers a
+closed-form u_k = d(entry_k)/d(ln q_k) in `abkd.losses` (ab, fkl, rkl; see `log_q_gradient`) gets
+dD/dz_j = (u_j - q_j sum_k u_k) / T directly, which avoids autograd's saved intermediates; the
+others take the per-chunk gradient from `torch.func.grad`. This module knows no divergence by
+name. Cross-entropy at temperature 1: dCE/dz = softmax(z) - onehot(y).
 
 The element-wise work over [C, V] costs about as much as the matmuls in eager PyTorch, so the
 per-chunk function is compiled with `torch.compile` when the chunk is large enough to repay the
-one-time compilation (see `compile=`); an eager path is always available.
+one-time compilation (the `compile=` argument; nothing else switches it); an eager path is
+always available.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
-import os
 from collections.abc import Mapping
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from abkd.losses import ab_grad_weights, check_temperature, divergence_terms, resolve_params
+from abkd.losses import check_temperature, divergence_terms, log_q_gradient, resolve_params
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +47,6 @@ DEFAULT_CHUNK_SIZE = 512
 COMPILE_MIN_ELEMENTS = 1 << 23
 IGNORE_INDEX = -100
 
-_CLOSED_FORM = ("ab", "fkl", "rkl")
-
 
 class FusedLossOutput(NamedTuple):
     """`loss` = (1 - kd_ratio) * ce + kd_ratio * kd carries the gradient; `kd` and `ce` are
@@ -62,14 +55,6 @@ class FusedLossOutput(NamedTuple):
     loss: Tensor
     kd: Tensor
     ce: Tensor
-
-
-def _closed_form_u(name: str, log_q: Tensor, log_p: Tensor, params: Mapping[str, float]) -> Tensor:
-    if name == "fkl":
-        return -torch.exp(log_p)
-    if name == "rkl":
-        return torch.exp(log_q) * (log_q - log_p + 1.0)
-    return ab_grad_weights(log_q, log_p, params["alpha"], params["beta"])
 
 
 def _tempered_log_probs(student_logits: Tensor, teacher_logits: Tensor, temperature: float):
@@ -101,10 +86,11 @@ def _chunk_loss_and_grad(
     ce_values = student_logits.new_zeros(rows)
     params = dict(params)
     if name is not None:
-        if name in _CLOSED_FORM:
+        closed_form = log_q_gradient(name)
+        if closed_form is not None:
             raw_log_q, log_q, log_p, valid = _tempered_log_probs(student_logits, teacher_logits, temperature)
             kd_values = divergence_terms(name, log_q, log_p, valid, params)
-            u = torch.where(valid, _closed_form_u(name, log_q, log_p, params), 0.0)
+            u = torch.where(valid, closed_form(log_q, log_p, **params), 0.0)
             grad = (u - torch.exp(raw_log_q) * u.sum(-1, keepdim=True)) * (kd_weight / temperature)[:, None]
         else:
 
@@ -125,43 +111,37 @@ def _chunk_loss_and_grad(
     return kd_values, ce_values
 
 
-_compiled_chunk_fn = None
-_compile_failed = False
 # Inductor stores an element-wise intermediate in a buffer once more than 4 expressions read it.
 # The log-probabilities feed the divergence's value and its gradient weights through many
 # reads (the alpha-beta divided differences most of all), and storing them costs two extra
 # [chunk, V] buffers, written and read back. Recomputing them is cheaper: measured on a
-# 512 x 50257 chunk (2 CPU cores), ab went from 225 ms to 142 ms per chunk, one buffer instead of four.
+# 512 x 50257 chunk (2 CPU cores), ab went from 225 ms to 142 ms per chunk, jsd from 277 to 191.
 _INDUCTOR_OPTIONS = {"realize_reads_threshold": 64}
 
 
-def _chunk_fn(use_compile: bool):
-    global _compiled_chunk_fn
-    if not use_compile or _compile_failed:
-        return _chunk_loss_and_grad
-    if _compiled_chunk_fn is None:
-        _compiled_chunk_fn = torch.compile(_chunk_loss_and_grad, options=_INDUCTOR_OPTIONS)
-    return _compiled_chunk_fn
+@functools.cache
+def _compiled_chunk_fn():
+    return torch.compile(_chunk_loss_and_grad, options=_INDUCTOR_OPTIONS)
 
 
-def _should_compile(compile: bool | None, chunk_elements: int) -> bool:
+@functools.cache
+def _compiler_works(device_type: str) -> bool:
+    """Whether torch.compile can build a kernel here (a C++ compiler on CPU, Triton on CUDA);
+    asked once per process and device type, only when `compile=None` would choose compilation."""
+    try:
+        torch.compile(lambda x: x * 2 + 1)(torch.ones(8, device=device_type))
+        return True
+    except Exception as error:  # no compiler or unsupported backend: the eager path is exact too
+        logger.warning("torch.compile is unavailable on %s (%s); the fused loss runs eagerly", device_type, error)
+        return False
+
+
+def _use_compile(compile: bool | None, chunk_elements: int, device_type: str) -> bool:
+    """compile=True/False is obeyed (True fails loudly if compilation fails); None compiles chunks
+    of at least COMPILE_MIN_ELEMENTS logits where a compiler is available."""
     if compile is not None:
         return compile
-    env = os.environ.get("ABKD_COMPILE")
-    if env is not None:
-        return env == "1"
-    return chunk_elements >= COMPILE_MIN_ELEMENTS
-
-
-def _run_chunk(use_compile: bool, *args) -> tuple[Tensor, Tensor]:
-    global _compile_failed
-    if use_compile and not _compile_failed:
-        try:
-            return _chunk_fn(True)(*args)
-        except Exception as error:  # compiler missing or unsupported backend: stay correct, go eager
-            _compile_failed = True
-            logger.warning("torch.compile of the fused loss failed (%s); using the eager path", error)
-    return _chunk_loss_and_grad(*args)
+    return chunk_elements >= COMPILE_MIN_ELEMENTS and _compiler_works(device_type)
 
 
 class _FusedLinearLoss(torch.autograd.Function):
@@ -203,7 +183,8 @@ class _FusedLinearLoss(torch.autograd.Function):
         grad_bias = torch.zeros(vocab, dtype=compute_dtype, device=student_weight.device) if need_bias and student_bias is not None else None
         kd_total = torch.zeros((), dtype=compute_dtype, device=student_hidden.device)
         ce_total = torch.zeros_like(kd_total)
-        use_compile = _should_compile(compile, min(chunk_size, max(len(rows), 1)) * vocab)
+        use_compile = _use_compile(compile, min(chunk_size, max(len(rows), 1)) * vocab, student_hidden.device.type)
+        chunk_fn = _compiled_chunk_fn() if use_compile else _chunk_loss_and_grad
         # With every row selected, chunks are contiguous slices: no gathering copies at all.
         contiguous = len(rows) == n_rows
         # One logits buffer for all chunks (the chunk function overwrites it with the gradient).
@@ -235,8 +216,8 @@ class _FusedLinearLoss(torch.autograd.Function):
                 chunk_teacher = chunk_teacher.to(compute_dtype)
             chunk_labels = take(labels) if labels is not None else None
             chunk_kd_mask, chunk_ce_mask = take(kd_mask), take(ce_mask)
-            kd_values, ce_values = _run_chunk(
-                use_compile, logits, chunk_teacher, chunk_labels,
+            kd_values, ce_values = chunk_fn(
+                logits, chunk_teacher, chunk_labels,
                 chunk_kd_mask.to(compute_dtype) * kd_scale, chunk_ce_mask.to(compute_dtype) * ce_scale,
                 name, params, temperature,
             )
@@ -314,8 +295,8 @@ def fused_linear_divergence(
             loss = (1 - kd_ratio) * ce + kd_ratio * kd (required with labels and a divergence).
         chunk_size: rows per chunk; memory for logits is O(chunk_size x V).
         temperature: the divergence's temperature (cross-entropy is always at 1).
-        compile: use the `torch.compile`d per-chunk function (None: automatically for large
-            chunks, or as the environment variable ABKD_COMPILE=0/1 says).
+        compile: True/False: use the `torch.compile`d per-chunk function or not; None (default):
+            compile chunks of at least COMPILE_MIN_ELEMENTS logits when a compiler is available.
         **params: the divergence's parameters, e.g. alpha/beta for "ab".
 
     Returns:

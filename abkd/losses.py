@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -83,6 +84,16 @@ def _fkl_terms(log_q: Tensor, log_p: Tensor) -> Tensor:
 
 def _rkl_terms(log_q: Tensor, log_p: Tensor) -> Tensor:
     return _kl_terms(log_q, log_p)
+
+
+# d(entry_k)/d(ln q_k) in closed form, for the divergences that have a short one (the fused loss
+# turns it into the gradient with respect to the student logits, see `log_q_gradient`).
+def _fkl_log_q_gradient(log_q: Tensor, log_p: Tensor) -> Tensor:
+    return -torch.exp(log_p)  # entry p (ln p - ln q)
+
+
+def _rkl_log_q_gradient(log_q: Tensor, log_p: Tensor) -> Tensor:
+    return torch.exp(log_q) * (log_q - log_p + 1.0)  # entry q (ln q - ln p)
 
 
 def _log_mixture(log_a: Tensor, log_b: Tensor, weight_a: float) -> Tensor:
@@ -323,15 +334,29 @@ def _finite(name: str) -> Callable[[float], None]:
 
 _LAM = (0.1, _unit_interval("lam"))
 
-# name -> (element-wise terms, {param: (default or _REQUIRED, validator)})
-_SPECS: dict[str, tuple[Callable[..., Tensor], dict[str, tuple[Any, Callable[[float], None]]]]] = {
-    "fkl": (_fkl_terms, {}),
-    "rkl": (_rkl_terms, {}),
-    "jsd": (_jsd_terms, {"lam": _LAM}),
-    "tvd": (_tvd_terms, {}),
-    "sfkl": (_sfkl_terms, {"lam": _LAM}),
-    "srkl": (_srkl_terms, {"lam": _LAM}),
-    "ab": (ab_divergence_terms, {"alpha": (_REQUIRED, _finite("alpha")), "beta": (_REQUIRED, _finite("beta"))}),
+
+@dataclass(frozen=True)
+class _Divergence:
+    """One divergence: its element-wise terms, its parameters ({name: (default or _REQUIRED,
+    validator)}) and, when it has one, the closed form of d(entry_k)/d(ln q_k)."""
+
+    terms: Callable[..., Tensor]
+    params: dict[str, tuple[Any, Callable[[float], None]]] = field(default_factory=dict)
+    log_q_gradient: Callable[..., Tensor] | None = None
+
+
+_SPECS: dict[str, _Divergence] = {
+    "fkl": _Divergence(_fkl_terms, log_q_gradient=_fkl_log_q_gradient),
+    "rkl": _Divergence(_rkl_terms, log_q_gradient=_rkl_log_q_gradient),
+    "jsd": _Divergence(_jsd_terms, {"lam": _LAM}),
+    "tvd": _Divergence(_tvd_terms),
+    "sfkl": _Divergence(_sfkl_terms, {"lam": _LAM}),
+    "srkl": _Divergence(_srkl_terms, {"lam": _LAM}),
+    "ab": _Divergence(
+        ab_divergence_terms,
+        {"alpha": (_REQUIRED, _finite("alpha")), "beta": (_REQUIRED, _finite("beta"))},
+        log_q_gradient=ab_grad_weights,
+    ),
 }
 
 DIVERGENCES: tuple[str, ...] = tuple(_SPECS)
@@ -345,7 +370,7 @@ def resolve_params(name: str, params: Mapping[str, Any]) -> dict[str, float]:
     """
     if name not in _SPECS:
         raise ValueError(f"unknown divergence '{name}'; valid names: {', '.join(DIVERGENCES)}")
-    spec = _SPECS[name][1]
+    spec = _SPECS[name].params
     unknown = sorted(set(params) - set(spec))
     if unknown:
         valid = ", ".join(spec) or "none"
@@ -373,8 +398,19 @@ def divergence_terms(name: str, log_q: Tensor, log_p: Tensor, valid: Tensor, par
 
     The building block shared by `divergence` and the chunked fused loss.
     """
-    terms = _SPECS[name][0](log_q, log_p, **params)
+    terms = _SPECS[name].terms(log_q, log_p, **params)
     return torch.where(valid, terms, terms.new_zeros(())).sum(dim=-1)
+
+
+def log_q_gradient(name: str) -> Callable[..., Tensor] | None:
+    """The closed form u(log_q, log_p, **params) = d(entry_k)/d(ln q_k) of divergence `name`, or
+    None if it has none (then differentiate `divergence_terms` instead).
+
+    For q = softmax(z / T) the gradient of the per-position divergence with respect to the
+    student logits is then (u_j - q_j sum_k u_k) / T, since d ln q_k / dz_j = (delta_kj - q_j) / T.
+    The fused loss uses this to skip autograd's saved intermediates.
+    """
+    return _SPECS[name].log_q_gradient
 
 
 def divergence(
