@@ -57,8 +57,8 @@ def reciprocal_rank_fusion(ids: Sequence[int], rouge: Sequence[float], loss: Seq
     rank_rouge = fractional_ranks(rouge, descending=True)
     rank_loss = fractional_ranks(loss, descending=False)
     examples = [
-        RankedExample(int(i), float(r), float(l), rr, rl, 1.0 / (k + rr) + 1.0 / (k + rl))
-        for i, r, l, rr, rl in zip(ids, rouge, loss, rank_rouge, rank_loss)
+        RankedExample(int(i), float(r), float(lm_loss), rr, rl, 1.0 / (k + rr) + 1.0 / (k + rl))
+        for i, r, lm_loss, rr, rl in zip(ids, rouge, loss, rank_rouge, rank_loss)
     ]
     return sorted(examples, key=lambda e: (-e.score, e.id))
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Mapping
 from typing import NamedTuple
 
 import torch
@@ -144,6 +143,10 @@ def _use_compile(compile: bool | None, chunk_elements: int, device_type: str) ->
     return chunk_elements >= COMPILE_MIN_ELEMENTS and _compiler_works(device_type)
 
 
+def _take_rows(selection: slice | Tensor, tensor: Tensor) -> Tensor:
+    return tensor[selection] if isinstance(selection, slice) else tensor.index_select(0, selection)
+
+
 class _FusedLinearLoss(torch.autograd.Function):
     @staticmethod
     def forward(
@@ -192,12 +195,9 @@ class _FusedLinearLoss(torch.autograd.Function):
         buffer = student_hidden.new_empty(min(chunk_size, len(rows)), vocab) if reuse and len(rows) else None
 
         for start in range(0, len(rows), chunk_size):
-            if contiguous:
-                block = slice(start, min(start + chunk_size, n_rows))
-                take = lambda tensor: tensor[block]  # noqa: E731
-            else:
-                index = rows[start : start + chunk_size]
-                take = lambda tensor: tensor.index_select(0, index)  # noqa: E731
+            # With every row selected, a chunk is a slice (a view); otherwise the rows are gathered.
+            selection = slice(start, min(start + chunk_size, n_rows)) if contiguous else rows[start : start + chunk_size]
+            take = functools.partial(_take_rows, selection)
             hidden = take(student_hidden)
             if buffer is not None:
                 logits = buffer[: hidden.shape[0]]
@@ -229,9 +229,9 @@ class _FusedLinearLoss(torch.autograd.Function):
             if grad_hidden is not None:
                 grad_rows = grad_logits.to(student_weight.dtype) @ student_weight
                 if contiguous:
-                    grad_hidden[block] = grad_rows
+                    grad_hidden[selection] = grad_rows
                 else:
-                    grad_hidden.index_copy_(0, index, grad_rows)
+                    grad_hidden.index_copy_(0, selection, grad_rows)
             if grad_weight is not None:
                 grad_weight.addmm_(grad_logits.T, hidden.to(compute_dtype))
             if grad_bias is not None:

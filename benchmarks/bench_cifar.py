@@ -17,10 +17,10 @@ import statistics
 import time
 
 import torch
+from standard_classification.losses import build_distill_loss
 
 from abkd import engine as E
 from standard_classification.data import augment, normalize
-from standard_classification.losses import build_distill_loss
 from standard_classification.models import build_model
 from standard_classification.train import DEFAULT_DS_CONFIG, Objective
 

@@ -167,7 +167,7 @@ def main() -> None:
         if impl == "naive" and isinstance(result, dict):
             naive_mib_per_token = result["above_mib"] / tokens
         rows.append((impl, tokens, chunk, result))
-        summary = result if isinstance(result, str) else "%.2f s" % result["time_s"]
+        summary = result if isinstance(result, str) else f"{result['time_s']:.2f} s"
         print(f"  done {impl} N={tokens} chunk={chunk}: {summary}", file=sys.stderr)
 
     print(f"\nH={H}, V={V}, float32, divergence ab(alpha={ALPHA}, beta={BETA}), forward+backward, {os.cpu_count()} CPUs")

@@ -20,7 +20,6 @@ import torch
 from abkd.fused import IGNORE_INDEX
 
 
-
 def load_processed(data_dir: str | Path, tokenizer=None, *, flag: str = "--data-dir"):
     """Load a processed DatasetDict and its meta.json, checking it matches `tokenizer`."""
     import datasets

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from abkd.schedules import lr_multiplier
 from abkd.sampling import GlobalBatchSampler
+from abkd.schedules import lr_multiplier
 from distillation_llm.data import InstructionCollator, LMCollator
 
 
