@@ -13,16 +13,25 @@ class GlobalBatchSampler:
 
     Each optimizer step consumes one global batch of micro_batch x grad_accum x world examples.
     Micro-batch m of rank r takes slice (m * world + r) of it, so 2 processes x 1 accumulation
-    step see exactly the micro-batches that 1 process x 2 accumulation steps sees. The trailing
-    examples that do not fill a global batch are dropped each epoch (`dropped` says how many).
+    step see exactly the micro-batches that 1 process x 2 accumulation steps sees.
+
+    The trailing examples that do not fill a global batch: with `drop_last` (the default) they are
+    left out of the epoch (`dropped` says how many). Without it they form one last, smaller step,
+    cut into grad_accum x world nearly equal micro-batches in the same slice order, like a torch
+    DataLoader with drop_last=False; a tail shorter than grad_accum x world examples, which would
+    leave some micro-batch empty, is still dropped.
     """
 
-    def __init__(self, size: int, micro_batch: int, grad_accum: int, world: int, rank: int, seed: int, shuffle: bool = True):
+    def __init__(self, size: int, micro_batch: int, grad_accum: int, world: int, rank: int, seed: int, shuffle: bool = True,
+                 drop_last: bool = True):
         self.size, self.micro_batch, self.grad_accum = size, micro_batch, grad_accum
         self.world, self.rank, self.seed, self.shuffle = world, rank, seed, shuffle
         self.global_batch = micro_batch * grad_accum * world
         self.steps_per_epoch = size // self.global_batch
-        self.dropped = size - self.steps_per_epoch * self.global_batch
+        tail = size - self.steps_per_epoch * self.global_batch
+        self.tail = 0 if drop_last or tail < grad_accum * world else tail
+        self.steps_per_epoch += self.tail > 0
+        self.dropped = tail - self.tail
         self.epoch = 0
         self.skip_steps = 0
         if self.steps_per_epoch == 0:
@@ -43,11 +52,13 @@ class GlobalBatchSampler:
 
     def __iter__(self) -> Iterator[list[int]]:
         order = self.order()
+        pieces = self.grad_accum * self.world
         for step in range(self.skip_steps, self.steps_per_epoch):
             base = step * self.global_batch
+            length = min(self.global_batch, self.size - self.dropped - base)
             for micro in range(self.grad_accum):
-                start = base + (micro * self.world + self.rank) * self.micro_batch
-                yield order[start : start + self.micro_batch]
+                piece = micro * self.world + self.rank
+                yield order[base + piece * length // pieces : base + (piece + 1) * length // pieces]
 
     def __len__(self) -> int:
         return (self.steps_per_epoch - self.skip_steps) * self.grad_accum

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from functools import partial
 
 import torch
@@ -33,4 +34,20 @@ def lr_multiplier(step: int, *, warmup: int, total: int, style: str, min_ratio: 
 def build_scheduler(optimizer: torch.optim.Optimizer, *, warmup: int, total: int, style: str, min_ratio: float = 0.0):
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, partial(lr_multiplier, warmup=warmup, total=total, style=style, min_ratio=min_ratio)
+    )
+
+
+def step_decay_multiplier(step: int, *, steps_per_epoch: int, decay_epochs: Sequence[int], rate: float) -> float:
+    """Factor applied to the initial learning rate before optimizer step `step` (0-based):
+    `rate` to the power of the number of `decay_epochs` already reached, the epoch being
+    step // steps_per_epoch (the CRD/RepDistiller CIFAR recipe: x0.1 after epochs 150, 180, 210)."""
+    if steps_per_epoch < 1:
+        raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+    epoch = step // steps_per_epoch
+    return rate ** sum(epoch >= decay for decay in decay_epochs)
+
+
+def build_step_decay_scheduler(optimizer: torch.optim.Optimizer, *, steps_per_epoch: int, decay_epochs: Sequence[int], rate: float):
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, partial(step_decay_multiplier, steps_per_epoch=steps_per_epoch, decay_epochs=tuple(decay_epochs), rate=rate)
     )

@@ -12,17 +12,16 @@ teacher's base/new/HM test accuracy) and resumable checkpoints/ (prompts only, n
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 
 from abkd import engine as E
-from abkd.runlog import RunLog
+from abkd.run import Run, atomic_save
 from base_to_new_classification.clip_prompts import TeacherPromptLearner, load_frozen_clip, load_tokenizer
 from base_to_new_classification.datasets import ImageDataset, few_shot, load_dataset
 from base_to_new_classification.evaluate import evaluate
 from base_to_new_classification.preprocess import EvalTransform, TrainTransform
-from base_to_new_classification.train import TEACHER_FORMAT, add_common_args, atomic_torch_save, check_common_args, fit, write_args
+from base_to_new_classification.train import TEACHER_FORMAT, add_common_args, check_common_args, fit
 
 TEACHER_CKPT = "teacher_prompts.pt"
 
@@ -52,11 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
-    device = E.init_distributed()
-    E.set_seed(args.seed)
-    save_dir = Path(args.save)
-    write_args(args, save_dir)
-    log = RunLog(save_dir, enabled=E.is_main_process())
+    run = Run.start(args)
+    device, log, save_dir = run.device, run.log, run.save_dir
 
     data = load_dataset(args.dataset, args.root)
     clip = load_frozen_clip(args.teacher_model_path, "--teacher-model-path", device)
@@ -70,13 +66,18 @@ def main(argv: list[str] | None = None) -> dict | None:
     train_items = few_shot(data.base(data.train), args.num_shots, args.seed)
     log.info(f"{args.dataset}: {data.num_classes} classes, training on the {data.num_base} base classes ({len(train_items)} images)")
 
-    def loss_step(engine, pixel_values, labels):
-        return torch.nn.functional.cross_entropy(engine(pixel_values, base), labels)
+    def objective(engine):
+        def cross_entropy(batch):
+            pixel_values, labels = batch
+            logits = engine(pixel_values, base)
+            return torch.nn.functional.cross_entropy(logits.float(), labels), {"acc": 100.0 * (logits.argmax(-1) == labels).float().mean()}
+
+        return cross_entropy
 
     size = clip.config.vision_config.image_size
-    engine, finished = fit(args, teacher, loss_step, ImageDataset(train_items, TrainTransform(size), seed=args.seed), log, device)
+    engine, finished = fit(run, teacher, objective, ImageDataset(train_items, TrainTransform(size), seed=args.seed))
     if not finished:
-        log.close()
+        run.close()
         return None
 
     engine.module.eval()
@@ -90,13 +91,13 @@ def main(argv: list[str] | None = None) -> dict | None:
     log.info(f"teacher test: base {results['base_acc']:.2f} new {results['new_acc']:.2f} HM {results['hm']:.2f}")
     if E.is_main_process():
         log.json("results.json", results)
-        atomic_torch_save({
+        atomic_save({
             "format": TEACHER_FORMAT, "dataset": args.dataset, "num_classes": data.num_classes, "num_base": data.num_base,
             "classnames": list(data.classnames), "prompt_config": prompt_config,
             "prompts": {key: value.detach().cpu() for key, value in engine.module.state_dict().items()},
         }, save_dir / TEACHER_CKPT)
         log.info(f"teacher prompts written to {save_dir / TEACHER_CKPT}")
-    log.close()
+    run.close()
     return results
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import math
 import os
 import pickle
 import tarfile
@@ -23,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+
+from abkd.sampling import GlobalBatchSampler, batches, shard_indices
 
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
@@ -120,48 +121,26 @@ def augment(images: Tensor, generator: torch.Generator, padding: int = 4) -> Ten
     return padded[index, channel, rows, cols]
 
 
-class EpochBatches:
-    """This rank's mini-batches of one split, a pure function of (seed, epoch, step, rank), so a
-    resumed run sees exactly the batches and augmentations of an uninterrupted one.
+def train_batches(split: CifarSplit, sampler: GlobalBatchSampler, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+    """This rank's augmented training micro-batches of the sampler's current epoch (from its
+    `skip_steps`): (normalised float images [b, 3, 32, 32], labels [b]) on `device`.
 
-    Training shuffles with `seed + epoch` and, like DistributedSampler, pads the permutation by
-    wrapping around to a multiple of the world size and gives rank r every world-th index; each
-    rank then takes `local_batch` at a time (the last batch may be smaller, the same on every rank).
+    The augmentation of micro-batch m is drawn from a generator seeded with (seed, epoch, m,
+    rank), so a resumed run sees exactly the batches and augmentations of an uninterrupted one.
     """
+    first = sampler.skip_steps * sampler.grad_accum
+    for micro, index in enumerate(sampler, start=first):
+        index = torch.as_tensor(index, dtype=torch.int64)
+        generator = torch.Generator().manual_seed(((sampler.seed * 1009 + sampler.epoch) * 100_003 + micro) * 257 + sampler.rank)
+        images = augment(split.images[index].to(device, non_blocking=True), generator)
+        yield normalize(images), split.labels[index].to(device, non_blocking=True)
 
-    def __init__(self, split: CifarSplit, local_batch: int, *, train: bool, seed: int = 0, rank: int = 0, world_size: int = 1):
-        if local_batch < 1:
-            raise ValueError(f"batch size per process must be >= 1, got {local_batch}")
-        if len(split) == 0:
-            raise ValueError("the dataset split is empty")
-        self.split, self.local_batch, self.train = split, local_batch, train
-        self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.per_rank = math.ceil(len(split) / world_size) if train else len(range(rank, len(split), world_size))
 
-    @property
-    def steps_per_epoch(self) -> int:
-        return math.ceil(self.per_rank / self.local_batch)
-
-    def indices(self, epoch: int) -> Tensor:
-        n = len(self.split)
-        if not self.train:
-            return torch.arange(self.rank, n, self.world_size)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
-        total = self.per_rank * self.world_size
-        order = order.repeat(math.ceil(total / n))[:total]
-        return order[self.rank :: self.world_size]
-
-    def epoch(self, epoch: int, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
-        """(normalised float images [b, 3, 32, 32], labels [b]) on `device`."""
-        order = self.indices(epoch)
-        for step in range(self.steps_per_epoch):
-            index = order[step * self.local_batch : (step + 1) * self.local_batch]
-            images = self.split.images[index].to(device, non_blocking=True)
-            labels = self.split.labels[index].to(device, non_blocking=True)
-            if self.train:
-                generator = torch.Generator().manual_seed(((self.seed * 1009 + epoch) * 100_003 + step) * 257 + self.rank)
-                images = augment(images, generator)
-            yield normalize(images), labels
+def eval_batches(split: CifarSplit, batch_size: int, rank: int, world: int, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+    """This rank's share (rank, rank + world, ...) of a split, unaugmented, `batch_size` at a time."""
+    for index in batches(shard_indices(len(split), world, rank), batch_size):
+        index = torch.as_tensor(index, dtype=torch.int64)
+        yield normalize(split.images[index].to(device, non_blocking=True)), split.labels[index].to(device, non_blocking=True)
 
 
 # ---------------------------------------------------------------------------------------------

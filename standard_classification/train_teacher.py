@@ -14,9 +14,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from abkd.run import Run
 from standard_classification.data import load_cifar100
 from standard_classification.models import build_model, model_dict
-from standard_classification.train import Objective, add_training_args, resolve_training_args, run, setup
+from standard_classification.train import add_training_args, resolve_training_args, train
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,12 +34,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    save_dir = Path(args.save)
-    device, log = setup(args, save_dir)
+    run = Run.start(args)
     train_set, test_set = load_cifar100(args.data_folder, "train"), load_cifar100(args.data_folder, "test")
     model = build_model(args.model, num_classes=len(train_set.classes))
-    log.info(f"model {args.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params); lr {args.learning_rate}")
-    return run(args, args.model, model, Objective(ce_weight=1.0), save_dir, device, log, train_set, test_set)
+    run.log.info(f"model {args.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params); lr {args.lr}")
+    return train(run, args.model, model, train_set, test_set)
 
 
 if __name__ == "__main__":

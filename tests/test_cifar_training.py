@@ -14,15 +14,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from abkd.classification import DISTILL_LOSSES, build_distill_loss, standardize
 from abkd.losses import divergence
+from abkd.sampling import GlobalBatchSampler
 from standard_classification import train_student, train_teacher
-from standard_classification.data import CifarSplit, EpochBatches, augment, load_cifar100, write_synthetic_cifar
-from standard_classification.losses import DISTILL_LOSSES, build_distill_loss, standardize
+from standard_classification.data import CifarSplit, augment, eval_batches, load_cifar100, train_batches, write_synthetic_cifar
 from standard_classification.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 # Fast settings shared by every run: 10 classes x 6 images, batches of 12 (5 steps per epoch).
-FAST = ["--batch_size", "12", "--learning_rate", "0.05", "--lr_decay_epochs", "", "--weight_decay", "0"]
+FAST = ["--batch-size", "12", "--lr", "0.05", "--lr-decay-epochs", "", "--weight-decay", "0"]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -64,7 +65,7 @@ def test_teacher_outputs_are_in_the_zoo_format(teacher_path):
 @pytest.mark.parametrize("distill", list(DISTILL_LOSSES))
 def test_every_distill_trains_and_its_loss_decreases(distill, cifar_dir, teacher_path, tmp_path):
     result = train_student.main([
-        "--path_t", str(teacher_path), "--model_s", "resnet8", "--distill", distill, "--dkd_warmup", "1",
+        "--teacher-ckpt", str(teacher_path), "--model", "resnet8", "--distill", distill, "--dkd-warmup", "1",
         "--data-folder", str(cifar_dir), "--epochs", "3", "--save", str(tmp_path / distill), *FAST,
     ])
     losses = [epoch["train_loss"] for epoch in result["history"]]
@@ -76,8 +77,8 @@ def test_every_distill_trains_and_its_loss_decreases(distill, cifar_dir, teacher
 
 
 def test_resume_gives_the_weights_of_an_uninterrupted_run(cifar_dir, teacher_path, tmp_path):
-    common = ["--path_t", str(teacher_path), "--model_s", "resnet8", "--distill", "ab", "--ab_alpha", "0.6", "--ab_beta", "0.3",
-              "--data-folder", str(cifar_dir), "--epochs", "3", *FAST, "--lr_decay_epochs", "2"]
+    common = ["--teacher-ckpt", str(teacher_path), "--model", "resnet8", "--distill", "ab", "--ab_alpha", "0.6", "--ab_beta", "0.3",
+              "--data-folder", str(cifar_dir), "--epochs", "3", *FAST, "--lr-decay-epochs", "2"]
     train_student.main([*common, "--save", str(tmp_path / "full")])
     first = train_student.main([*common, "--save", str(tmp_path / "split"), "--stop-after-epochs", "2"])
     assert first["epoch"] == 2 and not (tmp_path / "split" / "ckpt_epoch_3.pth").exists()
@@ -110,7 +111,7 @@ def test_unknown_distill_and_unparsable_teacher_are_argparse_errors(tmp_path, ca
     assert "--distill" in err and all(name in err for name in DISTILL_LOSSES)
     with pytest.raises(SystemExit):
         train_student.main(["--path_t", str(tmp_path / "teacher.pth"), "--model_s", "resnet20", "--distill", "kd"])
-    assert "--model_t" in capsys.readouterr().err
+    assert "--teacher-model" in capsys.readouterr().err
     with pytest.raises(ValueError, match="valid names: kd, ab, dkd, ls, abls"):
         build_distill_loss("kl", temperature=4.0)
 
@@ -124,7 +125,7 @@ def test_teacher_name_is_parsed_from_the_zoo_path():
 
 
 def _dry_run(script, *args):
-    result = subprocess.run(["bash", str(REPO / "standard_classification" / script), *args], env={**os.environ, "DRY_RUN": "1"},
+    result = subprocess.run(["bash", str(REPO / "scripts" / "cifar" / script), *args], env={**os.environ, "DRY_RUN": "1"},
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     commands = [shlex.split(line) for line in result.stdout.splitlines()]
@@ -136,19 +137,19 @@ def test_ab_launcher_sweeps_alpha_plus_beta_and_alpha():
     runs = _dry_run("train_ab.sh", "1.0", "1.1", "0.7", "0.9", "resnet56", "resnet20", "2", "0.5")
     pairs = sorted((round(args.ab_alpha, 6), round(args.ab_beta, 6)) for args in runs)
     assert pairs == [(0.7, 0.3), (0.7, 0.4), (0.8, 0.2), (0.8, 0.3), (0.9, 0.1), (0.9, 0.2)]
-    assert all(args.distill == "ab" and args.kd_weight == 0.5 and args.model_t == "resnet56" and args.model_s == "resnet20" for args in runs)
+    assert all(args.distill == "ab" and args.kd_ratio == 0.5 and args.teacher_model == "resnet56" and args.model == "resnet20" for args in runs)
     assert len({args.save for args in runs}) == len(runs)
 
 
 @pytest.mark.parametrize("script, distill", [("train_kd.sh", "kd"), ("train_ls.sh", "ls"), ("train_dkd.sh", "dkd")])
 def test_launchers_print_valid_commands(script, distill):
     (args,) = _dry_run(script, "resnet32x4", "resnet8x4", "1")
-    assert args.distill == distill and args.model_t == "resnet32x4" and args.model_s == "resnet8x4"
+    assert args.distill == distill and args.teacher_model == "resnet32x4" and args.model == "resnet8x4"
 
 
 def test_teacher_of_the_wrong_architecture_is_rejected(cifar_dir, teacher_path, tmp_path):
     with pytest.raises(ValueError, match="not a resnet20"):
-        train_student.main(["--path_t", str(teacher_path), "--model_t", "resnet20", "--model_s", "resnet8", "--distill", "kd",
+        train_student.main(["--teacher-ckpt", str(teacher_path), "--teacher-model", "resnet20", "--model", "resnet8", "--distill", "kd",
                             "--data-folder", str(cifar_dir), "--epochs", "1", "--save", str(tmp_path / "x")])
 
 
@@ -186,16 +187,28 @@ def test_augment_is_a_padded_crop_and_flip_per_image():
         torch.testing.assert_close(out[i], crop.flip(-1) if flip[i] else crop, rtol=0, atol=0)
 
 
-def test_batches_cover_the_data_and_shard_across_ranks():
-    split = CifarSplit(torch.zeros(10, 3, 32, 32, dtype=torch.uint8), torch.arange(10), [str(i) for i in range(10)])
-    one = EpochBatches(split, 4, train=True, seed=1)
-    assert one.steps_per_epoch == 3 and sorted(one.indices(0).tolist()) == list(range(10))
-    assert not torch.equal(one.indices(0), one.indices(1))
-    ranks = [EpochBatches(split, 2, train=True, seed=1, rank=r, world_size=3) for r in range(3)]
-    assert {r.steps_per_epoch for r in ranks} == {2}
-    assert set(torch.cat([r.indices(0) for r in ranks]).tolist()) == set(range(10))
-    tests = [EpochBatches(split, 8, train=False, rank=r, world_size=3) for r in range(3)]
-    assert sorted(torch.cat([t.indices(0) for t in tests]).tolist()) == list(range(10))
+def test_batches_keep_the_last_partial_batch_like_the_reference_dataloader():
+    """10 images in batches of 4: 4, 4, 2 (DataLoader(shuffle=True, drop_last=False)), every
+    image once per epoch, a new order each epoch; under 3 ranks each rank takes its share of
+    every global batch, the last one split evenly."""
+    split = CifarSplit(torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 3, 32, 32).contiguous(), torch.arange(10), [str(i) for i in range(10)])
+    one = GlobalBatchSampler(10, 4, 1, 1, 0, seed=1, drop_last=False)
+    assert one.steps_per_epoch == 3 and one.dropped == 0
+    epoch0 = list(one)
+    assert [len(batch) for batch in epoch0] == [4, 4, 2] and sorted(sum(epoch0, [])) == list(range(10))
+    one.set_epoch(1)
+    assert list(one) != epoch0
+    labels = [labels.tolist() for _, labels in train_batches(split, one, torch.device("cpu"))]
+    assert sorted(sum(labels, [])) == list(range(10))
+    ranks = [GlobalBatchSampler(10, 2, 1, 3, r, seed=1, drop_last=False) for r in range(3)]
+    assert {r.steps_per_epoch for r in ranks} == {2}  # 6 + a tail of 4
+    shares = [list(r) for r in ranks]
+    assert [len(b) for b in shares[0]] == [2, 1] and [len(b) for b in shares[2]] == [2, 2]
+    assert sorted(sum(sum(shares, []), [])) == list(range(10))
+    dropping = GlobalBatchSampler(10, 4, 1, 1, 0, seed=1)
+    assert dropping.steps_per_epoch == 2 and dropping.dropped == 2
+    tests = [eval_batches(split, 8, r, 3, torch.device("cpu")) for r in range(3)]
+    assert sorted(torch.cat([labels for shard in tests for _, labels in shard]).tolist()) == list(range(10))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,7 +264,7 @@ def test_dkd_matches_its_definition_on_a_hand_example():
         ns = [p / (1 - ps[y]) for k, p in enumerate(ps) if k != y]
         nt = [p / (1 - pt[y]) for k, p in enumerate(pt) if k != y]
         nckd += sum(t * math.log(t / s) for t, s in zip(nt, ns)) / 2
-    loss = build_distill_loss("dkd", temperature=T, dkd_alpha=alpha, dkd_beta=beta, dkd_warmup=warmup)
+    loss = build_distill_loss("dkd", temperature=T, tckd_weight=alpha, nckd_weight=beta, dkd_warmup=warmup)
     for epoch, ramp in ((0, 0.25), (2, 0.75), (3, 1.0), (10, 1.0)):
         expected = ramp * T**2 * (alpha * tckd + beta * nckd)
         assert loss(student, teacher, labels, epoch).item() == pytest.approx(expected, rel=1e-10)
@@ -281,8 +294,8 @@ def test_two_processes_under_torchrun(cifar_dir, teacher_path, tmp_path):
     """gloo, two ranks: sharded batches, all-reduced metrics, BN statistics averaged before saving."""
     save = tmp_path / "ddp"
     command = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2", "-m", "standard_classification.train_student",
-               "--path_t", str(teacher_path), "--model_s", "resnet8", "--distill", "dkd", "--data-folder", str(cifar_dir),
-               "--epochs", "1", "--save", str(save), *FAST]
+               "--teacher-ckpt", str(teacher_path), "--model", "resnet8", "--distill", "dkd", "--data-folder", str(cifar_dir),
+               "--epochs", "1", "--save", str(save), *FAST, "--batch-size", "6"]
     result = subprocess.run(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     log = (save / "log.txt").read_text()

@@ -18,7 +18,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from base_to_new_classification import datasets, evaluate, losses, summarize, train, train_teacher
+from abkd.classification import PromptKDLoss
+from base_to_new_classification import datasets, evaluate, summarize, train, train_teacher
 from base_to_new_classification.preprocess import EvalTransform, TrainTransform
 
 CLASSES = ["red_fox", "green frog", "blue whale", "yellow bee"]  # 2 base, 2 new
@@ -97,7 +98,7 @@ def student_argv(promptkd, save, *extra):
         "--dataset", "oxford_pets", "--root", str(promptkd["root"]), "--teacher-model-path", str(promptkd["teacher"]),
         "--student-model-path", str(promptkd["student"]), "--teacher-ckpt", str(promptkd["teacher_ckpt"]), "--save", str(save),
         "--prompt-depth-vision", "2", "--n-ctx-vision", "2", "--batch-size", "4", "--warmup-epochs", "0", "--seed", "3",
-        "--log-interval", "1", "--kd-weight", "10", *map(str, extra),
+        "--log-interval", "1", "--kd-ratio", "10", *map(str, extra),
     ]
 
 
@@ -113,8 +114,8 @@ def test_teacher_trains_and_saves_only_prompts(promptkd):
 
 @pytest.mark.parametrize("distill,extra", [
     ("kd", []),
-    ("dkd", ["--dkd-alpha", "1.0", "--dkd-beta", "2.0"]),
-    ("ls", ["--temperature", "2.0"]),
+    ("dkd", ["--tckd-weight", "1.0", "--nckd-weight", "2.0"]),
+    ("ls", ["--kd-temperature", "2.0"]),
     ("ab", ["--ab_alpha", "0.8", "--ab_beta", "0.3"]),
 ])
 def test_distill_changes_prompts_not_encoders(promptkd, tmp_path, monkeypatch, distill, extra):
@@ -126,9 +127,9 @@ def test_distill_changes_prompts_not_encoders(promptkd, tmp_path, monkeypatch, d
         loaded.append((Path(path), model))
         return model
 
-    def recording_fit(args, module, *rest):
+    def recording_fit(run, module, *rest):
         initial.update({k: v.detach().clone() for k, v in module.state_dict().items()})
-        return fit(args, module, *rest)
+        return fit(run, module, *rest)
 
     monkeypatch.setattr(train, "load_frozen_clip", recording_load)
     monkeypatch.setattr(train, "fit", recording_fit)
@@ -207,25 +208,25 @@ def test_objectives_match_definitions_and_dispatch():
     ls_s = torch.log_softmax(student_logits / temperature - 1000.0 * gt, -1)
     ls_t = torch.softmax(teacher_logits / temperature - 1000.0 * gt, -1)
     nckd = (ls_t * (ls_t.clamp_min(1e-30).log() - ls_s)).sum(1)
-    # PromptKD's reduction: kd_weight * T^2 * batch mean / C.
-    dkd = losses.build_objective("dkd", temperature=temperature, kd_weight=3.0, num_classes=7, dkd_alpha=1.0, dkd_beta=8.0)
+    # PromptKD's reduction: kd_ratio * T^2 * batch mean / C.
+    dkd = PromptKDLoss("dkd", temperature=temperature, kd_ratio=3.0, num_classes=7, tckd_weight=1.0, nckd_weight=8.0)
     torch.testing.assert_close(dkd(student_logits, teacher_logits), 3.0 * 4.0 * (tckd + 8.0 * nckd).mean() / 7, rtol=1e-4, atol=1e-6)
     kl = (pt * (pt.log() - ps.log())).sum(1)
-    kd = losses.build_objective("kd", temperature=temperature, kd_weight=3.0, num_classes=7)
+    kd = PromptKDLoss("kd", temperature=temperature, kd_ratio=3.0, num_classes=7)
     torch.testing.assert_close(kd(student_logits, teacher_logits), 3.0 * 4.0 * kl.mean() / 7)
     # The same reduction as PromptKD's own code: kl_div(sum) * T^2 / numel.
     promptkd = torch.nn.functional.kl_div(torch.log_softmax(student_logits / temperature, 1), pt, reduction="sum") * 4.0 / 35
     torch.testing.assert_close(kd(student_logits, teacher_logits), 3.0 * promptkd)
-    ab = losses.build_objective("ab", temperature=temperature, kd_weight=3.0, num_classes=7, ab_alpha=1.0, ab_beta=0.0)
+    ab = PromptKDLoss("ab", temperature=temperature, kd_ratio=3.0, num_classes=7, ab_alpha=1.0, ab_beta=0.0)
     torch.testing.assert_close(ab(student_logits, teacher_logits), kd(student_logits, teacher_logits))
     # Logit standardisation makes the loss blind to a per-sample scale and shift of either side.
-    ls = losses.build_objective("ls", temperature=temperature, kd_weight=1.0, num_classes=7)
+    ls = PromptKDLoss("ls", temperature=temperature, kd_ratio=1.0, num_classes=7)
     shifted = teacher_logits * torch.tensor([[0.5], [2.0], [3.0], [1.0], [7.0]]) + 4.0
     torch.testing.assert_close(ls(student_logits, shifted), ls(student_logits, teacher_logits))
     with pytest.raises(ValueError, match="valid names: kd, dkd, ls, ab"):
-        losses.build_objective("fkd", temperature=1.0, kd_weight=1.0, num_classes=2)
+        PromptKDLoss("fkd", temperature=1.0, kd_ratio=1.0, num_classes=2)
     with pytest.raises(ValueError, match="--ab_alpha"):
-        losses.build_objective("ab", temperature=1.0, kd_weight=1.0, num_classes=2, ab_beta=0.5)
+        PromptKDLoss("ab", temperature=1.0, kd_ratio=1.0, num_classes=2, ab_beta=0.5)
 
 
 def test_bad_inputs_fail_clearly(promptkd, tmp_path):
@@ -270,7 +271,7 @@ def test_launchers_print_valid_commands(script, runs):
     import subprocess
 
     repo = Path(__file__).resolve().parents[1]
-    path = repo / "base_to_new_classification" / "scripts" / script
+    path = repo / "scripts" / "clip" / script
     text = path.read_text()
     assert "set -euo pipefail" in text and "CUDA_VISIBLE_DEVICES" not in text and "PYTHONPATH" not in text
     extra = ["0.1", "0.2", "0.6", "0.7"] if script == "train_ab.sh" else []
@@ -288,7 +289,11 @@ def test_launchers_print_valid_commands(script, runs):
 
 def test_layerwise_encoders_equal_hf_clip_without_prompts(promptkd):
     from base_to_new_classification.clip_prompts import (
-        ClassPromptTemplate, encode_image, encode_text, load_frozen_clip, load_tokenizer,
+        ClassPromptTemplate,
+        encode_image,
+        encode_text,
+        load_frozen_clip,
+        load_tokenizer,
     )
 
     clip = load_frozen_clip(promptkd["teacher"], "--teacher-model-path")

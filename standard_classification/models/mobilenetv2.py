@@ -3,8 +3,8 @@ a stride-2 stem, the second stage at stride 1 (ImageNet: 2), and a 1280-channel 
 
 from __future__ import annotations
 
-from torch import Tensor, nn
 import torch.nn.functional as F
+from torch import Tensor, nn
 
 from .resnet import init_weights
 

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from torch import Tensor, nn
 import torch.nn.functional as F
+from torch import Tensor, nn
 
 from .resnet import init_weights, projection
 

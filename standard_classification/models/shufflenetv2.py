@@ -4,8 +4,8 @@ units after a stride-2 down-sampling unit, widths 116, 232, 464, and a 1024-chan
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
 import torch.nn.functional as F
+from torch import Tensor, nn
 
 from .resnet import init_weights
 from .shufflenetv1 import channel_shuffle

@@ -8,8 +8,8 @@ in `forward`, so `is_feat` features are pre-activation. vgg8 is the zoo's one-co
 
 from __future__ import annotations
 
-from torch import Tensor, nn
 import torch.nn.functional as F
+from torch import Tensor, nn
 
 from .resnet import init_weights
 

@@ -3,8 +3,8 @@ basic blocks, (depth - 4) / 6 blocks per stage and widths 16k, 32k, 64k."""
 
 from __future__ import annotations
 
-from torch import Tensor, nn
 import torch.nn.functional as F
+from torch import Tensor, nn
 
 from .resnet import init_weights
 

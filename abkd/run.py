@@ -1,0 +1,241 @@
+"""One run lifecycle shared by the training loops: start, resume, train, save, stop.
+
+    run = Run.start(args)                         # distributed init, seed, --save, args.json, log.txt
+    engine = E.initialize(model, optimizer, scheduler, ds_config)
+    run.state.update(best_accuracy=0.0)           # the loop's own resumable values, if any
+    run.resume(engine)                            # with --resume: the latest complete checkpoint
+    finished = run.fit(engine, objective, sampler, epoch_batches, on_epoch_end=evaluate_and_save)
+    run.close()
+
+The objective interface. An objective is called on one micro-batch and returns `(loss, parts)`:
+the scalar to backpropagate and a dict of named scalar tensors to log ("ce", "kd", "acc", ...;
+detached), after mdistiller's `forward_train`. The loop logs `loss` and every part, averaged
+over the steps of an epoch and over ranks; it knows no loss names.
+
+Checkpoints. `run.save` writes a resumable DeepSpeed checkpoint atomically (`abkd.engine`):
+engine (model, optimizer, scheduler), `run.state` (step, epoch, step_in_epoch and the loop's own
+values) and, per rank, the RNG state, the running sums of this epoch's logged parts and the
+module's floating-point buffers. `run.resume` restores all of it, so a run stopped by
+`--stop-after-iters` / `--stop-after-epochs` and resumed trains exactly as an uninterrupted one.
+
+BatchNorm statistics. DeepSpeed, unlike DDP, leaves buffers alone, so each rank's running
+statistics follow its own shard of the data. At every epoch end, before evaluation and saving,
+`sync_buffers` replaces them by their average over ranks (computed in float64, stored back in
+the buffer's dtype): one model is evaluated and saved. A mid-epoch stop saves each rank's own
+buffers instead, so resuming does not change them.
+
+The arguments read from `args`: seed, save, resume, epochs, keep_checkpoints, log_interval, and
+where the command line has them stop_after_iters, stop_after_epochs and report_to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from abkd import engine as E
+from abkd.runlog import RunLog
+from abkd.sampling import GlobalBatchSampler
+
+CHECKPOINTS = "checkpoints"
+
+Objective = Callable[[Any], tuple[Tensor, dict[str, Tensor]]]
+
+
+def atomic_save(payload: Any, path: str | Path) -> None:
+    """`torch.save` to a temporary file beside `path`, then rename: a reader never sees half a file."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp")
+    torch.save(payload, temporary)
+    os.replace(temporary, path)
+
+
+def floating_buffers(module: nn.Module) -> dict[str, Tensor]:
+    return {name: buffer.detach().cpu().clone() for name, buffer in module.named_buffers() if buffer.is_floating_point()}
+
+
+@torch.no_grad()
+def sync_buffers(module: nn.Module) -> None:
+    """Average every floating-point buffer (BatchNorm running mean and variance) over ranks, in
+    float64. Integer buffers (num_batches_tracked) are equal on every rank and left alone."""
+    world = E.world_size()
+    if world == 1:
+        return
+    for buffer in module.buffers():
+        if buffer.is_floating_point():
+            total = buffer.double()
+            torch.distributed.all_reduce(total)
+            buffer.copy_(total / world)
+
+
+def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """The mean over ranks of each value (every rank must pass the same keys)."""
+    keys = sorted(values)
+    totals = torch.tensor([float(values[key]) for key in keys], dtype=torch.float64, device=device)
+    if E.world_size() > 1:
+        torch.distributed.all_reduce(totals)
+    return {key: total / E.world_size() for key, total in zip(keys, totals.tolist())}
+
+
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    totals = torch.tensor(values, dtype=torch.float64, device=device)
+    if E.world_size() > 1:
+        torch.distributed.all_reduce(totals)
+    return totals.tolist()
+
+
+@dataclass
+class Run:
+    """The state of one training run and the steps of its lifecycle (see the module docstring)."""
+
+    args: argparse.Namespace
+    save_dir: Path
+    device: torch.device
+    log: RunLog
+    state: dict[str, Any] = field(default_factory=lambda: {"step": 0, "epoch": 0, "step_in_epoch": 0})
+    sums: dict[str, float] = field(default_factory=lambda: defaultdict(float))  # this rank's sums of the epoch's parts
+    lr: float = 0.0  # learning rate of the last step
+    history: list[dict[str, float]] = field(default_factory=list)  # epoch metrics of this invocation
+
+    @classmethod
+    def start(cls, args: argparse.Namespace) -> Run:
+        """Distributed init, seeding, the output directory (refused if it is a file), the resolved
+        arguments in `<save>/args.json`, and the log (collective)."""
+        save_dir = Path(args.save)
+        if save_dir.exists() and not save_dir.is_dir():
+            raise NotADirectoryError(f"--save {save_dir} is a file; give a directory for the run's outputs")
+        device = E.init_distributed()
+        E.set_seed(args.seed)
+        if E.is_main_process():
+            save_dir.mkdir(parents=True, exist_ok=True)
+            (save_dir / "args.json").write_text(json.dumps(vars(args), indent=2, sort_keys=True, default=str) + "\n")
+        E.barrier()
+        log = RunLog(save_dir, enabled=E.is_main_process(), tensorboard=getattr(args, "report_to", "none") == "tensorboard")
+        return cls(args, save_dir, device, log)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.save_dir / CHECKPOINTS
+
+    def resume(self, engine) -> dict:
+        """With --resume, restore the latest complete checkpoint: engine, `state` (the keys it has),
+        and this rank's RNG, sums and buffers. Returns the caller's own `rank_state` ({} if none)."""
+        if not self.args.resume:
+            return {}
+        tag = E.latest_checkpoint(self.checkpoints)
+        if tag is None:
+            self.log.info(f"--resume: no checkpoint in {self.checkpoints} yet, starting from scratch")
+            return {}
+        client = E.load_checkpoint(engine, self.checkpoints, tag)
+        missing = [key for key in self.state if key not in client]
+        if missing:
+            raise ValueError(f"checkpoint {self.checkpoints / tag} lacks {', '.join(missing)}: was it written by another program?")
+        self.state.update({key: client[key] for key in self.state})
+        rank_state = dict(client["rank_state"])
+        self.sums = defaultdict(float, rank_state.pop("sums", {}))
+        with torch.no_grad():
+            buffers = dict(engine.module.named_buffers())
+            for name, value in rank_state.pop("buffers", {}).items():
+                buffers[name].copy_(value)
+        self.log.info(f"resumed from {tag}: step {self.state['step']}, epoch {self.state['epoch']} (+{self.state['step_in_epoch']} steps)")
+        return rank_state.get("caller", {})
+
+    def save(self, engine, tag: str, rank_state: dict | None = None) -> Path:
+        """Resumable checkpoint `<save>/checkpoints/<tag>` (collective, atomic), keeping the last
+        --keep-checkpoints. `rank_state` holds the caller's per-rank values (plain values, tensors)."""
+        saved = {"sums": dict(self.sums), "buffers": floating_buffers(engine.module), "caller": rank_state or {}}
+        return E.save_checkpoint(engine, self.checkpoints, tag, client_state=dict(self.state), keep_last=self.args.keep_checkpoints, rank_state=saved)
+
+    def stop_point(self, steps_per_epoch: int, total_steps: int) -> int:
+        """The step this invocation ends at: the run's end, or earlier by --stop-after-iters N
+        (N more steps) or --stop-after-epochs N (the end of the N-th epoch from here)."""
+        stop = total_steps
+        if getattr(self.args, "stop_after_iters", None):
+            stop = min(stop, self.state["step"] + self.args.stop_after_iters)
+        if getattr(self.args, "stop_after_epochs", None):
+            stop = min(stop, (self.state["epoch"] + self.args.stop_after_epochs) * steps_per_epoch)
+        return stop
+
+    def train_steps(self, engine, objective: Objective, batches: Iterable, stop_at: int, bar: tqdm | None = None) -> None:
+        """Optimizer steps on `batches` until they run out or step `stop_at` is reached."""
+        engine.train()
+        state = self.state
+        for batch in batches:
+            boundary = engine.is_gradient_accumulation_boundary()
+            self.lr = engine.get_lr()[0]
+            loss, parts = objective(batch)
+            engine.backward(loss)
+            engine.step()
+            values = {"loss": loss.item(), **{key: value.item() for key, value in parts.items()}}
+            for key, value in values.items():
+                self.sums[key] += value / engine.gradient_accumulation_steps()
+            if not boundary:
+                continue
+            state["step"] += 1
+            state["step_in_epoch"] += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{values['loss']:.4f}")
+            if self.args.log_interval and state["step"] % self.args.log_interval == 0:
+                self.log.metrics(state["step"], {**values, "lr": self.lr, "epoch": state["epoch"]})
+            if state["step"] == stop_at:
+                return
+
+    def end_epoch(self, seconds: float) -> dict[str, float]:
+        """The epoch's mean of each logged part over steps and ranks, as `train_<part>`; resets the sums."""
+        means = all_reduce_mean({key: value / self.state["step_in_epoch"] for key, value in self.sums.items()}, self.device)
+        self.sums = defaultdict(float)
+        self.state["epoch"] += 1
+        self.state["step_in_epoch"] = 0
+        return {**{f"train_{key}": value for key, value in means.items()}, "lr": self.lr, "epoch_s": seconds}
+
+    def fit(self, engine, objective: Objective, sampler: GlobalBatchSampler, epoch_batches: Callable[[int], Iterable],
+            on_epoch_end: Callable[[int, dict], dict | None] | None = None) -> bool:
+        """Train for --epochs epochs of `sampler.steps_per_epoch` steps, from `state`, until the
+        stop point. `epoch_batches(epoch)` gives the epoch's micro-batches (on the device) once
+        `sampler.set_epoch` has been called. At each epoch end: buffers synced, then
+        `on_epoch_end(epoch, metrics)` (evaluation, model files; its returned metrics are logged),
+        then a checkpoint; one more checkpoint where the run stops mid-epoch. Returns whether the
+        run is complete."""
+        state = self.state
+        total_steps = self.args.epochs * sampler.steps_per_epoch
+        stop_at = self.stop_point(sampler.steps_per_epoch, total_steps)
+        self.log.info(
+            f"world size {E.world_size()} on {self.device.type}; {sampler.size} training examples, "
+            f"{sampler.steps_per_epoch} steps per epoch of {sampler.global_batch}, {total_steps} steps"
+            + (f"; {sampler.dropped} examples left out of each epoch" if sampler.dropped else "")
+        )
+        bar = tqdm(total=total_steps, initial=state["step"], desc="train", disable=not E.is_main_process(), dynamic_ncols=True, leave=False)
+        while state["step"] < stop_at:
+            sampler.set_epoch(state["epoch"], skip_steps=state["step_in_epoch"])
+            started = time.perf_counter()
+            self.train_steps(engine, objective, epoch_batches(state["epoch"]), stop_at, bar)
+            tag = f"step{state['step']}"
+            if state["step_in_epoch"] == sampler.steps_per_epoch:
+                metrics = self.end_epoch(time.perf_counter() - started)
+                sync_buffers(engine.module)
+                if on_epoch_end is not None:
+                    metrics.update(on_epoch_end(state["epoch"], metrics) or {})
+                self.log.metrics(state["epoch"], metrics, prefix="epoch")
+                self.history.append({"epoch": state["epoch"], **metrics})
+                tag = f"epoch{state['epoch']}"
+            self.save(engine, tag)
+        bar.close()
+        finished = state["step"] >= total_steps
+        if not finished:
+            self.log.info(f"stopped after step {state['step']} of {total_steps} (epoch {state['epoch']}); continue with --resume")
+        return finished
+
+    def close(self) -> None:
+        self.log.close()
