@@ -26,11 +26,12 @@ from abkd import engine as E
 from abkd.curriculum import BabyStepScheduler
 from abkd.runlog import RunLog
 from abkd.schedules import build_scheduler
-from distillation_llm.arguments import STUDENT_GENERATED, divergence_params, parse_args, write_args
+from distillation_llm.arguments import parse_args, reference_notes, write_args
 from distillation_llm.curriculum import load_ranking
 from abkd.sampling import GlobalBatchSampler, batches, shard_indices
 from distillation_llm.data import InstructionCollator, LMCollator, load_processed
-from distillation_llm.models import add_lora, check_shared_vocabulary, load_causal_lm, load_tokenizer, merge_lora
+from distillation_llm.methods import lookup
+from distillation_llm.models import add_lora, check_shared_vocabulary, enable_gradient_checkpointing, load_causal_lm, load_lora, load_tokenizer, merge_lora
 from distillation_llm.generation import GenerationSettings
 from distillation_llm.objective import Objective
 from distillation_llm.sources import AdaptiveThreshold, DatasetSource, StudentGeneratedSource, replay_ratio
@@ -95,10 +96,10 @@ class TrainingData:
         return min(planned, self.args.total_iters) if self.args.total_iters else planned
 
 
-def save_model(engine, tokenizer, directory: Path, zero_stage: int) -> None:
+def save_model(engine, tokenizer, directory: Path) -> None:
     """Hugging Face `save_pretrained` (safetensors) written under a temporary name, then renamed."""
     context = torch.no_grad()
-    if zero_stage == 3:
+    if engine.zero_optimization_stage() == 3:
         import deepspeed
 
         context = deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None)
@@ -156,9 +157,9 @@ def generation_metrics(model, tokenizer, valid_set, args, device) -> dict[str, f
 
 
 def selection(metrics: dict[str, float], args) -> tuple[str, float]:
-    """The checkpoint-selection metric as (name, value to minimise): ROUGE-L with --eval-gen
-    (except for --type init, selected by validation loss as in MiniLLM), else validation loss."""
-    if args.eval_gen and args.type != "init":
+    """The checkpoint-selection metric as (name, value to minimise): with --eval-gen the method's
+    rule (ROUGE-L, or validation loss for --type init as in MiniLLM), else validation loss."""
+    if args.eval_gen and lookup(args.type).selection == "rougeL":
         return "rougeL", -metrics["rougeL"]
     return "valid_loss", metrics["valid_loss"]
 
@@ -180,17 +181,21 @@ def record_best(save_dir: Path, step: int, metrics: dict, state: dict, args, log
 
 
 def build_source(args, collate, student, tokenizer):
-    """The batch source of --type: the dataset as it is, or student-generated outputs."""
-    if args.type not in STUDENT_GENERATED:
-        if args.type == "seqkd" and "seqkd" not in load_processed(args.data_dir)[1]:
-            E.print_rank0(f"warning: --type seqkd but --data-dir {args.data_dir} was not made by tools.generate_data_seqkd")
+    """The batch source of --type (distillation_llm/methods.py): the dataset as it is, or
+    student-generated outputs with a constant or DistiLLM's adaptive probability."""
+    method = lookup(args.type)
+    kind = method.source_kind(args.student_gen)
+    if kind == "seqkd" and "seqkd" not in load_processed(args.data_dir)[1]:
+        E.print_rank0(f"warning: --type seqkd but --data-dir {args.data_dir} was not made by tools.generate_data_seqkd")
+    if kind in ("dataset", "seqkd"):
         return DatasetSource(collate)
-    settings = GenerationSettings(do_sample=True, top_k=0, top_p=1.0, temperature=1.0, max_new_tokens=args.max_length - args.max_prompt_length, seed=args.seed + 1000 * E.rank())
+    settings = GenerationSettings(
+        do_sample=True, top_k=0, top_p=args.gen_top_p, temperature=1.0, max_new_tokens=args.max_length - args.max_prompt_length,
+        seed=args.seed + 1000 * E.rank(),
+    )
     common = dict(max_prompt_length=args.max_prompt_length, seed=args.seed + E.rank())
-    if args.type == "imitkd":
-        return StudentGeneratedSource(collate, student, tokenizer, settings, threshold=1.0, **common)
-    if args.type == "gkd":
-        return StudentGeneratedSource(collate, student, tokenizer, settings, threshold=args.mixed_alpha, **common)
+    if kind == "student":
+        return StudentGeneratedSource(collate, student, tokenizer, settings, threshold=method.student_probability(args), **common)
     return StudentGeneratedSource(
         collate, student, tokenizer, settings, threshold=AdaptiveThreshold(args.init_threshold, args.loss_eps),
         capacity=args.capacity, replay=lambda progress: replay_ratio(args.replay_ratio, progress), **common,
@@ -198,9 +203,22 @@ def build_source(args, collate, student, tokenizer):
 
 
 def apply_stage(curriculum: BabyStepScheduler, objective: Objective, data: TrainingData, log: RunLog) -> None:
-    objective.temperature, objective.kd_ratio = curriculum.temperature(), curriculum.kd_ratio()
+    objective.set_stage(temperature=curriculum.temperature(), kd_ratio=curriculum.kd_ratio())
     data.select()
     log.info(f"curriculum {curriculum.describe()}")
+
+
+def load_student(args, device: torch.device) -> torch.nn.Module:
+    """The student in train mode: --model-path, with fresh LoRA adapters (--peft lora) or the saved
+    ones of --peft-path, and activation checkpointing with --gradient-checkpointing."""
+    student = load_causal_lm(args.model_path, device=device)
+    if args.peft_path:
+        student = load_lora(student, args.peft_path)
+    elif args.peft == "lora":
+        student = add_lora(student, args.peft_lora_r, args.peft_lora_alpha, args.peft_lora_dropout)
+    if args.gradient_checkpointing:
+        enable_gradient_checkpointing(student)
+    return student.train()  # from_pretrained returns eval mode: dropout and checkpointing would be off
 
 
 def train(args, engine, objective, data: TrainingData, source, lm_batches, valid_set, collate, tokenizer, state, log, device, total_steps):
@@ -235,7 +253,7 @@ def train(args, engine, objective, data: TrainingData, source, lm_batches, valid
         if args.do_valid and (epoch_end or (args.eval_interval and step % args.eval_interval == 0) or step == total_steps):
             metrics = validate(engine, objective, valid_set, collate, tokenizer, args, device)
             log.metrics(step, metrics, prefix="valid")
-            save_model(engine, tokenizer, save_dir / str(step), args.zero_stage)
+            save_model(engine, tokenizer, save_dir / str(step))
             next_stage = (curriculum is not None and curriculum.on_validation(metrics["valid_loss"])) or next_stage
             if message := source.on_validation(metrics["valid_loss"]):
                 log.info(message)
@@ -252,7 +270,7 @@ def train(args, engine, objective, data: TrainingData, source, lm_batches, valid
                 micro_batches = data.micro_batches(state)
         if (args.save_interval and step % args.save_interval == 0) or step == stop_at:
             if not (save_dir / str(step)).is_dir():
-                save_model(engine, tokenizer, save_dir / str(step), args.zero_stage)
+                save_model(engine, tokenizer, save_dir / str(step))
             client_state = {**state, "curriculum": curriculum.state_dict() if curriculum is not None else None}
             E.save_checkpoint(
                 engine, save_dir / CHECKPOINTS, f"step{step}", client_state=client_state, keep_last=args.keep_checkpoints,
@@ -280,26 +298,30 @@ def main(argv: list[str] | None = None) -> None:
         clip_grad=args.clip_grad, half_precision="fp16" if args.fp16 else None,
     )
     dtype = E.training_dtype(ds_config)
-    args.zero_stage = E.zero_stage(ds_config)
-    log.info(f"world size {E.world_size()} on {device.type}; training dtype {dtype}; ZeRO stage {E.zero_stage(ds_config)}")
+    zero_stage = E.zero_stage(ds_config)
+    log.info(f"world size {E.world_size()} on {device.type}; training dtype {dtype}; ZeRO stage {zero_stage}")
+    method = lookup(args.type)
+    log.info(method.describe(args))
+    for note in reference_notes(args, E.world_size()):
+        log.info(note)
     tokenizer = load_tokenizer(args.model_path)
-    student = load_causal_lm(args.model_path, device=device)
+    student = load_student(args, device)
     if args.model_type and args.model_type != student.config.model_type:
         raise ValueError(f"--model-type {args.model_type} does not match {args.model_path}/config.json (model_type '{student.config.model_type}')")
     vocab = student.get_output_embeddings().weight.shape[0] if student.get_output_embeddings() is not None else len(tokenizer)
     teacher = None
-    if args.divergence is not None:
+    if method.needs_teacher:
         teacher_dtype = torch.float16 if args.teacher_model_fp16 and device.type == "cuda" else dtype
         teacher = load_causal_lm(args.teacher_model_path, dtype=teacher_dtype, device=device, flag="--teacher-model-path")
         if args.teacher_peft_path:
             teacher = merge_lora(teacher, args.teacher_peft_path)
-            log.info(f"merged the teacher's LoRA adapter {args.teacher_peft_path}")
+            log.info(f"merged the teacher's LoRA adapter {args.teacher_peft_path} ({args.teacher_peft_name})")
         teacher.eval().requires_grad_(False)
         teacher_vocab = teacher.get_output_embeddings().weight.shape[0] if teacher.get_output_embeddings() is not None else len(tokenizer)
         vocab = check_shared_vocabulary(tokenizer, load_tokenizer(args.teacher_model_path, "--teacher-model-path"), vocab, teacher_vocab)
         log.info(f"teacher {args.teacher_ckpt_name} ({sum(p.numel() for p in teacher.parameters()) / 1e6:.1f}M params, {teacher_dtype})")
-    if args.peft == "lora":
-        student = add_lora(student, args.peft_lora_r, args.peft_lora_alpha, args.peft_lora_dropout)
+    if args.peft_path:
+        log.info(f"student LoRA adapter {args.peft_name} loaded from {args.peft_path}")
     trainable = sum(p.numel() for p in student.parameters() if p.requires_grad)
     log.info(f"student {args.ckpt_name} ({student.config.model_type}, {sum(p.numel() for p in student.parameters()) / 1e6:.1f}M params, {trainable / 1e6:.2f}M trainable); type {args.type}")
 
@@ -334,8 +356,8 @@ def main(argv: list[str] | None = None) -> None:
     scheduler = build_scheduler(optimizer, warmup=args.warmup_iters, total=total_steps, style=args.lr_decay_style, min_ratio=args.lr_min / args.lr)
     engine = E.initialize(student, optimizer, scheduler, ds_config)
     objective = Objective(
-        engine.module, teacher, args.divergence, divergence_params(args), args.kd_ratio, args.kd_temperature, vocab,
-        lm_coef=args.lm_coef, partitioned_parameters=args.zero_stage == 3, **({"chunk_size": args.chunk_size} if args.chunk_size else {}),
+        engine.module, teacher, method.divergence, method.params(args), args.kd_ratio, args.kd_temperature, vocab,
+        lm_coef=args.lm_coef, partitioned_parameters=zero_stage == 3, **({"chunk_size": args.chunk_size} if args.chunk_size else {}),
     )
 
     source = build_source(args, collate, engine.module, tokenizer)

@@ -59,6 +59,24 @@ def add_lora(model: nn.Module, r: int, alpha: float, dropout: float) -> nn.Modul
     return get_peft_model(model, LoraConfig(task_type=TaskType.CAUSAL_LM, r=r, lora_alpha=alpha, lora_dropout=dropout))
 
 
+def load_lora(model: nn.Module, adapter_path: str | Path) -> nn.Module:
+    """Wrap `model` in the saved LoRA adapter at `adapter_path`, trainable (only the adapters)."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(adapter_path), is_trainable=True)
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Recompute each layer's activations in the backward pass instead of storing them.
+
+    Non-reentrant checkpointing restores the RNG state, so dropout masks (and the loss and
+    gradients) are the same as without it; it needs no inputs that require grad, so it also works
+    under LoRA's frozen embeddings. It acts only in train mode, and the KV cache must be off
+    (every training forward passes `use_cache=False`).
+    """
+    unwrap(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def merge_lora(model: nn.Module, adapter_path: str | Path) -> nn.Module:
     """Load a LoRA adapter into `model` and merge it, for inference (e.g. a LoRA-tuned teacher)."""
     from peft import PeftModel

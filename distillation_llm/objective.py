@@ -44,8 +44,13 @@ class Objective:
         elif self.partitioned_parameters:
             self.fused = False
             logger.warning("ZeRO-3 partitions the LM head: computing full logits through the model's forward")
-        if self.divergence is None:
-            self.kd_ratio = 0.0
+        self.set_stage(self.temperature, self.kd_ratio)
+
+    def set_stage(self, temperature: float, kd_ratio: float) -> None:
+        """Set the KD temperature and kd-ratio (POCL changes both per stage). Without a divergence
+        the loss is cross-entropy alone whatever kd-ratio a schedule asks for."""
+        self.temperature = temperature
+        self.kd_ratio = kd_ratio if self.divergence is not None else 0.0
 
     def __call__(self, batch: dict[str, Tensor], lm_batch: dict[str, Tensor] | None = None) -> FusedLossOutput:
         out = self._loss(batch)
@@ -81,7 +86,7 @@ class Objective:
 
     def _cross_entropy(self, batch: dict[str, Tensor]) -> Tensor:
         if not self.fused:
-            logits = self.student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[..., : self.vocab]
+            logits = self.student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits[..., : self.vocab]
             return F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=IGNORE_INDEX)
         hidden = final_hidden_states(self.student_split, batch["input_ids"], batch["attention_mask"])
         return fused_linear_divergence(
@@ -91,13 +96,13 @@ class Objective:
 
     def _full_logits_loss(self, batch: dict[str, Tensor]) -> FusedLossOutput:
         labels = batch["labels"]
-        student_logits = self.student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[..., : self.vocab]
+        student_logits = self.student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits[..., : self.vocab]
         ce = F.cross_entropy(student_logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
         ce = torch.where(torch.any(labels != IGNORE_INDEX), ce, ce.new_zeros(()))  # all-masked batch
         kd = ce.new_zeros(())
         if self.divergence is not None:
             with torch.no_grad():
-                teacher_logits = self.teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[..., : self.vocab]
+                teacher_logits = self.teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits[..., : self.vocab]
             per_token = divergence(self.divergence, student_logits, teacher_logits, temperature=self.temperature, **self.params)
             kd = masked_mean(per_token, labels != IGNORE_INDEX)
         loss = (1 - self.kd_ratio) * ce + self.kd_ratio * kd

@@ -192,7 +192,20 @@ def test_lora_trains_only_adapters_and_reloads(tmp_path, processed_dir, tiny_gpt
     # The adapter also serves as a LoRA-tuned teacher, merged for inference.
     teacher_run = tmp_path / "from-lora-teacher"
     finetune.main(_argv(teacher_run, processed_dir, tiny_gpt2_dir, tiny_gpt2_dir, "--type", "fkl", "--total-iters", 1, "--teacher-peft-path", adapter))
-    assert f"merged the teacher's LoRA adapter {adapter}" in (teacher_run / "log.txt").read_text()
+    assert f"merged the teacher's LoRA adapter {adapter} (3)" in (teacher_run / "log.txt").read_text()
+
+    # --peft-path continues training the saved adapter (DistiLLM's --peft-path): at a negligible
+    # learning rate the next adapter is the loaded one, whose lora_B is far from a fresh zero init.
+    resumed = tmp_path / "from-lora-student"
+    finetune.main(_argv(
+        resumed, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, "--type", "kd", "--total-iters", 1, "--peft", "lora", "--peft-lora-r", 4,
+        "--peft-path", adapter, "--peft-name", "lora-step3", "--lr", "1e-12",
+    ))
+    assert f"student LoRA adapter lora-step3 loaded from {adapter}" in (resumed / "log.txt").read_text()
+    continued = load_file(resumed / "1" / "adapter_model.safetensors")
+    assert continued.keys() == adapter_weights.keys()
+    for name, tensor in adapter_weights.items():
+        torch.testing.assert_close(continued[name], tensor, atol=1e-6, rtol=0)
 
 
 def test_student_samples_need_room_after_the_prompt(tmp_path, capsys, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir):
