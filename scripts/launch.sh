@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Sourced by the training launchers under scripts/ (not run on its own). Defines REPO_ROOT and
-# `launch_module MODULE ARGS...`, which reads the launcher's GPU_NUM, NNODES, NODE_RANK,
+# Sourced by the launchers under scripts/ (not run on its own). Defines REPO_ROOT, `grid` for the sweeps
+# and `launch_module MODULE ARGS...`, which reads the launcher's GPU_NUM, NNODES, NODE_RANK,
 # MASTER_ADDR, MASTER_PORT and HOSTFILE:
 #   DRY_RUN=1      print `python -m MODULE ARGS...` (shell-quoted, one line) instead of running it
 #   HOSTFILE set   start every node from here with the deepspeed launcher (ssh, one hostfile)
@@ -44,4 +44,17 @@ run_module() {
         return 0
     fi
     python -m "${module}" "$@"
+}
+
+# `grid START END STEP`: START, START + STEP, ... <= END, one a line. Computed as START + i * STEP (not by
+# repeated addition) and printed with %g, so `grid 0.1 0.3 0.1` gives 0.1 0.2 0.3; anything else is refused.
+grid() {
+    LC_ALL=C awk -v start="$1" -v end="$2" -v step="$3" -v script="${0##*/}" 'BEGIN {
+        number = "^[-+]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?$"
+        if (start !~ number || end !~ number || step !~ number || step + 0 <= 0 || start + 0 > end + 0) {
+            printf "%s: bad grid START=%s END=%s STEP=%s (need numbers, START <= END, STEP > 0)\n", script, start, end, step > "/dev/stderr"
+            exit 1
+        }
+        for (i = 0; start + i * step <= end + 1e-9 * step; i++) printf "%g\n", start + i * step
+    }'
 }

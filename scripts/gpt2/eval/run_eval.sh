@@ -1,29 +1,19 @@
 #!/usr/bin/env bash
-# Evaluate one or more checkpoints on the five instruction-following sets (dolly, self-inst, vicuna,
-# sinst, uinst): sampled answers at temperature 1 under five seeds, ROUGE-L as mean ± std.
-# With several models it also writes SAVE/comparison.csv and SAVE/comparison.png.
-# Usage: bash scripts/gpt2/eval/run_eval.sh [BASE_PATH]
+# Evaluate one or more checkpoints on instruction-following sets (default all five: dolly, self-inst, vicuna,
+# sinst, uinst): sampled answers at temperature 1 under five seeds, ROUGE-L as mean ± std. With several
+# models it also writes SAVE/comparison.csv and SAVE/comparison.png. The eval_main_<set>.sh scripts run it on one set.
+# Usage: bash scripts/gpt2/eval/run_eval.sh [BASE_PATH] [MODEL_PATHS] [EVAL_SETS] [SAVE]   (DRY_RUN=1 prints the command)
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../../launch.sh"
 
 BASE_PATH=${1:-$(pwd)}
 # Comma-separated model directories and/or glob patterns (expanded by the evaluator, keep the quotes);
-# here GPT-2 base after SFT, KD and every alpha-beta run of the ab sweep.
+# by default GPT-2 base after SFT, KD and every alpha-beta run of the ab sweep.
 TRAIN="${BASE_PATH}/results/gpt2/train"
-MODEL_PATHS="${TRAIN}/sft/gpt2-base/best,${TRAIN}/kd/0.1B_1.5B/best,${TRAIN}/ab/0.1B_1.5B/*/best"
+MODEL_PATHS=${2:-"${TRAIN}/sft/gpt2-base/best,${TRAIN}/kd/0.1B_1.5B/best,${TRAIN}/ab/0.1B_1.5B/*/best"}
+EVAL_SETS=${3:-dolly,self-inst,vicuna,sinst,uinst}
+SAVE=${4:-"${BASE_PATH}/results/gpt2/eval_main"}
 DATA_DIR="${BASE_PATH}/data"  # holds <set>/valid.jsonl
-SAVE="${BASE_PATH}/results/gpt2/eval_main"
-EVAL_SETS="dolly,self-inst,vicuna,sinst,uinst"
-SEEDS="10,20,30,40,50"
-EVAL_BATCH_SIZE=16
-MAX_PROMPT_LENGTH=256
-MAX_NEW_TOKENS=256
 
-python -m distillation_llm.evaluate \
-    --model-path "${MODEL_PATHS}" \
-    --data-dir "${DATA_DIR}" \
-    --eval-sets "${EVAL_SETS}" \
-    --seeds "${SEEDS}" \
-    --eval-batch-size "${EVAL_BATCH_SIZE}" \
-    --max-prompt-length "${MAX_PROMPT_LENGTH}" \
-    --max-new-tokens "${MAX_NEW_TOKENS}" \
-    --save "${SAVE}"
+run_module distillation_llm.evaluate --model-path "${MODEL_PATHS}" --data-dir "${DATA_DIR}" --eval-sets "${EVAL_SETS}" \
+    --seeds 10,20,30,40,50 --eval-batch-size 16 --max-prompt-length 256 --max-new-tokens 256 --save "${SAVE}"

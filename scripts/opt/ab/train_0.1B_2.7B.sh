@@ -1,70 +1,11 @@
 #!/usr/bin/env bash
 # ABKD (alpha-beta divergence) of OPT-0.1B from the SFT'd OPT-2.7B on Dolly;
-# needs init/init_0.1B.sh (student) and sft/sft_2.7B.sh (teacher) to have run.
+# needs init/init_0.1B.sh (student) and sft/sft_2.7B.sh (teacher).
 # Usage: bash scripts/opt/ab/train_0.1B_2.7B.sh [BASE_PATH] [MASTER_PORT] [GPU_NUM]
-#   several nodes: NNODES, NODE_RANK, MASTER_ADDR (run on every node) or HOSTFILE (deepspeed launcher)
-#   DRY_RUN=1 prints the command instead of running it
 set -euo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/../../launch.sh"
+METHOD=ab
+source "$(dirname "${BASH_SOURCE[0]}")/../defaults.sh"
 
-BASE_PATH=${1:-$(pwd)}
-MASTER_PORT=${2:-2012}
-GPU_NUM=${3:-1}
-NNODES=${NNODES:-1}
-NODE_RANK=${NODE_RANK:-0}
-MASTER_ADDR=${MASTER_ADDR:-localhost}
-HOSTFILE=${HOSTFILE:-}
-
-# models and data
 CKPT_NAME="opt-0.1B"
-CKPT="${BASE_PATH}/results/opt/train/init/${CKPT_NAME}/best/"
-TEACHER_CKPT_NAME="opt-2.7B"
-TEACHER_CKPT="${BASE_PATH}/results/opt/train/sft/${TEACHER_CKPT_NAME}/best/"
-DATA_DIR="${BASE_PATH}/processed_data/dolly/full/opt/"
-# the sweep (sweep_ab.sh) sets AB_ALPHA and AB_BETA; each pair gets its own output directory
-AB_ALPHA=${AB_ALPHA:-0.2}
-AB_BETA=${AB_BETA:-0.7}
 SAVE_PATH="${BASE_PATH}/results/opt/train/ab/0.1B_2.7B/a${AB_ALPHA}_b${AB_BETA}"
-# hyper-parameters
-LR=0.00005
-BATCH_SIZE=8
-GRAD_ACC=1
-EVAL_BATCH_SIZE=16
-EPOCHS=10
-KD_RATIO=1.0
-MAX_LENGTH=512
-MAX_PROMPT_LENGTH=256
-SEED=10
-DS_CONFIG="${REPO_ROOT}/configs/deepspeed/ds_config.json"
-
-launch_module distillation_llm.finetune \
-    --type ab \
-    --model-path "${CKPT}" \
-    --ckpt-name "${CKPT_NAME}-init" \
-    --teacher-model-path "${TEACHER_CKPT}" \
-    --teacher-ckpt-name "${TEACHER_CKPT_NAME}-sft" \
-    --teacher-model-fp16 \
-    --model-type opt \
-    --data-dir "${DATA_DIR}" \
-    --lr "${LR}" \
-    --batch-size "${BATCH_SIZE}" \
-    --gradient-accumulation-steps "${GRAD_ACC}" \
-    --eval-batch-size "${EVAL_BATCH_SIZE}" \
-    --warmup-iters 0 \
-    --lr-decay-style cosine \
-    --weight-decay 1e-2 \
-    --clip-grad 1.0 \
-    --epochs "${EPOCHS}" \
-    --kd-ratio "${KD_RATIO}" \
-    --ab_alpha "${AB_ALPHA}" \
-    --ab_beta "${AB_BETA}" \
-    --max-length "${MAX_LENGTH}" \
-    --max-prompt-length "${MAX_PROMPT_LENGTH}" \
-    --do-train \
-    --do-valid \
-    --save-interval 0 \
-    --eval-interval 0 \
-    --log-interval 10 \
-    --save "${SAVE_PATH}" \
-    --seed "${SEED}" \
-    --deepspeed_config "${DS_CONFIG}"
+finetune

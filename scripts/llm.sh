@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# Sourced by scripts/<family>/defaults.sh (not run on its own): what every LLM launcher shares. Reads the
+# launcher's arguments `[BASE_PATH] [MASTER_PORT] [GPU_NUM]` (pocl launchers also `--type DIVERGENCE`),
+# sets the defaults of METHOD, and defines `finetune`, which a launcher calls after its overrides. METHOD:
+#   sft, init   plain SFT from BASE_PATH/checkpoints/CKPT_NAME (init: a short one that starts the KD runs)
+#   kd, ab      forward KL / the alpha-beta divergence on Dolly's answers
+#   imitkd      forward KL on the student's own samples, in every batch
+#   gkd         generalised JSD (GKD_BETA) on the student's samples in a fraction MIXED_ALPHA of the batches
+#   distillm    skew reverse KL; the share of student samples (fresh or replayed) rises when validation worsens
+#   seqkd       the teacher answers every training prompt once (`generate_seqkd_data`), then SFT on those
+#   pocl        the student ranks the data, then a Baby Step curriculum with --type TYPE
+# Distillation students start from init/CKPT_NAME/best and the teacher from sft/TEACHER_CKPT_NAME/best;
+# with PEFT=lora both from BASE_PATH/checkpoints, the teacher with its LoRA SFT adapter merged in.
+source "$(dirname "${BASH_SOURCE[0]}")/launch.sh"
+
+TYPE=${METHOD}
+POSITIONAL=()
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --type) [[ "${METHOD}" == pocl ]] || { echo "$0: only the pocl launchers take --type" >&2; exit 2; }
+                TYPE=$2; shift 2 ;;
+        *) POSITIONAL+=("$1"); shift ;;
+    esac
+done
+BASE_PATH=${POSITIONAL[0]:-$(pwd)}
+MASTER_PORT=${POSITIONAL[1]:-2012}
+GPU_NUM=${POSITIONAL[2]:-1}
+NNODES=${NNODES:-1}
+NODE_RANK=${NODE_RANK:-0}
+MASTER_ADDR=${MASTER_ADDR:-localhost}
+HOSTFILE=${HOSTFILE:-}
+
+# Paths derived from CKPT_NAME / TEACHER_CKPT_NAME unless a launcher sets them.
+DATA_DIR="${BASE_PATH}/processed_data/dolly/full/${FAMILY}/"
+CKPT=""
+TEACHER_CKPT=""
+TEACHER_PEFT_PATH=""
+SAVE_PATH=""
+TEACHER_FP16=0
+# optimisation
+BATCH_SIZE=8
+GRAD_ACC=1
+EVAL_BATCH_SIZE=16
+MAX_LENGTH=512
+MAX_PROMPT_LENGTH=256
+SEED=10
+DS_CONFIG="${REPO_ROOT}/configs/deepspeed/ds_config.json"
+KD_RATIO=1.0
+if [[ "${METHOD}" == kd ]]; then KD_RATIO=0.5; fi
+# LoRA adapters of the student (PEFT=lora)
+PEFT=none
+LORA_R=16
+LORA_ALPHA=32
+LORA_DROPOUT=0.1
+# the alpha-beta divergence (ab, pocl --type ab); the sweeps pass AB_ALPHA/AB_BETA through the environment
+AB_ALPHA=${AB_ALPHA:-0.2}
+AB_BETA=${AB_BETA:-0.7}
+# GKD: the student's samples with probability MIXED_ALPHA (lambda); the JSD mixes GKD_BETA of the teacher
+MIXED_ALPHA=0.5
+GKD_BETA=0.5
+# DistiLLM's published recipe: the student-generated share starts at INIT_THRESHOLD and rises by 0.1 when the
+# validation loss worsens by more than LOSS_EPS; CAPACITY generations per process in the replay buffer;
+# validations (which adapt the threshold) about EVALS_PER_EPOCH times an epoch of Dolly (~14k examples)
+SKEW_ALPHA=0.1
+INIT_THRESHOLD=0.0
+LOSS_EPS=0.1
+CAPACITY=1000
+REPLAY_RATIO=constant
+TRAIN_EXAMPLES=14000
+EVALS_PER_EPOCH=10
+# SeqKD teacher generation (sampling at temperature 1, as MiniLLM/DistiLLM); the dataset's fingerprint, so
+# the seqkd launchers of a family and tools/generate_data_seqkd.sh must agree on it
+GEN_MAX_NEW_TOKENS=256
+GEN_BATCH_SIZE=32
+GEN_SEED=10
+GEN_SAMPLING=--do-sample
+# POCL: ranking by reciprocal rank fusion, then the Baby Step schedule
+RRF_K=60
+NUM_STAGES=4
+STAGE_EPOCHS=5
+KD_TEMPERATURE_START=1.0
+KD_TEMPERATURE_END=2.0
+KD_RATIO_START=0.7
+KD_RATIO_END=1.0
+
+# Set TEACHER_CKPT (and TEACHER_PEFT_PATH) / CKPT unless the launcher did.
+resolve_teacher() {
+    if [[ "${PEFT}" == lora ]]; then
+        TEACHER_CKPT=${TEACHER_CKPT:-"${BASE_PATH}/checkpoints/${TEACHER_CKPT_NAME}/"}
+        TEACHER_PEFT_PATH=${TEACHER_PEFT_PATH:-"${BASE_PATH}/results/${FAMILY}/train/sft/${TEACHER_CKPT_NAME}-lora/best/"}
+    else
+        TEACHER_CKPT=${TEACHER_CKPT:-"${BASE_PATH}/results/${FAMILY}/train/sft/${TEACHER_CKPT_NAME}/best/"}
+    fi
+}
+
+resolve_student() {
+    case "${METHOD}:${PEFT}" in
+        sft:*|init:*|*:lora) CKPT=${CKPT:-"${BASE_PATH}/checkpoints/${CKPT_NAME}/"}; CKPT_TAG="" ;;
+        *) CKPT=${CKPT:-"${BASE_PATH}/results/${FAMILY}/train/init/${CKPT_NAME}/best/"}; CKPT_TAG=-init ;;
+    esac
+}
+
+# The teacher answers every training prompt into processed_data/dolly/seqkd/TEACHER_CKPT_NAME (does nothing
+# when that dataset exists); extra arguments are passed on.
+generate_seqkd_data() {
+    resolve_teacher
+    SEQKD_DATA_DIR="${BASE_PATH}/processed_data/dolly/seqkd/${TEACHER_CKPT_NAME}/"
+    run_module tools.generate_data_seqkd --model-path "${TEACHER_CKPT}" --data-dir "${DATA_DIR}" \
+        --processed-data-dir "${SEQKD_DATA_DIR}" --max-prompt-length "${MAX_PROMPT_LENGTH}" \
+        --max-new-tokens "${GEN_MAX_NEW_TOKENS}" "${GEN_SAMPLING}" --top-k 0 --top-p 1.0 --temperature 1.0 \
+        --batch-size "${GEN_BATCH_SIZE}" --seed "${GEN_SEED}" "$@"
+}
+
+finetune() {
+    local args=() data_dir=${DATA_DIR} eval_interval=0 lora=""
+    if [[ "${PEFT}" == lora ]]; then lora=-lora; fi
+    SAVE_PATH=${SAVE_PATH:-"${BASE_PATH}/results/${FAMILY}/train/${METHOD}/${CKPT_NAME}${lora}"}
+    resolve_student
+    resolve_teacher
+    args=(--model-path "${CKPT}" --ckpt-name "${CKPT_NAME}${CKPT_TAG}")
+    case "${METHOD}" in
+        sft|init) ;;
+        seqkd) generate_seqkd_data; data_dir=${SEQKD_DATA_DIR} ;;
+        *) args+=(--teacher-model-path "${TEACHER_CKPT}" --teacher-ckpt-name "${TEACHER_CKPT_NAME}-sft")
+           if [[ "${PEFT}" == lora ]]; then args+=(--teacher-peft-path "${TEACHER_PEFT_PATH}"); fi
+           if [[ "${TEACHER_FP16}" == 1 ]]; then args+=(--teacher-model-fp16); fi ;;
+    esac
+    case "${METHOD}" in
+        kd|imitkd) args+=(--kd-ratio "${KD_RATIO}") ;;
+        ab) args+=(--kd-ratio "${KD_RATIO}" --ab_alpha "${AB_ALPHA}" --ab_beta "${AB_BETA}") ;;
+        gkd) args+=(--kd-ratio "${KD_RATIO}" --mixed-alpha "${MIXED_ALPHA}" --gkd-beta "${GKD_BETA}") ;;
+        distillm)
+            args+=(--kd-ratio "${KD_RATIO}" --skew-alpha "${SKEW_ALPHA}" --init-threshold "${INIT_THRESHOLD}"
+                   --loss-eps "${LOSS_EPS}" --capacity "${CAPACITY}" --replay-ratio "${REPLAY_RATIO}")
+            local global_batch=$(( BATCH_SIZE * GRAD_ACC * GPU_NUM * NNODES ))
+            eval_interval=$(( (TRAIN_EXAMPLES - 1) / (global_batch * EVALS_PER_EPOCH) + 1 )) ;;
+    esac
+    if [[ "${PEFT}" == lora ]]; then
+        args+=(--peft lora --peft-lora-r "${LORA_R}" --peft-lora-alpha "${LORA_ALPHA}" --peft-lora-dropout "${LORA_DROPOUT}")
+    fi
+    if [[ "${METHOD}" == pocl ]]; then
+        pocl_args
+    else
+        args+=(--warmup-iters 0 --lr-decay-style cosine --weight-decay 1e-2 --clip-grad 1.0 --epochs "${EPOCHS}"
+               --save-interval 0 --eval-interval "${eval_interval}")
+    fi
+    launch_module distillation_llm.finetune --type "${TYPE}" "${args[@]}" --model-type "${MODEL_TYPE}" \
+        --data-dir "${data_dir}" --lr "${LR}" --batch-size "${BATCH_SIZE}" --gradient-accumulation-steps "${GRAD_ACC}" \
+        --eval-batch-size "${EVAL_BATCH_SIZE}" --max-length "${MAX_LENGTH}" --max-prompt-length "${MAX_PROMPT_LENGTH}" \
+        --do-train --do-valid --log-interval 10 --save "${SAVE_PATH}" --seed "${SEED}" --deepspeed_config "${DS_CONFIG}"
+}
+
+# POCL: rank the training data with the student (reused when it exists), then the curriculum flags.
+pocl_args() {
+    RANKING="${BASE_PATH}/results/${FAMILY}/pocl/ranking/${CKPT_NAME}/ranking.jsonl"
+    case "${TYPE}" in
+        ab) args+=(--ab_alpha "${AB_ALPHA}" --ab_beta "${AB_BETA}") ;;
+        sfkl|srkl) args+=(--skew-alpha "${SKEW_ALPHA}") ;;
+        fkl|rkl|jsd|tvd) ;;
+        *) echo "$(basename "$0"): --type ${TYPE} is not a POCL divergence (fkl, rkl, jsd, tvd, sfkl, srkl, ab)" >&2; exit 2 ;;
+    esac
+    run_module distillation_llm.curriculum rank --model-path "${CKPT}" --data-dir "${DATA_DIR}" --ranking "${RANKING}" \
+        --rrf-k "${RRF_K}" --max-prompt-length "${MAX_PROMPT_LENGTH}" --max-length "${MAX_LENGTH}" \
+        --batch-size "${EVAL_BATCH_SIZE}" --seed "${SEED}"
+    args+=(--curriculum pocl --ranking "${RANKING}" --num-stages "${NUM_STAGES}" --stage-epochs "${STAGE_EPOCHS}"
+           --kd-temperature-start "${KD_TEMPERATURE_START}" --kd-temperature-end "${KD_TEMPERATURE_END}"
+           --kd-ratio-start "${KD_RATIO_START}" --kd-ratio-end "${KD_RATIO_END}")
+}
