@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Defaults of the PromptKD launchers (sourced by scripts/clip/*.sh): arguments [DATASET] [DATA_ROOT] [GPU_NUM];
+# Hugging Face CLIP ViT-L/14 teacher with the prompts of train_teacher, ViT-B/16 student, five seeds.
+# `train_seeds NAME ARGS...` trains once per seed into SAVE_ROOT/NAME/seed<seed> (resumable), and
+# `summarize` prints the base/new/HM table averaged over the seeds. DRY_RUN=1 prints the commands.
+source "$(dirname "${BASH_SOURCE[0]}")/../launch.sh"
+
+DATASET=${1:-caltech101}
+DATA_ROOT=${2:-${REPO_ROOT}/data/coop}
+GPU_NUM=${3:-1}
+MASTER_PORT=${MASTER_PORT:-2013}
+NNODES=1
+NODE_RANK=0
+MASTER_ADDR=localhost
+HOSTFILE=""
+TEACHER_MODEL="${REPO_ROOT}/checkpoints/clip-vit-large-patch14"
+STUDENT_MODEL="${REPO_ROOT}/checkpoints/clip-vit-base-patch16"
+TEACHER_CKPT=${TEACHER_CKPT:-"${REPO_ROOT}/results/promptkd/teacher/${DATASET}/teacher_prompts.pt"}
+KD_WEIGHT=1000.0
+TEMPERATURE=1.0
+EPOCHS=20
+BATCH_SIZE=8
+LR=0.005
+SEEDS="10 20 30 40 50"
+SAVE_ROOT="${REPO_ROOT}/results/promptkd/${DATASET}"
+
+train_seeds() {
+    local name=$1 seed
+    shift
+    for seed in ${SEEDS}; do
+        launch_module base_to_new_classification.train --dataset "${DATASET}" --root "${DATA_ROOT}" \
+            --teacher-model-path "${TEACHER_MODEL}" --student-model-path "${STUDENT_MODEL}" --teacher-ckpt "${TEACHER_CKPT}" \
+            "$@" --kd-weight "${KD_WEIGHT}" --temperature "${TEMPERATURE}" --epochs "${EPOCHS}" --batch-size "${BATCH_SIZE}" \
+            --lr "${LR}" --seed "${seed}" --save "${SAVE_ROOT}/${name}/seed${seed}" --resume \
+            --deepspeed_config "${REPO_ROOT}/configs/deepspeed/ds_config.json"
+    done
+}
+
+summarize() {
+    run_module base_to_new_classification.summarize "${SAVE_ROOT}"
+}
