@@ -1,11 +1,13 @@
-"""The bash launchers under scripts/: syntax, house rules, and the command each one really runs.
+"""The bash launchers under scripts/: house rules, the commands they print, and the settings they choose.
 
-Every training launcher is run with DRY_RUN=1, which makes scripts/launch.sh print the command instead of
-starting it; the printed arguments then go through the real `distillation_llm.finetune` parser and its
-start-up validation, with the model and data directories the command names created under a temporary
-BASE_PATH. Nothing is trained here.
+Every launcher (found by glob, so a new one is covered) is run with DRY_RUN=1, which makes it print its
+`python -m MODULE ...` commands instead of running them; each command must parse with MODULE's real argparse
+parser (finetune's also through its start-up validation, with the directories it names created under a
+temporary BASE_PATH). A table then pins the key hyper-parameters of every experiment, so that a change of
+a family's defaults shows up here. Nothing is trained.
 """
 
+import fnmatch
 import os
 import re
 import shlex
@@ -19,22 +21,24 @@ from distillation_llm.arguments import build_parser, validate
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
-LAUNCH = SCRIPTS / "launch.sh"
-SWEEP = SCRIPTS / "gpt2" / "ab" / "sweep_ab.sh"
-SWEPT = SCRIPTS / "gpt2" / "ab" / "train_0.1B_1.5B.sh"
-ALL_SCRIPTS = sorted(path for path in SCRIPTS.rglob("*.sh") if path != LAUNCH)
+# Sourced by the launchers, not run: the shared launcher, the LLM command builder and each family's defaults.
+LIBRARIES = sorted([SCRIPTS / "launch.sh", SCRIPTS / "llm.sh", *SCRIPTS.glob("*/defaults.sh")])
+# Not launchers of a training module: the end-to-end demo (tests/test_demo.py) and the download helpers.
+OTHER = [SCRIPTS / name for name in ("demo.sh", "fetch_pretrained_teachers.sh", "download_cifar100.sh")]
+ALL_SCRIPTS = sorted(SCRIPTS.rglob("*.sh"))
+LAUNCHERS = [path for path in ALL_SCRIPTS if path not in LIBRARIES and path not in OTHER]
+LLM_METHODS = ("sft", "init", "kd", "ab", "seqkd", "imitkd", "gkd", "distillm")
 FINETUNE = "distillation_llm.finetune"
 GENERATE_SEQKD = "tools.generate_data_seqkd"
-# The finetune launchers: scripts/<family>/<--type>/*.sh (tools/ and eval/ run other modules).
-METHODS = ("sft", "init", "kd", "ab", "seqkd", "imitkd", "gkd", "distillm")
-LAUNCHERS = [path for path in ALL_SCRIPTS if path.parent.name in METHODS and path != SWEEP]
-# Families whose students (and 7B teachers) train LoRA adapters; the directory name is not the model type.
+TRAINING = [path for path in LAUNCHERS if path.parent.name in LLM_METHODS and path.name != "sweep_ab.sh"]
+SWEEP = SCRIPTS / "gpt2" / "ab" / "sweep_ab.sh"
+SWEPT = SCRIPTS / "gpt2" / "ab" / "train_0.1B_1.5B.sh"
 MODEL_TYPES = {"gpt2": "gpt2", "opt": "opt", "openllama2": "llama", "qwen": "qwen2"}
 LORA_FAMILIES = ("openllama2", "qwen")
 # Read by launch_module rather than by the launcher that declares them.
 LAUNCH_VARIABLES = {"MASTER_PORT", "GPU_NUM", "NNODES", "NODE_RANK", "MASTER_ADDR", "HOSTFILE"}
 # Inherited settings that would change what a script prints.
-SCRIPT_ENV = {"DRY_RUN", "HOSTFILE", "NNODES", "NODE_RANK", "MASTER_ADDR", "AB_ALPHA", "AB_BETA"} | {
+SCRIPT_ENV = {"DRY_RUN", "HOSTFILE", "NNODES", "NODE_RANK", "MASTER_ADDR", "AB_ALPHA", "AB_BETA", "DISTILL", "TEACHER_CKPT"} | {
     f"{name}_{end}" for name in ("ALPHA", "BETA") for end in ("START", "END", "STEP")
 }
 
@@ -43,7 +47,18 @@ def name(path: Path) -> str:
     return str(path.relative_to(SCRIPTS))
 
 
-def run_script(script: Path, *args: str, env: dict | None = None, dry_run: bool = True) -> subprocess.CompletedProcess:
+def default_args(script: Path, base: Path) -> tuple[str, ...]:
+    """The arguments a launcher is dry-run with: its usage's required ones, BASE_PATH for the LLM launchers."""
+    if script.parent.name == "cifar":
+        return ("1.0", "1.1", "0.7", "0.9", "resnet56", "resnet20", "2", "0.5") if script.name == "train_ab.sh" else ("resnet32x4", "resnet8x4", "1")
+    if script.parent.name == "clip":
+        return ("dtd", str(base / "coop"), "1")
+    if script.name.startswith("eval_main_"):
+        return (str(base), str(base / "model"))
+    return (str(base),)
+
+
+def run_script(script: Path, *args, env: dict | None = None, dry_run: bool = True) -> subprocess.CompletedProcess:
     full_env = {key: value for key, value in os.environ.items() if key not in SCRIPT_ENV}
     if dry_run:
         full_env["DRY_RUN"] = "1"
@@ -51,47 +66,30 @@ def run_script(script: Path, *args: str, env: dict | None = None, dry_run: bool 
     return subprocess.run(["bash", str(script), *map(str, args)], env=full_env, capture_output=True, text=True, timeout=60)
 
 
-def printed_commands(script: Path, base: Path, *args: str, env: dict | None = None) -> list[tuple[str, list[str]]]:
+def printed_commands(script: Path, *args, env: dict | None = None) -> list[tuple[str, list[str]]]:
     """(module, arguments) of every `python -m` command a launcher prints under DRY_RUN=1, in order."""
-    result = run_script(script, base, *args, env=env)
+    result = run_script(script, *args, env=env)
     assert result.returncode == 0, f"{name(script)} failed:\n{result.stderr}"
     commands = []
     for line in result.stdout.splitlines():
         words = shlex.split(line)
         assert words[:2] == ["python", "-m"] and len(words) > 2, f"{name(script)} printed {line!r}"
         commands.append((words[2], words[3:]))
+    assert commands, f"{name(script)} printed no command"
     return commands
 
 
-def dry_commands(script: Path, base: Path, *args: str, env: dict | None = None) -> list[list[str]]:
-    """The finetune argument lists a launcher prints under DRY_RUN=1, one per command."""
-    commands = printed_commands(script, base, *args, env=env)
-    assert [module for module, _ in commands] == [FINETUNE] * len(commands), f"{name(script)} runs {commands}"
+def finetune_commands(script: Path, *args, env: dict | None = None) -> list[list[str]]:
+    commands = printed_commands(script, *args, env=env)
+    assert {module for module, _ in commands} == {FINETUNE}, f"{name(script)} runs {commands}"
     return [argv for _, argv in commands]
-
-
-def launcher_commands(script: Path, base: Path, *args: str, env: dict | None = None) -> tuple[list[str] | None, list[str]]:
-    """(SeqKD generation arguments or None, finetune arguments) of a training launcher: seqkd launchers
-    make their dataset first, every other launcher runs finetune alone."""
-    commands = printed_commands(script, base, *args, env=env)
-    if script.parent.name == "seqkd":
-        assert [module for module, _ in commands] == [GENERATE_SEQKD, FINETUNE], f"{name(script)} runs {commands}"
-        return commands[0][1], commands[1][1]
-    assert [module for module, _ in commands] == [FINETUNE], f"{name(script)} runs {commands}"
-    return None, commands[0][1]
-
-
-def seqkd_generation_args(argv: list[str]):
-    from tools.generate_data_seqkd import build_parser as seqkd_parser
-
-    return seqkd_parser().parse_args(argv)
 
 
 def finetune_args(argv: list[str], base: Path):
     """Parse and validate `argv` as finetune does at start-up, creating the inputs it names under `base`."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    for path in (args.model_path, args.teacher_model_path, args.data_dir):
+    for path in (args.model_path, args.teacher_model_path, args.data_dir, args.teacher_peft_path):
         if path is not None:
             assert Path(path).resolve().is_relative_to(base), f"{path} lies outside BASE_PATH {base}"
     for path in (args.model_path, args.teacher_model_path):
@@ -101,7 +99,6 @@ def finetune_args(argv: list[str], base: Path):
     Path(args.data_dir).mkdir(parents=True, exist_ok=True)
     (Path(args.data_dir) / "meta.json").write_text("{}\n")
     if args.teacher_peft_path is not None:
-        assert Path(args.teacher_peft_path).resolve().is_relative_to(base), f"{args.teacher_peft_path} lies outside BASE_PATH {base}"
         Path(args.teacher_peft_path).mkdir(parents=True, exist_ok=True)
         (Path(args.teacher_peft_path) / "adapter_config.json").write_text('{"peft_type": "LORA"}\n')
     try:
@@ -110,19 +107,59 @@ def finetune_args(argv: list[str], base: Path):
         pytest.fail(f"finetune rejects {shlex.join(argv)} (its message is in the captured stderr)")
 
 
-@pytest.fixture(scope="module")
-def dry_runs(tmp_path_factory) -> tuple[Path, dict, dict]:
-    """Every launcher's validated finetune arguments and, for seqkd, its parsed data-generation arguments,
-    all dry-run against one BASE_PATH (how the runs chain)."""
-    base = tmp_path_factory.mktemp("base").resolve()
-    runs = {}
-    generations = {}
-    for script in LAUNCHERS:
-        generation, argv = launcher_commands(script, base)
-        runs[script] = finetune_args(argv, base)
-        if generation is not None:
-            generations[script] = seqkd_generation_args(generation)
-    return base, runs, generations
+def parse(module: str, argv: list[str], base: Path):
+    """`argv` through MODULE's own command-line parser (and finetune's validation)."""
+    if module == FINETUNE:
+        return finetune_args(argv, base)
+    if module == "base_to_new_classification.summarize":
+        assert len(argv) == 1 and not argv[0].startswith("-"), argv  # its one positional: the results directory
+        return None
+    if module == "standard_classification.train_student":
+        from standard_classification.train_student import parse_args
+    elif module == "standard_classification.train_teacher":
+        from standard_classification.train_teacher import parse_args
+    elif module == "base_to_new_classification.train":
+        from base_to_new_classification.train import parse_args
+    elif module == "base_to_new_classification.train_teacher":
+        from base_to_new_classification.train_teacher import parse_args
+    elif module == "distillation_llm.evaluate":
+        from distillation_llm.evaluate import parse_args
+    elif module == "distillation_llm.curriculum":
+        from distillation_llm.curriculum import build_parser as curriculum_parser
+
+        return curriculum_parser().parse_args(argv)
+    elif module.startswith("tools."):
+        import importlib
+
+        return importlib.import_module(module).build_parser().parse_args(argv)
+    else:
+        pytest.fail(f"no parser known for {module}")
+    try:
+        return parse_args(argv)
+    except SystemExit:
+        pytest.fail(f"{module} rejects {shlex.join(argv)}")
+
+
+def flag_value(argv: list[str], flag: str) -> str | None:
+    """The value a command gives `flag` (the last one), "" for a bare switch, None when absent."""
+    value = None
+    for i, word in enumerate(argv):
+        if word == flag:
+            value = argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else ""
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------
+# Every script.
+# ---------------------------------------------------------------------------------------------------
+
+
+def sourced_text(script: Path) -> str:
+    """The script and every file it sources (recursively), where its variables may be read."""
+    text = script.read_text()
+    for relative in re.findall(r'source "\$\(dirname "\$\{BASH_SOURCE\[0\]\}"\)/([^"]+)"', text):
+        text += sourced_text((script.parent / relative).resolve())
+    return text
 
 
 @pytest.mark.parametrize("script", ALL_SCRIPTS, ids=name)
@@ -130,78 +167,132 @@ def test_house_rules(script):
     text = script.read_text()
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
     assert text.startswith("#!/usr/bin/env bash\n")
+    assert "CUDA_VISIBLE_DEVICES" not in text and "PYTHONPATH" not in text
+    if script in LIBRARIES:
+        assert not script.stat().st_mode & stat.S_IXUSR, "a sourced file is not run on its own"
+        return
     assert script.stat().st_mode & stat.S_IXUSR, "not executable"
     assert "set -euo pipefail" in text
-    assert "CUDA_VISIBLE_DEVICES" not in text
-    assert "PYTHONPATH" not in text
-    sources_launch = 'launch.sh"' in text
+    everything = sourced_text(script)
     for variable in re.findall(r"^([A-Z][A-Z0-9_]*)=", text, flags=re.MULTILINE):
-        used = re.search(r"\$\{?%s\b" % variable, text)
-        assert used or (sources_launch and variable in LAUNCH_VARIABLES), f"{variable} is declared but never used"
+        assert re.search(r"\$\{?%s\b" % variable, everything) or variable in LAUNCH_VARIABLES, f"{variable} is declared but never used"
+
+
+def test_launchers_are_thin():
+    """An experiment is its differences from the defaults; the shared logic lives in the sourced files."""
+    for script in TRAINING:
+        assert len(script.read_text().splitlines()) <= 25, name(script)
+    assert sum(len(path.read_text().splitlines()) for path in ALL_SCRIPTS) < 1500
+    assert not list((REPO / "standard_classification").glob("*.sh")) and not list((REPO / "base_to_new_classification").rglob("*.sh"))
+
+
+def test_one_grid_function():
+    defining = [name(path) for path in ALL_SCRIPTS if re.search(r"^\s*grid\(\)", path.read_text(), flags=re.MULTILINE)]
+    assert defining == ["launch.sh"]
 
 
 @pytest.mark.parametrize("script", LAUNCHERS, ids=name)
-def test_launcher_runs_a_valid_finetune_command(script, tmp_path):
+def test_dry_run_prints_commands_their_parsers_accept(script, tmp_path):
     base = tmp_path.resolve()
-    generation, argv = launcher_commands(script, base)
+    args = default_args(script, base)
+    extra = ("--type", "ab") if script.parent.name == "pocl" else ()
+    commands = printed_commands(script, *args, *extra)
     assert list(base.iterdir()) == [], "DRY_RUN must not create anything"
-    args = finetune_args(argv, base)
+    for module, argv in commands:
+        parse(module, argv, base)
 
-    family, method = script.relative_to(SCRIPTS).parts[:2]
-    full_data = base / "processed_data" / "dolly" / "full" / family
-    assert args.type == method
-    assert args.model_type == MODEL_TYPES[family]
-    assert Path(args.save).is_relative_to(base / "results" / family / "train" / method)
-    assert args.do_train and args.do_valid
-    assert args.epochs and args.total_iters is None
-    assert Path(args.deepspeed_config).is_file() and Path(args.deepspeed_config).is_relative_to(REPO / "configs" / "deepspeed")
-    if method == "seqkd":
-        # It trains on exactly the dataset its first command makes from the family's data, with the prompts
-        # cut as in training and whole teacher answers fitting into --max-length.
-        made = seqkd_generation_args(generation)
-        teacher = Path(made.model_path)
-        assert Path(args.data_dir) == Path(made.processed_data_dir) == base / "processed_data" / "dolly" / "seqkd" / teacher.parent.name
-        assert Path(made.data_dir) == full_data and teacher.is_relative_to(base / "results" / family / "train" / "sft")
-        assert not made.overwrite, "the launcher must reuse a dataset made with its settings"
-        assert made.max_prompt_length == args.max_prompt_length
-        assert args.max_prompt_length + made.max_new_tokens <= args.max_length
-    else:
-        assert generation is None
-        assert Path(args.data_dir) == full_data
-    if method in ("sft", "init", "seqkd"):
-        assert args.teacher_model_path is None
-    else:
-        assert args.teacher_model_path is not None
-        assert args.teacher_model_fp16 == (family == "opt")
-    if method in ("sft", "init"):
-        assert Path(args.model_path).parent == base / "checkpoints"
-    if family in LORA_FAMILIES:
-        assert args.peft == "lora"
-        assert (args.peft_lora_r, args.peft_lora_alpha, args.peft_lora_dropout) == (16, 32, 0.1)
-        assert (args.teacher_peft_path is None) == (args.teacher_model_path is None), "the 7B teachers are LoRA-tuned"
-    else:
-        assert args.peft == "none" and args.teacher_peft_path is None
-    if method == "ab":
-        assert args.ab_alpha is not None and args.ab_beta is not None
-        assert args.kd_ratio == 1.0
-        assert Path(args.save).name == f"a{args.ab_alpha:g}_b{args.ab_beta:g}"
-    else:
-        assert args.ab_alpha is None and args.ab_beta is None
-    if method == "kd":
-        assert args.kd_ratio == 0.5
-    if method in ("imitkd", "gkd", "distillm"):
-        assert args.kd_ratio == 1.0 and args.num_workers == 0
-        if family == "gpt2":  # DistiLLM's published GPT-2 recipe
-            assert (args.lr, args.epochs) == (5e-4, 20)
-        if family == "opt":  # the learning rate of the OPT KD/AB launchers
-            assert args.lr == 5e-5
-    if method == "gkd":
-        assert (args.mixed_alpha, args.gkd_beta) == (0.5, 0.5)
-    if method == "distillm":
-        assert (args.skew_alpha, args.init_threshold, args.loss_eps, args.capacity, args.replay_ratio) == (0.1, 0.0, 0.1, 1000, "constant")
-        assert args.eval_interval > 0, "the threshold adapts at validations: they must come within epochs"
-    else:
-        assert args.eval_interval == 0
+
+# ---------------------------------------------------------------------------------------------------
+# Key settings of every LLM experiment: pattern -> (--type, --lr, --batch-size, --gradient-accumulation-steps,
+# --epochs, --kd-ratio); the first matching row applies and every training launcher must match one.
+# ---------------------------------------------------------------------------------------------------
+
+KEY_SETTINGS = [
+    ("gpt2/sft/sft_xlarge.sh", ("sft", 1e-4, 4, 2, 20, None)),
+    ("gpt2/sft/*", ("sft", 5e-4, 8, 1, 20, None)),
+    ("gpt2/init/*", ("init", 5e-4, 8, 1, 3, None)),
+    ("gpt2/kd/*", ("kd", 5e-4, 8, 1, 20, 0.5)),
+    ("gpt2/ab/*", ("ab", 5e-4, 8, 1, 10, 1.0)),
+    ("gpt2/seqkd/*", ("seqkd", 5e-4, 8, 1, 20, None)),
+    *((f"gpt2/{m}/*", (m, 5e-4, 8, 1, 20, 1.0)) for m in ("imitkd", "gkd", "distillm")),
+    ("opt/sft/*", ("sft", 5e-5, 4, 2, 10, None)),
+    ("opt/init/*", ("init", 5e-5, 8, 1, 3, None)),
+    ("opt/kd/*", ("kd", 5e-5, 8, 1, 10, 0.5)),
+    ("opt/seqkd/*", ("seqkd", 5e-5, 8, 1, 10, None)),
+    *((f"opt/{m}/*", (m, 5e-5, 8, 1, 10, 1.0)) for m in ("ab", "imitkd", "gkd", "distillm")),
+    *((f"{f}/sft/*", ("sft", 1e-4, 4, 4, 10, None)) for f in LORA_FAMILIES),
+    *((f"{f}/kd/*", ("kd", 1e-4, 4, 4, 10, 0.5)) for f in LORA_FAMILIES),
+    *((f"{f}/{m}/*", (m, 1e-4, 4, 4, 10, 1.0)) for f in LORA_FAMILIES for m in ("ab", "distillm")),
+]  # fmt: skip
+
+
+def key_settings(script: Path) -> tuple:
+    for pattern, settings in KEY_SETTINGS:
+        if fnmatch.fnmatch(name(script), pattern):
+            return settings
+    pytest.fail(f"{name(script)} has no row in KEY_SETTINGS")
+
+
+@pytest.fixture(scope="module")
+def dry_runs(tmp_path_factory) -> tuple[Path, dict, dict]:
+    """Every training launcher's validated finetune arguments and, for seqkd, its parsed data-generation
+    arguments, all dry-run against one BASE_PATH (how the runs chain)."""
+    from tools.generate_data_seqkd import build_parser as seqkd_parser
+
+    base = tmp_path_factory.mktemp("base").resolve()
+    runs, generations = {}, {}
+    for script in TRAINING:
+        commands = printed_commands(script, base)
+        if script.parent.name == "seqkd":
+            assert [module for module, _ in commands] == [GENERATE_SEQKD, FINETUNE], name(script)
+            generations[script] = seqkd_parser().parse_args(commands[0][1])
+        else:
+            assert [module for module, _ in commands] == [FINETUNE], name(script)
+        runs[script] = finetune_args(commands[-1][1], base)
+    return base, runs, generations
+
+
+def test_key_settings_of_every_experiment(dry_runs):
+    _, runs, _ = dry_runs
+    for script, args in runs.items():
+        kd_ratio = None if args.type in ("sft", "init", "seqkd") else args.kd_ratio
+        assert (args.type, args.lr, args.batch_size, args.gradient_accumulation_steps, args.epochs, kd_ratio) == key_settings(script), name(script)
+
+
+def test_method_and_family_settings(dry_runs):
+    base, runs, generations = dry_runs
+    for script, args in runs.items():
+        family, method = script.relative_to(SCRIPTS).parts[:2]
+        assert args.type == method and args.model_type == MODEL_TYPES[family], name(script)
+        assert Path(args.save).is_relative_to(base / "results" / family / "train" / method)
+        assert args.do_train and args.do_valid and args.total_iters is None
+        assert Path(args.deepspeed_config).is_file() and Path(args.deepspeed_config).is_relative_to(REPO / "configs" / "deepspeed")
+        if method == "seqkd":
+            made = generations[script]
+            assert Path(args.data_dir) == Path(made.processed_data_dir) == base / "processed_data/dolly/seqkd" / Path(made.model_path).parent.name
+            assert Path(made.data_dir) == base / "processed_data/dolly/full" / family and not made.overwrite
+            assert args.max_prompt_length == made.max_prompt_length and args.max_prompt_length + made.max_new_tokens <= args.max_length
+        else:
+            assert Path(args.data_dir) == base / "processed_data/dolly/full" / family
+        assert (args.teacher_model_path is None) == (method in ("sft", "init", "seqkd")), name(script)
+        if args.teacher_model_path is not None:
+            assert args.teacher_model_fp16 == (family == "opt")
+        if family in LORA_FAMILIES:
+            assert (args.peft, args.peft_lora_r, args.peft_lora_alpha, args.peft_lora_dropout) == ("lora", 16, 32, 0.1)
+            assert (args.teacher_peft_path is None) == (args.teacher_model_path is None), "the 7B teachers are LoRA-tuned"
+        else:
+            assert args.peft == "none" and args.teacher_peft_path is None
+        if method == "ab":
+            assert (args.ab_alpha, args.ab_beta) == (0.2, 0.7) and Path(args.save).name == "a0.2_b0.7"
+        else:
+            assert args.ab_alpha is None and args.ab_beta is None
+        if method == "gkd":
+            assert (args.mixed_alpha, args.gkd_beta) == (0.5, 0.5)
+        if method == "distillm":
+            assert (args.skew_alpha, args.init_threshold, args.loss_eps, args.capacity, args.replay_ratio) == (0.1, 0.0, 0.1, 1000, "constant")
+        else:
+            assert args.eval_interval == 0
+        assert args.num_workers == 0 or method not in ("imitkd", "gkd", "distillm")
 
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS.glob("*/distillm/*.sh")), ids=name)
@@ -209,95 +300,94 @@ def test_distillm_validates_about_ten_times_an_epoch_on_any_number_of_gpus(scrip
     """The validations that move DistiLLM's threshold come about every tenth of Dolly's ~14k training examples."""
     base = tmp_path.resolve()
     for gpus, nodes in ((1, 1), (8, 1), (8, 2)):
-        _, argv = launcher_commands(script, base, "2012", str(gpus), env={"NNODES": str(nodes)})
+        (argv,) = finetune_commands(script, base, "2012", str(gpus), env={"NNODES": str(nodes)})
         args = finetune_args(argv, base)
         examples = args.eval_interval * args.batch_size * args.gradient_accumulation_steps * gpus * nodes
         assert 1200 <= examples <= 1600, f"{gpus} GPUs x {nodes} nodes: {examples} examples between validations"
 
 
-GPT2_STUDENTS = (("base", "0.1B"), ("medium", "0.3B"), ("large", "0.7B"))
-OPT_STUDENTS = ("0.1B", "0.3B", "1.3B")
-STUDENT_GENERATED = ("seqkd", "imitkd", "gkd", "distillm")
-# Distillation launcher -> (teacher SFT launcher, student init launcher) whose <save>/best it must read
-# (for seqkd, the teacher is read by the data-generation step).
-CHAIN = {
-    **{f"gpt2/{kd}": ("gpt2/sft/sft_xlarge.sh", f"gpt2/init/init_{size}.sh")
-       for size, params in GPT2_STUDENTS
-       for kd in (f"kd/kd_{size}.sh", f"ab/train_{params}_1.5B.sh", *(f"{m}/{m}_{size}.sh" for m in STUDENT_GENERATED))},
-    **{f"opt/{kd}": ("opt/sft/sft_2.7B.sh", f"opt/init/init_{params}.sh")
-       for params in OPT_STUDENTS
-       for kd in (f"kd/kd_{params}.sh", f"ab/train_{params}_2.7B.sh", *(f"{m}/{m}_{params}.sh" for m in STUDENT_GENERATED))},
-}  # fmt: skip
-# LoRA distillation launcher -> (teacher LoRA SFT launcher, student SFT launcher): the teacher is the base
-# checkpoint of that SFT run with its adapter (<save>/best) merged in; the student starts from the
-# pretrained checkpoint its SFT baseline tunes.
-LORA_CHAIN = {
-    **{f"openllama2/{m}/{m}_3B.sh": ("openllama2/sft/sft_7B.sh", "openllama2/sft/sft_3B.sh") for m in ("kd", "ab", "distillm")},
-    **{f"qwen/{m}/{m}_{size}.sh": ("qwen/sft/sft_7B.sh", f"qwen/sft/sft_{size}.sh")
-       for m in ("kd", "ab", "distillm") for size in ("0.5B", "1.5B")},
-}  # fmt: skip
+# DeepSpeed config per trained model (the student; a teacher is a frozen copy on every GPU).
+ZERO_CONFIGS = {
+    **dict.fromkeys(("gpt2-base", "gpt2-medium", "gpt2-large", "opt-0.1B", "opt-0.3B"), "ds_config.json"),
+    **dict.fromkeys(("gpt2-xlarge", "opt-1.3B", "opt-2.7B", "openllama2-3B", "qwen2.5-0.5B", "qwen2.5-1.5B"), "ds_config_zero2.json"),
+    **dict.fromkeys(("openllama2-7B", "qwen2.5-7B"), "ds_config_zero3.json"),
+}
+
+
+def test_zero_stage_follows_the_trained_model(dry_runs):
+    _, runs, _ = dry_runs
+    for script, args in runs.items():
+        path = Path(args.model_path)
+        model = path.parts[-2] if path.name == "best" else path.name
+        assert Path(args.deepspeed_config).name == ZERO_CONFIGS[model], name(script)
+
+
+TEACHER_SFT = {"gpt2": "gpt2/sft/sft_xlarge.sh", "opt": "opt/sft/sft_2.7B.sh", "qwen": "qwen/sft/sft_7B.sh", "openllama2": "openllama2/sft/sft_7B.sh"}
 
 
 def test_runs_chain_teacher_sft_and_student_init_into_kd(dry_runs):
-    """Each distillation run starts from its student's init run and distils the family teacher's SFT run (both <save>/best)."""
+    """Each distillation run starts from its student's init run (LoRA: from the checkpoint its SFT baseline
+    tunes) and distils the family teacher's SFT run (LoRA: the base model with that run's adapter)."""
     _, runs, generations = dry_runs
-    saved_by = {Path(args.save): name(script) for script, args in runs.items()}
-    # GPT-2: 4 sft, 3 init, 3 each of kd, ab, seqkd, imitkd, gkd, distillm; OPT: 1 sft, 3 init, 3 each of the same six;
-    # OpenLLaMA: 2 sft, 1 each of kd, ab, distillm; Qwen: 3 sft, 2 each of kd, ab, distillm
+    # GPT-2: 4 sft, 3 init, 3 each of kd, ab, seqkd, imitkd, gkd, distillm; OPT: 1 sft, 3 init, 3 each of the
+    # same six; OpenLLaMA: 2 sft, 1 each of kd, ab, distillm; Qwen: 3 sft, 2 each of kd, ab, distillm
     assert len(runs) == 25 + 22 + 5 + 9
-    assert len(saved_by) == len(runs), "two launchers write to the same --save"
-    assert sorted([*CHAIN, *LORA_CHAIN]) == sorted(name(script) for script in runs if script.parent.name not in ("sft", "init"))
-    for script, (teacher_run, student_run) in CHAIN.items():
-        args = runs[SCRIPTS / script]
-        teacher = generations[SCRIPTS / script].model_path if args.type == "seqkd" else args.teacher_model_path
-        assert Path(teacher) == Path(runs[SCRIPTS / teacher_run].save) / "best", script
-        assert Path(args.model_path) == Path(runs[SCRIPTS / student_run].save) / "best", script
-    for script, (teacher_run, student_run) in LORA_CHAIN.items():
-        args, teacher_sft = runs[SCRIPTS / script], runs[SCRIPTS / teacher_run]
-        assert teacher_sft.peft == "lora" and Path(teacher_sft.save).name.endswith("-lora"), teacher_run
-        assert Path(args.teacher_model_path) == Path(teacher_sft.model_path), script
-        assert Path(args.teacher_peft_path) == Path(teacher_sft.save) / "best", script
-        assert Path(args.model_path) == Path(runs[SCRIPTS / student_run].model_path), script
+    assert len({args.save for args in runs.values()}) == len(runs), "two launchers write to the same --save"
+    for script, args in runs.items():
+        family, method = script.relative_to(SCRIPTS).parts[:2]
+        if method in ("sft", "init"):
+            continue
+        teacher_sft = runs[SCRIPTS / TEACHER_SFT[family]]
+        if family in LORA_FAMILIES:
+            assert teacher_sft.peft == "lora" and Path(teacher_sft.save).name.endswith("-lora")
+            assert Path(args.teacher_model_path) == Path(teacher_sft.model_path), name(script)
+            assert Path(args.teacher_peft_path) == Path(teacher_sft.save) / "best", name(script)
+            baselines = [a for s, a in runs.items() if s.parent == SCRIPTS / family / "sft" and a.model_path == args.model_path]
+            assert len(baselines) == 1, f"{name(script)}: its student has no SFT baseline"
+        else:
+            teacher = generations[script].model_path if method == "seqkd" else args.teacher_model_path
+            assert Path(teacher) == Path(teacher_sft.save) / "best", name(script)
+            inits = [Path(a.save) / "best" for s, a in runs.items() if s.parent == SCRIPTS / family / "init"]
+            assert Path(args.model_path) in inits, f"{name(script)}: its student is no init run's <save>/best"
 
 
-def test_seqkd_launchers_of_a_family_make_one_dataset(dry_runs):
-    """The generation settings are part of the dataset's fingerprint, so the launchers of one family must
-    agree on all of them: otherwise each would refuse the dataset the others made."""
-    _, _, generations = dry_runs
+def test_seqkd_launchers_and_tool_of_a_family_make_one_dataset(dry_runs, tmp_path):
+    """The generation settings are the dataset's fingerprint: the launchers of a family (and the standalone
+    tool) must agree on them, or each would refuse the dataset the others made."""
+    from tools.generate_data_seqkd import build_parser as seqkd_parser
+
+    base, _, generations = dry_runs
     by_family: dict[str, list[dict]] = {}
     for script, made in generations.items():
         by_family.setdefault(script.relative_to(SCRIPTS).parts[0], []).append(vars(made))
     assert {family: len(settings) for family, settings in by_family.items()} == {"gpt2": 3, "opt": 3}
     for family, settings in by_family.items():
         assert all(made == settings[0] for made in settings), family
+    ((module, argv),) = printed_commands(SCRIPTS / "gpt2/tools/generate_data_seqkd.sh", base)
+    assert module == GENERATE_SEQKD and vars(seqkd_parser().parse_args(argv)) == by_family["gpt2"][0]
 
 
-SEQKD_TOOLS = SCRIPTS / "gpt2" / "tools"
-
-
-def test_generate_data_seqkd_is_the_seqkd_launchers_first_step(tmp_path):
-    ((module, argv),) = printed_commands(SEQKD_TOOLS / "generate_data_seqkd.sh", tmp_path)
-    generation, _ = launcher_commands(SCRIPTS / "gpt2" / "seqkd" / "seqkd_base.sh", tmp_path)
-    assert module == GENERATE_SEQKD
-    assert vars(seqkd_generation_args(argv)) == vars(seqkd_generation_args(generation))
-
-
-def test_process_pseudo_data_seqkd_remakes_the_dataset_with_other_decoding(tmp_path):
+def test_process_pseudo_data_seqkd_remakes_the_dataset_with_other_decoding(dry_runs):
     from distillation_llm.generation import settings_from_args
+    from tools.generate_data_seqkd import build_parser as seqkd_parser
 
-    ((module, argv),) = printed_commands(SEQKD_TOOLS / "process_pseudo_data_seqkd.sh", tmp_path)
-    generation, _ = launcher_commands(SCRIPTS / "gpt2" / "seqkd" / "seqkd_base.sh", tmp_path)
-    remade, made = seqkd_generation_args(argv), seqkd_generation_args(generation)
-    assert module == GENERATE_SEQKD
-    assert remade.overwrite, "it replaces the dataset the launchers made"
+    base, _, generations = dry_runs
+    ((module, argv),) = printed_commands(SCRIPTS / "gpt2/tools/process_pseudo_data_seqkd.sh", base)
+    remade, made = seqkd_parser().parse_args(argv), generations[SCRIPTS / "gpt2/seqkd/seqkd_base.sh"]
+    assert module == GENERATE_SEQKD and remade.overwrite
     for setting in ("model_path", "data_dir", "processed_data_dir", "max_prompt_length"):
         assert getattr(remade, setting) == getattr(made, setting), setting
     assert settings_from_args(remade, remade.seed) != settings_from_args(made, made.seed)
 
 
+# ---------------------------------------------------------------------------------------------------
+# Sweeps and the shared grid.
+# ---------------------------------------------------------------------------------------------------
+
+
 def test_ab_alpha_beta_come_from_the_environment(tmp_path):
     base = tmp_path.resolve()
-    (argv,) = dry_commands(SWEPT, base, env={"AB_ALPHA": "0.35", "AB_BETA": "0.9"})
+    (argv,) = finetune_commands(SWEPT, base, env={"AB_ALPHA": "0.35", "AB_BETA": "0.9"})
     args = finetune_args(argv, base)
     assert (args.ab_alpha, args.ab_beta) == (0.35, 0.9)
     assert Path(args.save) == base / "results/gpt2/train/ab/0.1B_1.5B/a0.35_b0.9"
@@ -313,31 +403,72 @@ def test_ab_alpha_beta_come_from_the_environment(tmp_path):
 )
 def test_sweep_runs_the_train_script_once_per_grid_point(tmp_path, args, env):
     base = tmp_path.resolve()
-    commands = dry_commands(SWEEP, base, "2012", "1", *args, env=env)
-    assert len(commands) == 4
+    commands = finetune_commands(SWEEP, base, "2012", "1", *args, env=env)
     parsed = [finetune_args(argv, base) for argv in commands]
-    assert {(a.ab_alpha, a.ab_beta) for a in parsed} == {(0.1, 0.5), (0.1, 0.6), (0.2, 0.5), (0.2, 0.6)}
-    assert len({a.save for a in parsed}) == 4
-    # The sweep and a single run share one command: only alpha, beta and the output directory differ.
+    assert {(a.ab_alpha, a.ab_beta) for a in parsed} == {(0.1, 0.5), (0.1, 0.6), (0.2, 0.5), (0.2, 0.6)} and len(parsed) == 4
     for argv, a in zip(commands, parsed):
-        single = dry_commands(SWEPT, base, "2012", "1", env={"AB_ALPHA": f"{a.ab_alpha:g}", "AB_BETA": f"{a.ab_beta:g}"})
-        assert single == [argv]
+        single = finetune_commands(SWEPT, base, "2012", "1", env={"AB_ALPHA": f"{a.ab_alpha:g}", "AB_BETA": f"{a.ab_beta:g}"})
+        assert single == [argv], "the sweep and a single run differ only in alpha, beta and the output directory"
 
 
-def test_sweep_grid_includes_float_end_points(tmp_path):
-    commands = dry_commands(SWEEP, tmp_path, "2012", "1", "0.1", "0.3", "0.1", "0.7", "0.7", "0.05")
-    alphas = [argv[argv.index("--ab_alpha") + 1] for argv in commands]
-    assert alphas == ["0.1", "0.2", "0.3"]
+def test_grid_includes_float_end_points(tmp_path):
+    commands = finetune_commands(SWEEP, tmp_path, "2012", "1", "0.1", "0.3", "0.1", "0.7", "0.7", "0.05")
+    assert [flag_value(argv, "--ab_alpha") for argv in commands] == ["0.1", "0.2", "0.3"]
 
 
 @pytest.mark.parametrize(
     "grid", [("0.1", "0.5", "0"), ("0.5", "0.1", "0.1"), ("a", "0.5", "0.1"), ("0.1", "0.5", "-0.1")], ids=["zero-step", "reversed", "text", "negative-step"]
 )
-def test_sweep_rejects_a_bad_grid(tmp_path, grid):
-    result = run_script(SWEEP, tmp_path, "2012", "1", *grid, "0.5", "0.6", "0.1")
-    assert result.returncode != 0
-    assert result.stdout == ""
-    assert "bad grid" in result.stderr
+def test_sweeps_reject_a_bad_grid(tmp_path, grid):
+    for script, args in (
+        (SWEEP, (tmp_path, "2012", "1", *grid, "0.5", "0.6", "0.1")),
+        (SCRIPTS / "clip/train_ab.sh", ("dtd", tmp_path, "1", grid[0], grid[1], "0.5", "0.6")),
+        (SCRIPTS / "cifar/train_ab.sh", (grid[0], grid[1], "0.7", "0.9", "resnet56", "resnet20", "1", "0.9")),
+    ):
+        env = {"ALPHA_STEP": grid[2]} if script.parent.name == "clip" else {}
+        if script.parent.name != "cifar" or grid[2] == "0.1":  # the CIFAR sweep's step is fixed
+            result = run_script(script, *args, env=env)
+            assert result.returncode != 0 and result.stdout == "" and "bad grid" in result.stderr, name(script)
+
+
+def test_cifar_ab_sweeps_alpha_plus_beta_and_alpha():
+    commands = printed_commands(SCRIPTS / "cifar/train_ab.sh", "1.0", "1.1", "0.7", "0.9", "resnet56", "resnet20", "2", "0.5")
+    pairs = sorted((float(flag_value(argv, "--ab_alpha")), round(float(flag_value(argv, "--ab_beta")), 6)) for _, argv in commands)
+    assert pairs == [(0.7, 0.3), (0.7, 0.4), (0.8, 0.2), (0.8, 0.3), (0.9, 0.1), (0.9, 0.2)]
+    assert all(flag_value(argv, "--distill") == "ab" and flag_value(argv, "--kd-weight") == "0.5" for _, argv in commands)
+
+
+# Key settings of the CIFAR and CLIP launchers, as printed (flag -> value) by their default dry runs.
+CLASSIFICATION_SETTINGS = {
+    "cifar/train_kd.sh": {"--distill": "kd", "--kd_T": "4", "--ce-weight": "0.1", "--kd-weight": "0.9", "--path_t": "save/models/resnet32x4_vanilla/ckpt_epoch_240.pth"},
+    "cifar/train_dkd.sh": {"--distill": "dkd", "--kd_T": "4", "--dkd_alpha": "1.0", "--dkd_beta": "8.0", "--dkd_warmup": "20", "--ce-weight": "1.0"},
+    "cifar/train_ls.sh": {"--distill": "ls", "--kd_T": "2", "--ce-weight": "0.1", "--kd-weight": "9"},
+    "cifar/train_ab.sh": {"--distill": "ab", "--kd_T": "4", "--ce-weight": "0.1"},
+    "clip/train_kd.sh": {"--distill": "kd", "--kd-weight": "1000.0", "--temperature": "1.0", "--epochs": "20", "--lr": "0.005", "--batch-size": "8"},
+    "clip/train_dkd.sh": {"--distill": "dkd", "--dkd-alpha": "1.0", "--dkd-beta": "8.0", "--kd-weight": "1000.0"},
+    "clip/train_ab.sh": {"--distill": "ab", "--ab_alpha": "0.8", "--ab_beta": "0.2", "--kd-weight": "1000.0"},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS.glob("cifar/*.sh")) + sorted(SCRIPTS.glob("clip/*.sh")), ids=name)
+def test_classification_launchers(script, tmp_path):
+    if script in LIBRARIES:
+        return
+    assert name(script) in CLASSIFICATION_SETTINGS, f"{name(script)} has no row in CLASSIFICATION_SETTINGS"
+    commands = printed_commands(script, *default_args(script, tmp_path))
+    training = [argv for module, argv in commands if module != "base_to_new_classification.summarize"]
+    for argv in training:
+        for flag, value in CLASSIFICATION_SETTINGS[name(script)].items():
+            assert flag_value(argv, flag) == value, (flag, argv)
+    if script.parent.name == "clip":  # five seeds per setting, each in its own directory, then the summary
+        assert commands[-1][0] == "base_to_new_classification.summarize"
+        assert len(training) == 5 and sorted(flag_value(argv, "--seed") for argv in training) == ["10", "20", "30", "40", "50"]
+        assert len({flag_value(argv, "--save") for argv in training}) == 5 and all("--resume" in argv for argv in training)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The real launch (torchrun or the deepspeed launcher), with fakes on PATH.
+# ---------------------------------------------------------------------------------------------------
 
 
 def fake_launchers(tmp_path: Path) -> dict:
@@ -357,45 +488,39 @@ def recorded_argv(tmp_path: Path) -> list[str]:
 
 def test_launch_uses_torchrun_with_the_distributed_settings(tmp_path):
     script = SCRIPTS / "gpt2" / "sft" / "sft_base.sh"
-    (finetune,) = dry_commands(script, tmp_path / "base", "29600", "4")
+    (finetune,) = finetune_commands(script, tmp_path / "base", "29600", "4")
     env = fake_launchers(tmp_path) | {"NNODES": "2", "NODE_RANK": "1", "MASTER_ADDR": "10.0.0.7"}
     result = run_script(script, tmp_path / "base", "29600", "4", env=env, dry_run=False)
     assert result.returncode == 0, result.stderr
     assert recorded_argv(tmp_path) == [
         "torchrun", "--nnodes", "2", "--node_rank", "1", "--nproc_per_node", "4", "--master_addr", "10.0.0.7",
-        "--master_port", "29600", "-m", "distillation_llm.finetune", *finetune,
+        "--master_port", "29600", "-m", FINETUNE, *finetune,
     ]  # fmt: skip
 
 
 def test_launch_uses_the_deepspeed_launcher_with_a_hostfile(tmp_path):
     script = SCRIPTS / "opt" / "kd" / "kd_1.3B.sh"
-    (finetune,) = dry_commands(script, tmp_path / "base")
+    (finetune,) = finetune_commands(script, tmp_path / "base")
     env = fake_launchers(tmp_path) | {"HOSTFILE": str(tmp_path / "hosts"), "NNODES": "2", "MASTER_ADDR": "node0"}
     result = run_script(script, tmp_path / "base", env=env, dry_run=False)
     assert result.returncode == 0, result.stderr
     assert recorded_argv(tmp_path) == [
         "deepspeed", "--hostfile", str(tmp_path / "hosts"), "--num_nodes", "2", "--num_gpus", "1", "--master_addr", "node0",
-        "--master_port", "2012", "--module", "distillation_llm.finetune", *finetune,
+        "--master_port", "2012", "--module", FINETUNE, *finetune,
     ]  # fmt: skip
 
 
-# DeepSpeed config per trained model (the student; a teacher is a frozen copy on every GPU).
-ZERO_CONFIGS = {
-    **dict.fromkeys(("gpt2-base", "gpt2-medium", "gpt2-large", "opt-0.1B", "opt-0.3B"), "ds_config.json"),
-    **dict.fromkeys(("gpt2-xlarge", "opt-1.3B", "opt-2.7B", "openllama2-3B", "qwen2.5-0.5B", "qwen2.5-1.5B"), "ds_config_zero2.json"),
-    **dict.fromkeys(("openllama2-7B", "qwen2.5-7B"), "ds_config_zero3.json"),
-}
+def test_cifar_launch_uses_standalone_torchrun(tmp_path):
+    script = SCRIPTS / "cifar" / "train_kd.sh"
+    ((module, argv),) = printed_commands(script, "resnet32x4", "resnet8x4", "2")
+    result = run_script(script, "resnet32x4", "resnet8x4", "2", env=fake_launchers(tmp_path), dry_run=False)
+    assert result.returncode == 0, result.stderr
+    assert recorded_argv(tmp_path) == ["torchrun", "--standalone", "--nproc_per_node", "2", "-m", module, *argv]
 
 
-def test_zero_stage_follows_the_trained_model(dry_runs):
-    """ZeRO-1 for the small GPT-2/OPT models; ZeRO-2 (gradients and optimizer states partitioned) for the
-    1.3B+ ones and the OpenLLaMA/Qwen LoRA students; ZeRO-3 (parameters too) for the 7B LoRA SFT runs."""
-    _, runs, _ = dry_runs
-    for script, args in runs.items():
-        path = Path(args.model_path)
-        model = path.parts[-2] if path.name == "best" else path.name
-        assert Path(args.deepspeed_config).name == ZERO_CONFIGS[model], name(script)
-
+# ---------------------------------------------------------------------------------------------------
+# POCL.
+# ---------------------------------------------------------------------------------------------------
 
 POCL_SCRIPTS = sorted(SCRIPTS.glob("*/pocl/*.sh"))
 
@@ -405,21 +530,20 @@ POCL_SCRIPTS = sorted(SCRIPTS.glob("*/pocl/*.sh"))
 def test_pocl_launcher_ranks_then_trains_the_curriculum(script, divergence, tmp_path):
     from distillation_llm.curriculum import build_parser as rank_parser
 
-    result = run_script(script, tmp_path, "--type", divergence)
-    assert result.returncode == 0, result.stderr
-    rank_line, train_line = result.stdout.splitlines()
-    rank_words, train_words = shlex.split(rank_line), shlex.split(train_line)
-    assert rank_words[:4] == ["python", "-m", "distillation_llm.curriculum", "rank"]
-    rank_args = rank_parser().parse_args(rank_words[3:])
-    assert train_words[:3] == ["python", "-m", "distillation_llm.finetune"]
-    args = finetune_args(train_words[3:], tmp_path)
+    (rank_module, rank_argv), (train_module, train_argv) = printed_commands(script, tmp_path, "--type", divergence)
+    assert (rank_module, rank_argv[0], train_module) == ("distillation_llm.curriculum", "rank", FINETUNE)
+    rank_args = rank_parser().parse_args(rank_argv)
+    args = finetune_args(train_argv, tmp_path)
     assert args.type == divergence and args.curriculum == "pocl"
     # The run trains from the ranking that the ranking step writes, made by its own student.
     assert args.ranking == rank_args.ranking and args.model_path == rank_args.model_path and args.data_dir == rank_args.data_dir
     assert (args.num_stages, args.kd_temperature_start, args.kd_temperature_end, args.kd_ratio_start, args.kd_ratio_end) == (4, 1.0, 2.0, 0.7, 1.0)
     assert (args.ab_alpha is not None) == (divergence == "ab")
+    assert args.lr == (5e-4 if "gpt2" in name(script) else 5e-5)
 
 
-def test_pocl_launcher_rejects_other_types(tmp_path):
+def test_only_pocl_launchers_take_a_type(tmp_path):
     result = run_script(POCL_SCRIPTS[0], tmp_path, "--type", "sft")
     assert result.returncode != 0 and "--type sft is not a POCL divergence" in result.stderr
+    result = run_script(SCRIPTS / "gpt2/kd/kd_base.sh", tmp_path, "--type", "ab")
+    assert result.returncode != 0 and "only the pocl launchers take --type" in result.stderr
