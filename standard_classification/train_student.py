@@ -48,7 +48,7 @@ def teacher_name(path_t: str | Path) -> str | None:
     return next((name for name in candidates if name in model_dict), None)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m standard_classification.train_student",
         description="Distil a CIFAR-100 teacher into a student with KD, ABKD, DKD or logit standardisation.",
@@ -68,6 +68,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     distill.add_argument("--nckd-weight", "--dkd_beta", type=float, default=8.0, help="DKD weight of the non-target-class term NCKD (the paper's beta)")
     distill.add_argument("--dkd-warmup", "--dkd_warmup", type=int, default=20, help="DKD: epochs over which its term is ramped in linearly")
     add_training_args(parser)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(argv)
     resolve_training_args(parser, args, args.model)
     if args.teacher_model is None:

@@ -20,10 +20,15 @@ from standard_classification.models import build_model, model_dict
 from standard_classification.train import add_training_args, resolve_training_args, train
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m standard_classification.train_teacher", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, choices=list(model_dict), metavar="NAME", help=f"architecture: {', '.join(model_dict)}")
     add_training_args(parser)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(argv)
     resolve_training_args(parser, args, args.model)
     if args.save is None:
