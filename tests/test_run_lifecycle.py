@@ -145,6 +145,8 @@ def test_batch_norm_statistics_are_averaged_over_two_processes(tmp_path):
         norm.num_batches_tracked.fill_(7)
         sync_buffers(norm)
         torch.save(dict(norm.named_buffers()), {str(tmp_path)!r} + f"/rank{{rank}}.pt")
+        E.barrier()  # neither process may exit while the other still talks to it
+        torch.distributed.destroy_process_group()
     """))
     command = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2", str(script)]
     result = subprocess.run(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=120)
