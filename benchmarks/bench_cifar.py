@@ -17,12 +17,12 @@ import statistics
 import time
 
 import torch
-from standard_classification.losses import build_distill_loss
 
 from abkd import engine as E
+from abkd.classification import LogitDistillation, build_distill_loss
 from standard_classification.data import augment, normalize
 from standard_classification.models import build_model
-from standard_classification.train import DEFAULT_DS_CONFIG, Objective
+from standard_classification.train import DEFAULT_DS_CONFIG
 
 
 def measure(teacher_name: str | None, student_name: str, distill: str | None, batch: int, steps: int, warmup: int, device) -> dict:
@@ -31,11 +31,11 @@ def measure(teacher_name: str | None, student_name: str, distill: str | None, ba
     student = build_model(student_name).to(device)
     optimizer = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     engine = E.initialize(student, optimizer, None, config)
-    objective = Objective(ce_weight=1.0)
+    objective = LogitDistillation(engine, ce_weight=1.0, dtype=dtype)
     if teacher_name is not None:
         teacher = build_model(teacher_name).to(device=device, dtype=dtype).eval().requires_grad_(False)
-        options = dict(temperature=4.0, ab_alpha=0.8, ab_beta=0.2, dkd_alpha=1.0, dkd_beta=8.0, dkd_warmup=20)
-        objective = Objective(ce_weight=0.1, kd_weight=0.9, teacher=teacher, distill=build_distill_loss(distill, **options))
+        options = dict(temperature=4.0, ab_alpha=0.8, ab_beta=0.2, tckd_weight=1.0, nckd_weight=8.0, dkd_warmup=20)
+        objective = LogitDistillation(engine, ce_weight=0.1, kd_ratio=0.9, teacher=teacher, distill=build_distill_loss(distill, **options), dtype=dtype)
     images = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8, device=device)
     labels = torch.randint(0, 100, (batch,), device=device)
     generator = torch.Generator().manual_seed(0)
@@ -45,8 +45,8 @@ def measure(teacher_name: str | None, student_name: str, distill: str | None, ba
         if device.type == "cuda":
             torch.cuda.synchronize()
         started = time.perf_counter()
-        out = objective(engine, normalize(augment(images, generator)).to(dtype), labels, epoch=0)
-        engine.backward(out["loss"])
+        loss, _ = objective((normalize(augment(images, generator)), labels))
+        engine.backward(loss)
         engine.step()
         if device.type == "cuda":
             torch.cuda.synchronize()
