@@ -29,9 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     data = parser.add_argument_group("data")
     data.add_argument("--data-dir", required=True, help="processed instruction dataset from tools.process_data_dolly (train/valid splits)")
     data.add_argument("--lm-data-dir", help="processed pre-training blocks from tools.process_data_pretrain, for the extra LM loss")
-    data.add_argument("--lm-coef", type=float, default=0.0, help="weight of the language-modelling loss on --lm-data-dir batches")
+    data.add_argument("--lm-coef", type=float, default=1.0, help="weight of the language-modelling loss on --lm-data-dir batches (the reference's default 1)")
     data.add_argument("--dev-num", type=int, default=-1, help="use at most this many validation examples (-1: the whole valid split)")
-    data.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes per rank")
+    data.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes per rank (they only read rows; student samples are generated in the training process)")
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of AdamW")
@@ -55,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--do-train", action="store_true", help="train (otherwise only validate when --do-valid)")
     run.add_argument("--do-valid", action="store_true", help="compute the validation loss every --eval-interval steps and at epoch ends")
     run.add_argument("--eval-gen", action="store_true", help="also generate on the dev split and score ROUGE-L during validation; ROUGE-L then selects best/")
-    run.add_argument("--save-interval", type=int, default=0, help="save a checkpoint every N optimizer steps (0: only at the end)")
-    run.add_argument("--eval-interval", type=int, default=0, help="validate every N optimizer steps (0: only at epoch ends)")
+    run.add_argument("--save-interval", type=int, default=0, help="save a checkpoint every N optimizer steps (0: only at the end; -1: at every epoch end, as in the reference launchers)")
+    run.add_argument("--eval-interval", type=int, default=0, help="validate every N optimizer steps as well as at epoch ends (0 or -1: only at epoch ends)")
     run.add_argument("--log-interval", type=int, default=10, help="log training metrics every N optimizer steps")
     run.add_argument("--save", required=True, help="output directory: args.json, log.txt, <step>/ models, best/, checkpoints/")
     run.add_argument("--seed", type=int, default=10, help="random seed for initialisation, data order and dropout")
@@ -182,12 +182,13 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argpa
     samples_student = method.source_kind(args.student_gen) in STUDENT_SOURCES
     if samples_student and args.max_length <= args.max_prompt_length:
         parser.error(f"--type {args.type} samples up to --max-length - --max-prompt-length new tokens: need --max-length ({args.max_length}) > --max-prompt-length ({args.max_prompt_length})")
-    if samples_student and args.num_workers > 0:
-        parser.error(f"--type {args.type} generates batches with the model being trained: use --num-workers 0")
     if not 0.0 <= args.kd_ratio <= 1.0:
         parser.error(f"--kd-ratio must lie in [0, 1], got {args.kd_ratio}")
     if args.kd_temperature <= 0:
         parser.error(f"--kd-temperature must be positive, got {args.kd_temperature}")
+    for flag in ("save_interval", "eval_interval"):
+        if getattr(args, flag) < -1:
+            parser.error(f"--{flag.replace('_', '-')} must be a step count, 0, or -1 (every epoch), got {getattr(args, flag)}")
     for flag in ("batch_size", "eval_batch_size", "gradient_accumulation_steps", "max_length", "max_prompt_length", "log_interval"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1")

@@ -250,7 +250,7 @@ def train(args, engine, objective, data: TrainingData, source, lm_batches, valid
         step = state["step"]
         if step % args.log_interval == 0 or step == stop_at:
             log.metrics(step, {**sums, "lr": engine.get_lr()[0], "tokens_per_s": tokens / elapsed, "s_per_step": elapsed, "epoch": state["epoch"]})
-        if args.do_valid and (epoch_end or (args.eval_interval and step % args.eval_interval == 0) or step == total_steps):
+        if args.do_valid and (epoch_end or (args.eval_interval > 0 and step % args.eval_interval == 0) or step == total_steps):
             metrics = validate(engine, objective, valid_set, collate, tokenizer, args, device)
             log.metrics(step, metrics, prefix="valid")
             save_model(engine, tokenizer, save_dir / str(step))
@@ -268,7 +268,7 @@ def train(args, engine, objective, data: TrainingData, source, lm_batches, valid
             else:
                 apply_stage(curriculum, objective, data, log)
                 micro_batches = data.micro_batches(state)
-        if (args.save_interval and step % args.save_interval == 0) or step == stop_at:
+        if (args.save_interval > 0 and step % args.save_interval == 0) or (args.save_interval == -1 and epoch_end) or step == stop_at:
             if not (save_dir / str(step)).is_dir():
                 save_model(engine, tokenizer, save_dir / str(step))
             client_state = {**state, "curriculum": curriculum.state_dict() if curriculum is not None else None}
