@@ -253,3 +253,16 @@ def test_reference_launcher_command_lines_parse(paths, launcher):
     assert args.save_interval == -1 and args.eval_interval == -1 and args.num_workers == 4
     notes = _notes(args)
     assert "--base-path" in notes and "--n-gpu" in notes and "--mid-log-num -1" in notes
+
+
+def test_save_interval_minus_one_saves_at_every_epoch_end(paths):
+    save = paths["root"] / "per-epoch"
+    finetune.main([str(x) for x in (
+        "--model-path", paths["student"], "--data-dir", paths["data"], "--save", save, "--type", "sft", "--epochs", "2",
+        "--max-length", "64", "--max-prompt-length", "48", "--batch-size", "4", "--do-train", "--save-interval", "-1", "--eval-interval", "-1",
+    )])
+    log = (save / "log.txt").read_text()
+    per_epoch = int(log.split(" per epoch")[0].rsplit("(", 1)[1])
+    assert per_epoch > 1
+    saved = sorted(int(path.name) for path in save.iterdir() if path.name.isdigit())
+    assert saved == [per_epoch, 2 * per_epoch]
