@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     curriculum = parser.add_argument_group("POCL curriculum")
     curriculum.add_argument("--curriculum", choices=("none", "pocl"), default="none", help="pocl: train easy-to-hard in Baby Step stages from --ranking")
-    curriculum.add_argument("--ranking", help="ranking.jsonl from `python -m distillation_llm.curriculum rank` (easy to hard)")
+    curriculum.add_argument("--ranking", help="ranking.jsonl from `python -m distillation_llm.rank_difficulty rank` (easy to hard)")
     curriculum.add_argument("--num-stages", type=int, default=4, help="curriculum stages S; stage s trains on the easiest (s+1)/S of the data")
     curriculum.add_argument("--stage-epochs", type=int, default=1, help="epochs per stage (with --stage-patience, the most a stage may take)")
     curriculum.add_argument("--stage-patience", type=int, default=None, help="advance a stage once the validation loss has not improved for this many evaluations")
@@ -194,7 +194,7 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argpa
             parser.error(f"--{flag.replace('_', '-')} must be at least 1")
     if args.curriculum == "pocl":
         if not args.ranking:
-            parser.error("--curriculum pocl needs --ranking (make one with `python -m distillation_llm.curriculum rank`)")
+            parser.error("--curriculum pocl needs --ranking (make one with `python -m distillation_llm.rank_difficulty rank`)")
         if args.stage_patience is not None and not args.do_valid:
             parser.error("--stage-patience advances on validation loss: add --do-valid (and --eval-interval for checks within an epoch)")
         for flag in ("kd_ratio_start", "kd_ratio_end"):

@@ -23,11 +23,11 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from abkd import engine as E
-from abkd.curriculum import BabyStepScheduler
+from abkd.pocl import BabyStepScheduler
 from abkd.runlog import RunLog
 from abkd.schedules import build_scheduler
 from distillation_llm.arguments import parse_args, reference_notes, write_args
-from distillation_llm.curriculum import load_ranking
+from distillation_llm.rank_difficulty import load_ranking
 from abkd.sampling import GlobalBatchSampler, batches, shard_indices
 from distillation_llm.data import InstructionCollator, LMCollator, load_processed
 from distillation_llm.methods import lookup

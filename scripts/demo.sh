@@ -76,7 +76,7 @@ finetune student-ab "${STUDENT_EPOCHS}" --type ab --ab_alpha "${AB_ALPHA}" --ab_
     --model-path "${OUT}/init/student" --teacher-model-path "${OUT}/runs/teacher/best"
 
 echo "== POCL: ranking the training data with the SFT student =="
-"${PYTHON}" -m distillation_llm.curriculum rank --model-path "${OUT}/runs/student-sft/best" --data-dir "${OUT}/processed" \
+"${PYTHON}" -m distillation_llm.rank_difficulty rank --model-path "${OUT}/runs/student-sft/best" --data-dir "${OUT}/processed" \
     --ranking "${OUT}/ranking/ranking.jsonl" --max-new-tokens 32 --max-prompt-length 96 --max-length 128 --batch-size 64
 POCL=(--curriculum pocl --ranking "${OUT}/ranking/ranking.jsonl" --num-stages 4 --stage-epochs "${STAGE_EPOCHS}")
 finetune student-kd-pocl "${STUDENT_EPOCHS}" --type kd "${POCL[@]}" \

@@ -159,7 +159,7 @@ pocl_args() {
         fkl|rkl|jsd|tvd) ;;
         *) echo "$(basename "$0"): --type ${TYPE} is not a POCL divergence (fkl, rkl, jsd, tvd, sfkl, srkl, ab)" >&2; exit 2 ;;
     esac
-    run_module distillation_llm.curriculum rank --model-path "${CKPT}" --data-dir "${DATA_DIR}" --ranking "${RANKING}" \
+    run_module distillation_llm.rank_difficulty rank --model-path "${CKPT}" --data-dir "${DATA_DIR}" --ranking "${RANKING}" \
         --rrf-k "${RRF_K}" --max-prompt-length "${MAX_PROMPT_LENGTH}" --max-length "${MAX_LENGTH}" \
         --batch-size "${EVAL_BATCH_SIZE}" --seed "${SEED}"
     args+=(--curriculum pocl --ranking "${RANKING}" --num-stages "${NUM_STAGES}" --stage-epochs "${STAGE_EPOCHS}"

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from abkd.curriculum import BabyStepScheduler
+from abkd.pocl import BabyStepScheduler
 from abkd.losses import DIVERGENCES
 from distillation_llm import arguments, finetune, methods
 from distillation_llm.data import InstructionCollator

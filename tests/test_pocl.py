@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from distillation_llm import curriculum as curriculum_cli
+from distillation_llm import rank_difficulty as curriculum_cli
 from distillation_llm import finetune
 from distillation_llm.data import InstructionCollator
 

@@ -124,8 +124,8 @@ def parse(module: str, argv: list[str], base: Path):
         from base_to_new_classification.train_teacher import parse_args
     elif module == "distillation_llm.evaluate":
         from distillation_llm.evaluate import parse_args
-    elif module == "distillation_llm.curriculum":
-        from distillation_llm.curriculum import build_parser as curriculum_parser
+    elif module == "distillation_llm.rank_difficulty":
+        from distillation_llm.rank_difficulty import build_parser as curriculum_parser
 
         return curriculum_parser().parse_args(argv)
     elif module.startswith("tools."):
@@ -528,10 +528,10 @@ POCL_SCRIPTS = sorted(SCRIPTS.glob("*/pocl/*.sh"))
 @pytest.mark.parametrize("script", POCL_SCRIPTS, ids=name)
 @pytest.mark.parametrize("divergence", ["fkl", "srkl", "ab"])
 def test_pocl_launcher_ranks_then_trains_the_curriculum(script, divergence, tmp_path):
-    from distillation_llm.curriculum import build_parser as rank_parser
+    from distillation_llm.rank_difficulty import build_parser as rank_parser
 
     (rank_module, rank_argv), (train_module, train_argv) = printed_commands(script, tmp_path, "--type", divergence)
-    assert (rank_module, rank_argv[0], train_module) == ("distillation_llm.curriculum", "rank", FINETUNE)
+    assert (rank_module, rank_argv[0], train_module) == ("distillation_llm.rank_difficulty", "rank", FINETUNE)
     rank_args = rank_parser().parse_args(rank_argv)
     args = finetune_args(train_argv, tmp_path)
     assert args.type == divergence and args.curriculum == "pocl"

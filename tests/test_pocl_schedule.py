@@ -2,7 +2,7 @@
 
 import pytest
 
-from abkd.curriculum import BabyStepScheduler, fractional_ranks, reciprocal_rank_fusion
+from abkd.pocl import BabyStepScheduler, fractional_ranks, reciprocal_rank_fusion
 
 
 def test_fractional_ranks_share_ties():

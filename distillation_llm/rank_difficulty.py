@@ -1,11 +1,11 @@
 """POCL difficulty ranking of a processed training set by the student itself.
 
-    python -m distillation_llm.curriculum rank --model-path STUDENT_INIT --data-dir processed_data/dolly/full/gpt2 \
+    python -m distillation_llm.rank_difficulty rank --model-path STUDENT_INIT --data-dir processed_data/dolly/full/gpt2 \
         --ranking results/pocl/ranking.jsonl
 
 For every training example the student (1) generates a response (greedy by default) and is scored
 by ROUGE-L against the references, and (2) is scored by its mean LM loss on the reference
-response. `abkd.curriculum.reciprocal_rank_fusion` fuses the two ranks. Writes `ranking.jsonl`
+response. `abkd.pocl.reciprocal_rank_fusion` fuses the two ranks. Writes `ranking.jsonl`
 (easy to hard: id, both signals, both ranks, fused score) and `ranking.meta.json`, which names
 the dataset and the checkpoint; a ranking whose meta matches is reused instead of recomputed.
 """
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from abkd.curriculum import reciprocal_rank_fusion
+from abkd.pocl import reciprocal_rank_fusion
 from abkd.fused import IGNORE_INDEX
 from abkd.sampling import batches
 from distillation_llm.data import InstructionCollator, load_processed
@@ -113,7 +113,7 @@ def load_ranking(path: str | Path, data_dir: str | Path, data_meta: dict) -> lis
     path = Path(path)
     meta_path = path.with_suffix(".meta.json")
     if not path.is_file() or not meta_path.is_file():
-        raise FileNotFoundError(f"--ranking {path}: no ranking (and {meta_path.name}) here; run `python -m distillation_llm.curriculum rank` first")
+        raise FileNotFoundError(f"--ranking {path}: no ranking (and {meta_path.name}) here; run `python -m distillation_llm.rank_difficulty rank` first")
     meta = json.loads(meta_path.read_text())
     if meta.get("dataset_fingerprint") != data_meta.get("fingerprint"):
         raise ValueError(f"--ranking {path} was made for {meta.get('dataset')}, not for --data-dir {data_dir} (dataset fingerprints differ)")
@@ -127,7 +127,7 @@ def load_ranking(path: str | Path, data_dir: str | Path, data_meta: dict) -> lis
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m distillation_llm.curriculum", description="POCL curriculum tools.")
+    parser = argparse.ArgumentParser(prog="python -m distillation_llm.rank_difficulty", description="POCL: rank the training examples from easy to hard with the student (ROUGE-L and LM-loss ranks fused by RRF).")
     commands = parser.add_subparsers(dest="command", required=True)
     ranker = commands.add_parser("rank", help="rank the training set from easy to hard with the student")
     ranker.add_argument("--model-path", required=True, help="the student checkpoint that judges difficulty (usually the SFT-initialised student)")
