@@ -44,12 +44,11 @@ DEFAULT_CHUNK_SIZE = 512
 # Compile the per-chunk function automatically once a chunk holds this many logits (the one-time
 # compilation, ~20 s on a 2-core CPU, is then repaid within a few steps).
 COMPILE_MIN_ELEMENTS = 1 << 23
-IGNORE_INDEX = -100
 
 
 class FusedLossOutput(NamedTuple):
-    """`loss` = (1 - kd_ratio) * ce + kd_ratio * kd carries the gradient; `kd` and `ce` are
-    detached token means for logging."""
+    """`loss` = (1 - kd_ratio) * ce + kd_ratio * kd carries the gradient (without labels: the
+    divergence alone, and ce = 0); `kd` and `ce` are detached token means for logging."""
 
     loss: Tensor
     kd: Tensor
@@ -165,13 +164,14 @@ class _FusedLinearLoss(torch.autograd.Function):
         kd_ratio: float,
         chunk_size: int,
         compile: bool | None,
+        ignore_index: int,
     ):
         n_rows = student_hidden.shape[0]
         vocab = student_weight.shape[0]
         compute_dtype = torch.float64 if student_hidden.dtype == torch.float64 else torch.float32
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
 
-        ce_mask = labels != IGNORE_INDEX if labels is not None else torch.zeros_like(kd_mask)
+        ce_mask = labels != ignore_index if labels is not None else torch.zeros_like(kd_mask)
         if name is None:
             kd_mask = torch.zeros_like(kd_mask)
         n_kd = kd_mask.sum()
@@ -258,7 +258,7 @@ class _FusedLinearLoss(torch.autograd.Function):
         ctx.backward_done = True
         # The saved gradients are ours alone, so scaling them in place avoids a second [V, H] copy.
         grads = tuple(None if g is None else g.mul_(grad_loss.to(g.dtype)) for g in ctx.saved_tensors)
-        return grads + (None,) * 11
+        return grads + (None,) * 12
 
 
 def fused_linear_divergence(
@@ -276,8 +276,9 @@ def fused_linear_divergence(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     temperature: float = 1.0,
     compile: bool | None = None,
+    ignore_index: int = -100,
     **params: float,
-) -> Tensor | FusedLossOutput:
+) -> FusedLossOutput:
     """Chunked LM head + divergence (+ cross-entropy), never materialising [N, V] logits.
 
     Args:
@@ -289,19 +290,20 @@ def fused_linear_divergence(
             from which teacher logits are recomputed per chunk (never held in full).
         mask: [...] bool, the positions the divergence averages over. Defaults to
             `labels != -100` when labels are given, else every position.
-        labels: [...] token ids with -100 to ignore; adds the token-mean cross-entropy at
-            temperature 1, computed in the same pass.
+        labels: [...] token ids, `ignore_index` where no token is predicted; adds the token-mean
+            cross-entropy at temperature 1, computed in the same pass.
         kd_ratio: with labels, the weight of the divergence in
             loss = (1 - kd_ratio) * ce + kd_ratio * kd (required with labels and a divergence).
         chunk_size: rows per chunk; memory for logits is O(chunk_size x V).
         temperature: the divergence's temperature (cross-entropy is always at 1).
         compile: True/False: use the `torch.compile`d per-chunk function or not; None (default):
             compile chunks of at least COMPILE_MIN_ELEMENTS logits when a compiler is available.
+        ignore_index: the label value of positions without a target (as in F.cross_entropy).
         **params: the divergence's parameters, e.g. alpha/beta for "ab".
 
     Returns:
-        Without labels: the scalar divergence (float32, float64 for float64 hidden states), as
-        `masked_mean(divergence(...), mask)`. With labels: `FusedLossOutput(loss, kd, ce)`.
+        `FusedLossOutput(loss, kd, ce)`, float32 (float64 for float64 hidden states). Without
+        labels, `loss` is `masked_mean(divergence(...), mask)` and ce is 0.
     """
     resolved = resolve_params(name, params) if name is not None else {}
     temperature = check_temperature(temperature)
@@ -343,7 +345,7 @@ def fused_linear_divergence(
         if not 0.0 <= kd_ratio <= 1.0:
             raise ValueError(f"kd_ratio must lie in [0, 1], got {kd_ratio}")
     if mask is None:
-        mask = labels != IGNORE_INDEX if labels is not None else torch.ones(lead, dtype=torch.bool, device=student_hidden.device)
+        mask = labels != ignore_index if labels is not None else torch.ones(lead, dtype=torch.bool, device=student_hidden.device)
     elif mask.shape != lead:
         raise ValueError(f"mask must be {tuple(lead)}, got {tuple(mask.shape)}")
     mask = mask.reshape(-1).bool()
@@ -363,7 +365,6 @@ def fused_linear_divergence(
         float(kd_ratio) if kd_ratio is not None else 1.0,
         int(chunk_size),
         compile,
+        int(ignore_index),
     )
-    if labels is None:
-        return loss
     return FusedLossOutput(loss, kd, ce)

@@ -74,7 +74,7 @@ def worker(impl: str, tokens: int, chunk_size: int, reps: int) -> dict:
             fused_linear_divergence(
                 "ab", student_hidden, student_weight, teacher_logits=teacher_logits, chunk_size=chunk_size,
                 compile=impl == "fused", alpha=ALPHA, beta=BETA,
-            ).backward()
+            ).loss.backward()
 
     elif impl == "matmul-floor":
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from distillation_llm.methods import METHODS, STUDENT_SOURCES, lookup
 
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m distillation_llm.finetune",
@@ -91,14 +92,16 @@ def build_parser() -> argparse.ArgumentParser:
     loss.add_argument("--kd-temperature", "--temperature-kld", type=float, default=1.0, help="temperature of teacher and student distributions in the divergence (--temperature-kld: POCL's spelling)")
     loss.add_argument("--chunk-size", type=int, default=None, help="rows per chunk of the fused LM-head loss (default: abkd.fused.DEFAULT_CHUNK_SIZE)")
     sgo = parser.add_argument_group("student-generated outputs (imitkd, gkd, distillm)")
-    sgo.add_argument("--student-gen", action=argparse.BooleanOptionalAction, default=None, help="DistiLLM's switch for student-generated batches: on by default for the sampling types; --no-student-gen trains them on the dataset only, as the reference did without --student-gen")
+    sgo.add_argument("--student-gen", action=argparse.BooleanOptionalAction, default=None,
+        help="DistiLLM's switch for student-generated batches: on by default for the sampling types; --no-student-gen trains them on the dataset only, as the reference did without --student-gen")
     sgo.add_argument("--gen-top-p", type=float, default=1.0, help="nucleus top-p of the student's samples during training (--top-p is for --eval-gen)")
     sgo.add_argument("--mixed-alpha", type=float, default=0.5, help="GKD lambda: probability that a batch uses the student's own samples")
     sgo.add_argument("--gkd-beta", type=float, default=0.5, help="beta of GKD's generalised JSD: the teacher's weight in the mixture")
     sgo.add_argument("--init-threshold", type=float, default=0.0, help="DistiLLM: initial probability of student-generated batches")
     sgo.add_argument("--loss-eps", type=float, default=0.1, help="DistiLLM: raise the threshold by 0.1 when the validation loss worsens by more than this")
     sgo.add_argument("--capacity", type=int, default=1000, help="DistiLLM: replay-buffer size in generated examples per process")
-    sgo.add_argument("--replay-ratio", choices=("constant", "increasing", "decreasing"), default="constant", help="DistiLLM: probability of replaying buffered generations instead of generating (constant 0.5, or rising/falling linearly over training)")
+    sgo.add_argument("--replay-ratio", choices=("constant", "increasing", "decreasing"), default="constant",
+        help="DistiLLM: probability of replaying buffered generations instead of generating (constant 0.5, or rising/falling linearly over training)")
 
     curriculum = parser.add_argument_group("POCL curriculum")
     curriculum.add_argument("--curriculum", choices=("none", "pocl"), default="none", help="pocl: train easy-to-hard in Baby Step stages from --ranking")
@@ -120,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     reference.add_argument("--n-gpu", type=int, help="the reference's process count, used only in its output-directory names; here the launcher sets the world size")
     reference.add_argument("--mid-log-num", type=int, help="the reference's extra loss logs within one gradient accumulation (-1 off); here metrics are logged per optimizer step (--log-interval)")
     reference.add_argument("--seed-order", type=int, help="declared by the reference but never read; the data order here follows --seed")
-    reference.add_argument("--gen-num-beams", type=int, help="declared by the reference but never read by its student sampler; student samples are drawn one per prompt (--num-beams is for --eval-gen)")
+    reference.add_argument("--gen-num-beams", type=int,
+        help="declared by the reference but never read by its student sampler; student samples are drawn one per prompt (--num-beams is for --eval-gen)")
     reference.add_argument("--model-parallel", action="store_true", help="the reference's Megatron model parallelism (NotImplementedError in its Hugging Face path); shard models with ZeRO-3 instead")
     reference.add_argument("--model-parallel-size", type=int, help="the reference's model-parallel degree; see --model-parallel")
     reference.add_argument("--stage", type=int, help="POCL's stage index of a one-stage-per-run launcher (on a pre-split data dir); --curriculum pocl runs all stages in one run")

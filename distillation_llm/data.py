@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from abkd.fused import IGNORE_INDEX
+# The label of positions that predict nothing (prompt, padding); the losses skip them.
+IGNORE_INDEX = -100
 
 
 def load_processed(data_dir: str | Path, tokenizer=None, *, flag: str = "--data-dir"):

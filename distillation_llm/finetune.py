@@ -25,15 +25,15 @@ from tqdm import tqdm
 from abkd import engine as E
 from abkd.pocl import BabyStepScheduler
 from abkd.runlog import RunLog
+from abkd.sampling import GlobalBatchSampler, batches, shard_indices
 from abkd.schedules import build_scheduler
 from distillation_llm.arguments import parse_args, reference_notes, write_args
-from distillation_llm.rank_difficulty import load_ranking
-from abkd.sampling import GlobalBatchSampler, batches, shard_indices
 from distillation_llm.data import InstructionCollator, LMCollator, load_processed
+from distillation_llm.generation import GenerationSettings
 from distillation_llm.methods import lookup
 from distillation_llm.models import add_lora, check_shared_vocabulary, enable_gradient_checkpointing, load_causal_lm, load_lora, load_tokenizer, merge_lora
-from distillation_llm.generation import GenerationSettings
 from distillation_llm.objective import Objective
+from distillation_llm.rank_difficulty import load_ranking
 from distillation_llm.sources import AdaptiveThreshold, DatasetSource, StudentGeneratedSource, replay_ratio
 
 CHECKPOINTS = "checkpoints"

@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from abkd.fused import DEFAULT_CHUNK_SIZE, IGNORE_INDEX, FusedLossOutput, fused_linear_divergence
+from abkd.fused import DEFAULT_CHUNK_SIZE, FusedLossOutput, fused_linear_divergence
 from abkd.losses import divergence, masked_mean
+from distillation_llm.data import IGNORE_INDEX
 from distillation_llm.models import HeadSplit, final_hidden_states, split_head
 
 logger = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ class Objective:
             kd_ratio=self.kd_ratio if self.divergence is not None else None,
             chunk_size=self.chunk_size,
             temperature=self.temperature,
+            ignore_index=IGNORE_INDEX,
             **teacher,
             **self.params,
         )
@@ -91,7 +93,7 @@ class Objective:
         hidden = final_hidden_states(self.student_split, batch["input_ids"], batch["attention_mask"])
         return fused_linear_divergence(
             None, hidden, self.student_split.weight[: self.vocab], student_bias=_head_bias(self.student_split, self.vocab),
-            labels=batch["labels"], chunk_size=self.chunk_size,
+            labels=batch["labels"], chunk_size=self.chunk_size, ignore_index=IGNORE_INDEX,
         ).loss
 
     def _full_logits_loss(self, batch: dict[str, Tensor]) -> FusedLossOutput:

@@ -23,9 +23,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from abkd.pocl import reciprocal_rank_fusion
-from abkd.fused import IGNORE_INDEX
 from abkd.sampling import batches
-from distillation_llm.data import InstructionCollator, load_processed
+from distillation_llm.data import IGNORE_INDEX, InstructionCollator, load_processed
 from distillation_llm.generation import GenerationSettings, add_generation_args, generate, settings_from_args
 from distillation_llm.metrics import max_over_references, rouge_l
 from distillation_llm.models import load_causal_lm, load_tokenizer
@@ -127,7 +126,9 @@ def load_ranking(path: str | Path, data_dir: str | Path, data_meta: dict) -> lis
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m distillation_llm.rank_difficulty", description="POCL: rank the training examples from easy to hard with the student (ROUGE-L and LM-loss ranks fused by RRF).")
+    parser = argparse.ArgumentParser(
+        prog="python -m distillation_llm.rank_difficulty",
+        description="POCL: rank the training examples from easy to hard with the student (ROUGE-L and LM-loss ranks fused by RRF).")
     commands = parser.add_subparsers(dest="command", required=True)
     ranker = commands.add_parser("rank", help="rank the training set from easy to hard with the student")
     ranker.add_argument("--model-path", required=True, help="the student checkpoint that judges difficulty (usually the SFT-initialised student)")

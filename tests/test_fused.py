@@ -66,7 +66,7 @@ def test_fused_equals_naive_loss_and_gradients(name, params, chunk_size):
     for teacher in ({"teacher_logits": teacher_logits}, {"teacher_hidden": teacher_hidden, "teacher_weight": teacher_weight}):
         fused = fused_linear_divergence(
             name, hidden, weight, student_bias=bias, mask=mask, chunk_size=chunk_size, temperature=1.7, **teacher, **params
-        )
+        ).loss
         torch.testing.assert_close(fused, expected, rtol=1e-10, atol=1e-12)
         for got, want in zip(_grads(fused, leaves), expected_grads):
             torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
@@ -81,7 +81,7 @@ def test_float32_within_1e5_relative(name, params):
     leaves = (hidden, weight, bias)
     expected = _naive(name, params, hidden.double(), weight.double(), bias.double(), teacher_logits.double(), None, 2.0)
     expected_grads = _grads(expected, leaves)
-    fused = fused_linear_divergence(name, hidden, weight, student_bias=bias, teacher_logits=teacher_logits, chunk_size=16, temperature=2.0, **params)
+    fused = fused_linear_divergence(name, hidden, weight, student_bias=bias, teacher_logits=teacher_logits, chunk_size=16, temperature=2.0, **params).loss
     assert fused.dtype == torch.float32
     torch.testing.assert_close(fused.double(), expected, rtol=1e-5, atol=1e-7)
     for got, want in zip(_grads(fused, leaves), expected_grads):
@@ -101,7 +101,7 @@ def test_bfloat16_inputs_within_documented_tolerance():
     reference_weight = weight.detach().double().requires_grad_()
     expected = masked_mean(divergence("ab", reference_hidden @ reference_weight.T, teacher_logits.double(), alpha=0.2, beta=0.7))
     expected_grads = _grads(expected, (reference_hidden, reference_weight))
-    fused = fused_linear_divergence("ab", hidden, weight, teacher_logits=teacher_logits, chunk_size=16, alpha=0.2, beta=0.7)
+    fused = fused_linear_divergence("ab", hidden, weight, teacher_logits=teacher_logits, chunk_size=16, alpha=0.2, beta=0.7).loss
     assert fused.dtype == torch.float32
     torch.testing.assert_close(fused.double(), expected, rtol=2e-2, atol=1e-4)
     for got, want in zip(_grads(fused, (hidden, weight)), expected_grads):
@@ -156,7 +156,7 @@ def test_all_masked_batch_gives_zero_loss_and_zero_gradients():
 def test_masked_rows_receive_no_gradient():
     hidden, weight, bias, teacher_hidden, teacher_weight, labels = _inputs(seed=6)
     mask = labels != -100
-    fused = fused_linear_divergence("rkl", hidden, weight, teacher_hidden=teacher_hidden, teacher_weight=teacher_weight, mask=mask)
+    fused = fused_linear_divergence("rkl", hidden, weight, teacher_hidden=teacher_hidden, teacher_weight=teacher_weight, mask=mask).loss
     (grad_hidden,) = _grads(fused, (hidden,))
     assert (grad_hidden[~mask] == 0).all() and (grad_hidden[mask] != 0).any()
 
@@ -238,7 +238,7 @@ def test_one_sided_minus_inf_entries_match_naive(name, params):
     teacher_logits[torch.rand(N, V, generator=g) < 0.1] = -math.inf
     leaves = (hidden, weight, bias)
     expected = _naive(name, params, hidden, weight, bias, teacher_logits, None, 1.3)
-    fused = fused_linear_divergence(name, hidden, weight, student_bias=bias, teacher_logits=teacher_logits, chunk_size=16, temperature=1.3, **params)
+    fused = fused_linear_divergence(name, hidden, weight, student_bias=bias, teacher_logits=teacher_logits, chunk_size=16, temperature=1.3, **params).loss
     torch.testing.assert_close(fused, expected, rtol=1e-10, atol=1e-12)
     for got, want in zip(_grads(fused, leaves), _grads(expected, leaves)):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
@@ -273,10 +273,20 @@ def test_ab_float32_matches_float64_near_special_cases(family):
             leaves = (hidden32.to(dtype).requires_grad_(), weight32.to(dtype).requires_grad_())
             loss = fused_linear_divergence(
                 "ab", *leaves, teacher_logits=teacher32.to(dtype), mask=mask, chunk_size=16, compile=False, alpha=alpha, beta=beta
-            )
+            ).loss
             results.append((loss.double(), [g.double() for g in _grads(loss, leaves)]))
         (loss32, grads32), (loss64, grads64) = results
         assert loss64 > 0 and loss32 > 0
         assert abs(loss32 - loss64) <= 1e-4 * loss64, (alpha, beta, loss32, loss64)
         for got, want in zip(grads32, grads64):
             assert (got - want).norm() <= 1e-3 * want.norm(), (alpha, beta, ((got - want).norm() / want.norm()).item())
+
+
+def test_without_labels_the_output_is_the_divergence_alone():
+    hidden, weight, _, _, _, labels = _inputs(seed=12)
+    teacher_logits = torch.randn(N, V, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    out = fused_linear_divergence("tvd", hidden, weight, teacher_logits=teacher_logits, chunk_size=8)
+    assert isinstance(out, FusedLossOutput)
+    expected = masked_mean(divergence("tvd", hidden @ weight.T, teacher_logits))
+    torch.testing.assert_close(out.loss, expected, rtol=1e-10, atol=1e-12)
+    assert out.kd == out.loss.detach() and out.ce == 0 and not out.kd.requires_grad

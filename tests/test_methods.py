@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from abkd.pocl import BabyStepScheduler
 from abkd.losses import DIVERGENCES
+from abkd.pocl import BabyStepScheduler
 from distillation_llm import arguments, finetune, methods
 from distillation_llm.data import InstructionCollator
 from distillation_llm.methods import METHODS, Method, lookup
@@ -20,6 +20,7 @@ from distillation_llm.sources import AdaptiveThreshold, DatasetSource, StudentGe
 @pytest.fixture(scope="module")
 def processed_dir(tmp_path_factory, tiny_tokenizer_dir):
     from conftest import write_instruction_jsonl
+
     from tools import process_data_dolly
 
     root = tmp_path_factory.mktemp("methods-data")
@@ -234,7 +235,9 @@ def test_gradient_checkpointing_with_dropout_replays_the_masks(tiny_gpt2_dir, ti
     from transformers import AutoModelForCausalLM
 
     batch = _batch(tiny_tokenizer)
-    load = lambda: AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir, resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1)
+    def load():
+        return AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir, resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1)
+
     loss, grads = _loss_and_grads(load(), batch, checkpointing=False, seed=7)
     loss_ckpt, grads_ckpt = _loss_and_grads(load(), batch, checkpointing=True, seed=7)
     loss_other_seed, _ = _loss_and_grads(load(), batch, checkpointing=True, seed=8)

@@ -6,15 +6,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from distillation_llm import rank_difficulty as curriculum_cli
 from distillation_llm import finetune
+from distillation_llm import rank_difficulty as curriculum_cli
 from distillation_llm.data import InstructionCollator
-
 
 
 @pytest.fixture(scope="module")
 def processed_dir(tmp_path_factory, tiny_tokenizer_dir):
     from conftest import write_instruction_jsonl
+
     from tools import process_data_dolly
 
     root = tmp_path_factory.mktemp("pocl-data")

@@ -35,9 +35,9 @@ ALL_FLAGS = sorted({flag for flags in REFERENCE_FLAGS.values() for flag in flags
 @pytest.fixture(scope="module")
 def paths(tmp_path_factory, tiny_tokenizer_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir):
     from conftest import write_instruction_jsonl
-    from tools import process_data_dolly
 
     from distillation_llm.models import add_lora, load_causal_lm
+    from tools import process_data_dolly
 
     root = tmp_path_factory.mktemp("reference-flags")
     write_instruction_jsonl(root / "raw" / "raw.jsonl", 16, seed=3)

@@ -8,6 +8,7 @@ a family's defaults shows up here. Nothing is trained.
 """
 
 import fnmatch
+import json
 import os
 import re
 import shlex
@@ -95,7 +96,7 @@ def finetune_args(argv: list[str], base: Path):
     for path in (args.model_path, args.teacher_model_path):
         if path is not None:
             Path(path).mkdir(parents=True, exist_ok=True)
-            (Path(path) / "config.json").write_text('{"model_type": "%s"}\n' % args.model_type)
+            (Path(path) / "config.json").write_text(json.dumps({"model_type": args.model_type}) + "\n")
     Path(args.data_dir).mkdir(parents=True, exist_ok=True)
     (Path(args.data_dir) / "meta.json").write_text("{}\n")
     if args.teacher_peft_path is not None:
@@ -175,7 +176,7 @@ def test_house_rules(script):
     assert "set -euo pipefail" in text
     everything = sourced_text(script)
     for variable in re.findall(r"^([A-Z][A-Z0-9_]*)=", text, flags=re.MULTILINE):
-        assert re.search(r"\$\{?%s\b" % variable, everything) or variable in LAUNCH_VARIABLES, f"{variable} is declared but never used"
+        assert re.search(r"\$\{?" + re.escape(variable) + r"\b", everything) or variable in LAUNCH_VARIABLES, f"{variable} is declared but never used"
 
 
 def test_launchers_are_thin():

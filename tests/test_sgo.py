@@ -15,6 +15,7 @@ from distillation_llm.sources import AdaptiveThreshold, StudentGeneratedSource, 
 @pytest.fixture(scope="module")
 def processed_dir(tmp_path_factory, tiny_tokenizer_dir):
     from conftest import write_instruction_jsonl
+
     from tools import process_data_dolly
 
     root = tmp_path_factory.mktemp("sgo-data")
