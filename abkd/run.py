@@ -109,9 +109,10 @@ class Run:
     history: list[dict[str, float]] = field(default_factory=list)  # epoch metrics of this invocation
 
     @classmethod
-    def start(cls, args: argparse.Namespace) -> Run:
+    def start(cls, args: argparse.Namespace, record: dict | None = None) -> Run:
         """Distributed init, seeding, the output directory (refused if it is a file), the resolved
-        arguments in `<save>/args.json`, and the log (collective)."""
+        arguments in `<save>/args.json` (`record` where the command line resolves more than its
+        flags, else `vars(args)`), and the log (collective)."""
         save_dir = Path(args.save)
         if save_dir.exists() and not save_dir.is_dir():
             raise NotADirectoryError(f"--save {save_dir} is a file; give a directory for the run's outputs")
@@ -119,7 +120,7 @@ class Run:
         E.set_seed(args.seed)
         if E.is_main_process():
             save_dir.mkdir(parents=True, exist_ok=True)
-            (save_dir / "args.json").write_text(json.dumps(vars(args), indent=2, sort_keys=True, default=str) + "\n")
+            (save_dir / "args.json").write_text(json.dumps(vars(args) if record is None else record, indent=2, sort_keys=True, default=str) + "\n")
         E.barrier()
         log = RunLog(save_dir, enabled=E.is_main_process(), tensorboard=getattr(args, "report_to", "none") == "tensorboard")
         return cls(args, save_dir, device, log)
@@ -149,12 +150,16 @@ class Run:
             for name, value in rank_state.pop("buffers", {}).items():
                 buffers[name].copy_(value)
         self.log.info(f"resumed from {tag}: step {self.state['step']}, epoch {self.state['epoch']} (+{self.state['step_in_epoch']} steps)")
-        return rank_state.get("caller", {})
+        return rank_state
 
     def save(self, engine, tag: str, rank_state: dict | None = None) -> Path:
         """Resumable checkpoint `<save>/checkpoints/<tag>` (collective, atomic), keeping the last
-        --keep-checkpoints. `rank_state` holds the caller's per-rank values (plain values, tensors)."""
-        saved = {"sums": dict(self.sums), "buffers": floating_buffers(engine.module), "caller": rank_state or {}}
+        --keep-checkpoints. `rank_state` holds the caller's per-rank values (plain values, tensors),
+        saved beside the run's own "sums" and "buffers"."""
+        rank_state = rank_state or {}
+        if reserved := {"sums", "buffers"} & set(rank_state):
+            raise ValueError(f"rank_state keys {sorted(reserved)} are the run's own")
+        saved = {**rank_state, "sums": dict(self.sums), "buffers": floating_buffers(engine.module)}
         return E.save_checkpoint(engine, self.checkpoints, tag, client_state=dict(self.state), keep_last=self.args.keep_checkpoints, rank_state=saved)
 
     def stop_point(self, steps_per_epoch: int, total_steps: int) -> int:

@@ -7,7 +7,6 @@ Everything is validated at start-up; the resolved configuration is written to `<
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 
@@ -244,8 +243,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return validate(parser.parse_args(argv), parser)
 
 
-def write_args(args: argparse.Namespace, path: Path) -> None:
-    """The parsed flags and, under "method", what --type resolved to in distillation_llm/methods.py."""
+def args_record(args: argparse.Namespace) -> dict:
+    """What args.json holds: the parsed flags and, under "method", what --type resolved to in
+    distillation_llm/methods.py."""
     method = lookup(args.type)
     resolved = {"divergence": method.divergence, "params": method.params(args), "source": method.source_kind(args.student_gen), "selection": method.selection}
-    path.write_text(json.dumps({**vars(args), "method": resolved}, indent=2, sort_keys=True, default=str) + "\n")
+    return {**vars(args), "method": resolved}

@@ -24,10 +24,11 @@ from tqdm import tqdm
 
 from abkd import engine as E
 from abkd.pocl import BabyStepScheduler
+from abkd.run import Run
 from abkd.runlog import RunLog
 from abkd.sampling import GlobalBatchSampler, batches, shard_indices
 from abkd.schedules import build_scheduler
-from distillation_llm.arguments import parse_args, reference_notes, write_args
+from distillation_llm.arguments import args_record, parse_args, reference_notes
 from distillation_llm.data import InstructionCollator, LMCollator, load_processed
 from distillation_llm.generation import GenerationSettings
 from distillation_llm.methods import lookup
@@ -35,8 +36,6 @@ from distillation_llm.models import add_lora, check_shared_vocabulary, enable_gr
 from distillation_llm.objective import Objective
 from distillation_llm.rank_difficulty import load_ranking
 from distillation_llm.sources import AdaptiveThreshold, DatasetSource, StudentGeneratedSource, replay_ratio
-
-CHECKPOINTS = "checkpoints"
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -221,20 +220,22 @@ def load_student(args, device: torch.device) -> torch.nn.Module:
     return student.train()  # from_pretrained returns eval mode: dropout and checkpointing would be off
 
 
-def train(args, engine, objective, data: TrainingData, source, lm_batches, valid_set, collate, tokenizer, state, log, device, total_steps):
-    save_dir = Path(args.save)
+def train(run: Run, engine, objective: Objective, data: TrainingData, source, lm_batches, valid_set, collate, tokenizer, total_steps: int) -> None:
+    """Optimizer steps from `run.state` to the stop point, with validation, the curriculum's stage
+    changes and model files and resumable checkpoints at --save-interval."""
+    args, state, log, device, save_dir = run.args, run.state, run.log, run.device, run.save_dir
     curriculum = data.curriculum
-    stop_at = min(total_steps, state["step"] + args.stop_after_iters) if args.stop_after_iters else total_steps
+    stop_at = run.stop_point(data.sampler.steps_per_epoch, total_steps)
     micro_batches = data.micro_batches(state)
     bar = tqdm(total=total_steps, initial=state["step"], desc="train", disable=not E.is_main_process(), dynamic_ncols=True)
     while state["step"] < stop_at:
         started, sums, tokens = time.perf_counter(), defaultdict(float), 0
         for _ in range(args.gradient_accumulation_steps):
             batch = to_device(source(next(micro_batches), progress=state["step"] / total_steps), device)
-            out = objective(batch, to_device(next(lm_batches), device) if lm_batches else None)
-            engine.backward(out.loss)
+            loss, parts = objective.forward_train(batch, to_device(next(lm_batches), device) if lm_batches else None)
+            engine.backward(loss)
             engine.step()
-            for key, value in (("loss", out.loss), ("ce", out.ce), ("kd", out.kd)):
+            for key, value in {"loss": loss, **parts}.items():
                 sums[key] += value.item() / args.gradient_accumulation_steps
             tokens += int(batch["attention_mask"].sum()) * E.world_size()
         state["step"] += 1
@@ -271,11 +272,8 @@ def train(args, engine, objective, data: TrainingData, source, lm_batches, valid
         if (args.save_interval > 0 and step % args.save_interval == 0) or (args.save_interval == -1 and epoch_end) or step == stop_at:
             if not (save_dir / str(step)).is_dir():
                 save_model(engine, tokenizer, save_dir / str(step))
-            client_state = {**state, "curriculum": curriculum.state_dict() if curriculum is not None else None}
-            E.save_checkpoint(
-                engine, save_dir / CHECKPOINTS, f"step{step}", client_state=client_state, keep_last=args.keep_checkpoints,
-                rank_state={"source": source.state_dict()},
-            )
+            state["curriculum"] = curriculum.state_dict() if curriculum is not None else None
+            run.save(engine, f"step{step}", rank_state={"source": source.state_dict()})
             log.info(f"saved model {save_dir / str(step)} and resumable checkpoint step{step}")
     bar.close()
     if state["step"] < total_steps and not (curriculum is not None and curriculum.finished):
@@ -284,14 +282,8 @@ def train(args, engine, objective, data: TrainingData, source, lm_batches, valid
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    device = E.init_distributed()
-    E.set_seed(args.seed)
-    save_dir = Path(args.save)
-    if E.is_main_process():
-        save_dir.mkdir(parents=True, exist_ok=True)
-        write_args(args, save_dir / "args.json")
-    E.barrier()
-    log = RunLog(save_dir, enabled=E.is_main_process(), tensorboard=args.report_to == "tensorboard")
+    run = Run.start(args, record=args_record(args))
+    device, log = run.device, run.log
 
     ds_config = E.load_deepspeed_config(
         args.deepspeed_config, micro_batch_size=args.batch_size, gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -361,27 +353,21 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     source = build_source(args, collate, engine.module, tokenizer)
-    state = {"step": 0, "epoch": 0, "step_in_epoch": 0, "best_metric": None, "best_step": None}
-    if args.resume:
-        tag = E.latest_checkpoint(save_dir / CHECKPOINTS)
-        if tag is None:
-            log.info(f"--resume: no checkpoint in {save_dir / CHECKPOINTS} yet, starting from scratch")
-        else:
-            client = E.load_checkpoint(engine, save_dir / CHECKPOINTS, tag)
-            source.load_state_dict(client["rank_state"].get("source", {}))
-            state.update({key: client[key] for key in state})
-            if curriculum is not None:
-                curriculum.load_state_dict(client["curriculum"])
-            log.info(f"resumed from {tag}: step {state['step']}, epoch {state['epoch']} (+{state['step_in_epoch']} steps)")
+    run.state.update(best_metric=None, best_step=None, curriculum=None)
+    rank_state = run.resume(engine)
+    if "source" in rank_state:
+        source.load_state_dict(rank_state["source"])
     if curriculum is not None:
+        if run.state["curriculum"] is not None:
+            curriculum.load_state_dict(run.state["curriculum"])
         apply_stage(curriculum, objective, data, log)
 
     if args.do_train:
         log.info(f"training {total_steps} steps ({data.sampler.steps_per_epoch} per epoch, global batch {data.sampler.global_batch})")
-        train(args, engine, objective, data, source, lm_batches, valid_set, collate, tokenizer, state, log, device, total_steps)
+        train(run, engine, objective, data, source, lm_batches, valid_set, collate, tokenizer, total_steps)
     elif args.do_valid:
-        log.metrics(state["step"], validate(engine, objective, valid_set, collate, tokenizer, args, device), prefix="valid")
-    log.close()
+        log.metrics(run.state["step"], validate(engine, objective, valid_set, collate, tokenizer, args, device), prefix="valid")
+    run.close()
 
 
 if __name__ == "__main__":

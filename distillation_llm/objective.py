@@ -60,6 +60,12 @@ class Objective:
             out = FusedLossOutput(out.loss + self.lm_coef * lm, out.kd, out.ce)
         return out
 
+    def forward_train(self, batch: dict[str, Tensor], lm_batch: dict[str, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """The objective interface of `abkd.run`: the loss to backpropagate and its logged parts
+        (cross-entropy and divergence, detached)."""
+        out = self(batch, lm_batch)
+        return out.loss, {"ce": out.ce, "kd": out.kd}
+
     def _teacher_hidden(self, batch: dict[str, Tensor]) -> Tensor:
         with torch.no_grad():
             return final_hidden_states(self.teacher_split, batch["input_ids"], batch["attention_mask"])
