@@ -12,6 +12,7 @@ Base-to-new: the classes are sorted by label; the first ceil(C/2) are base, the 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,28 +78,68 @@ def spec(name: str) -> DatasetSpec:
     return DATASETS[name]
 
 
-def _classnames(items_with_names: list[tuple[str, int, str]], where: Path) -> list[str]:
-    names: dict[int, str] = {}
-    for _, label, classname in items_with_names:
-        if names.setdefault(label, classname) != classname:
-            raise ValueError(f"{where}: label {label} is named both '{names[label]}' and '{classname}'")
-    if sorted(names) != list(range(len(names))):
-        raise ValueError(f"{where}: labels must be 0..C-1, found {sorted(names)[:10]}...")
-    return [names[label] for label in range(len(names))]
+def _image_path(directory: Path, image_dir: Path, relative: object, where: str) -> str:
+    """`image_dir / relative`, refused unless it stays inside the dataset directory.
+
+    Checked on the normalised path, not `resolve()`d: a dataset whose image folder is a symlink to
+    another disk is a normal layout, while `..` or an absolute path in a split file is not.
+    """
+    if not isinstance(relative, str) or not relative:
+        raise ValueError(f"{where}: image path must be a non-empty string, got {relative!r}")
+    path = Path(os.path.normpath(image_dir / relative))
+    if Path(relative).is_absolute() or not path.is_relative_to(os.path.normpath(directory)):
+        raise ValueError(f"{where}: image path {relative!r} leaves the dataset directory {directory}")
+    return str(path)
 
 
-def _read_split_file(path: Path, image_dir: Path) -> tuple[list[str], dict[str, list[Item]]]:
+def _label(value: object, where: str) -> int:
+    # bool is an int subclass and json reads 1.0 as a float: both are refused, never rounded.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{where}: label must be an integer, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{where}: label must be >= 0, got {value}")
+    return value
+
+
+def _read_split_file(path: Path, directory: Path, image_dir: Path) -> tuple[list[str], dict[str, list[Item]]]:
+    """Every entry is checked: `[relative image path inside the dataset, integer label, class name]`,
+    the labels exactly 0..C-1, one name per label. Errors name the file and the entry (`train[3]`)."""
     try:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"split file {path}: invalid JSON at line {error.lineno}: {error.msg}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"split file {path}: expected an object with train, val and test lists, got {type(raw).__name__}")
     missing = [key for key in ("train", "val", "test") if key not in raw]
     if missing:
         raise ValueError(f"split file {path}: missing list(s) {missing} (expected train, val, test)")
-    rows = [(str(p), int(label), str(name)) for key in ("train", "val", "test") for p, label, name in raw[key]]
-    classnames = _classnames(rows, path)
-    splits = {key: [(str(image_dir / p), int(label)) for p, label, _ in raw[key]] for key in ("train", "val", "test")}
-    return classnames, splits
+    names: dict[int, str] = {}
+    where_label: dict[int, str] = {}
+    splits: dict[str, list[Item]] = {}
+    for key in ("train", "val", "test"):
+        if not isinstance(raw[key], list):
+            raise ValueError(f"split file {path}: '{key}' must be a list of [image path, label, class name], got {type(raw[key]).__name__}")
+        items = []
+        for index, entry in enumerate(raw[key]):
+            where = f"split file {path}, {key}[{index}]"
+            if not isinstance(entry, list) or len(entry) != 3:
+                raise ValueError(f"{where}: expected [image path, label, class name], got {entry!r}")
+            relative, label, classname = entry
+            label = _label(label, where)
+            if not isinstance(classname, str):
+                raise ValueError(f"{where}: class name must be a string, got {classname!r}")
+            if names.setdefault(label, classname) != classname:
+                raise ValueError(f"{where}: label {label} is named '{classname}' here but '{names[label]}' at {where_label[label]}")
+            where_label.setdefault(label, f"{key}[{index}]")
+            items.append((_image_path(directory, image_dir, relative, where), label))
+        splits[key] = items
+    for label in sorted(names, reverse=True):
+        if label >= len(names):
+            raise ValueError(
+                f"split file {path}, {where_label[label]}: label {label} is out of range: the file names {len(names)} classes, "
+                f"so labels must be 0..{len(names) - 1} with every class present"
+            )
+    return [names[label] for label in range(len(names))], splits
 
 
 def _read_aircraft(directory: Path, image_dir: Path) -> tuple[list[str], dict[str, list[Item]]]:
@@ -107,11 +148,15 @@ def _read_aircraft(directory: Path, image_dir: Path) -> tuple[list[str], dict[st
     label_of = {name: label for label, name in enumerate(classnames)}
     splits = {}
     for key in ("train", "val", "test"):
+        listing = directory / f"images_variant_{key}.txt"
         items = []
-        for line in (directory / f"images_variant_{key}.txt").read_text().splitlines():
+        for number, line in enumerate(listing.read_text().splitlines(), start=1):
             if line.strip():
-                image, variant = line.strip().split(" ", 1)
-                items.append((str(image_dir / f"{image}.jpg"), label_of[variant]))
+                where = f"split file {listing}, line {number}"
+                image, _, variant = line.strip().partition(" ")
+                if variant not in label_of:
+                    raise ValueError(f"{where}: variant {variant!r} is not in {variants}")
+                items.append((_image_path(directory, image_dir, f"{image}.jpg", where), label_of[variant]))
         splits[key] = items
     return classnames, splits
 
@@ -143,7 +188,7 @@ def load_dataset(name: str, root: str | Path) -> BaseToNewData:
     image_dir = directory / entry.image_dir if entry.image_dir else directory
     split_path = directory / entry.split_file
     if split_path.is_file():
-        classnames, splits = _read_split_file(split_path, image_dir)
+        classnames, splits = _read_split_file(split_path, directory, image_dir)
     elif name == "fgvc_aircraft" and (directory / "variants.txt").is_file():
         classnames, splits = _read_aircraft(directory, image_dir)
     elif name == "imagenet" and (directory / "classnames.txt").is_file():

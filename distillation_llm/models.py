@@ -59,11 +59,38 @@ def add_lora(model: nn.Module, r: int, alpha: float, dropout: float) -> nn.Modul
     return get_peft_model(model, LoraConfig(task_type=TaskType.CAUSAL_LM, r=r, lora_alpha=alpha, lora_dropout=dropout))
 
 
-def load_lora(model: nn.Module, adapter_path: str | Path) -> nn.Module:
-    """Wrap `model` in the saved LoRA adapter at `adapter_path`, trainable (only the adapters)."""
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def local_adapter(path: str | Path, flag: str) -> Path:
+    """The absolute path of the saved PEFT adapter directory `path` given by `flag`.
+
+    PEFT reads a string that is not an existing directory holding the weights as a Hub repo id,
+    so a relative path from the wrong working directory, or a folder with only its config,
+    would send the run to the network. Adapters load from local directories only: this raises
+    FileNotFoundError naming the flag unless `path` holds `adapter_config.json` and the weights.
+    """
+    directory = Path(path).expanduser().absolute()
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{flag} {path}: no such directory ({directory}); PEFT adapters load from local directories only")
+    if not (directory / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{flag} {path}: not a PEFT adapter directory (no adapter_config.json in {directory})")
+    if not any((directory / name).is_file() for name in ADAPTER_WEIGHTS):
+        raise FileNotFoundError(f"{flag} {path}: the adapter has no weights (neither {' nor '.join(ADAPTER_WEIGHTS)} in {directory})")
+    return directory
+
+
+def _load_adapter(model: nn.Module, path: str | Path, flag: str, is_trainable: bool):
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(model, str(adapter_path), is_trainable=True)
+    # local_files_only reaches PEFT's hf_hub_download calls: even a PEFT fallback stays offline.
+    return PeftModel.from_pretrained(model, str(local_adapter(path, flag)), is_trainable=is_trainable, local_files_only=True)
+
+
+def load_lora(model: nn.Module, adapter_path: str | Path, flag: str = "--peft-path") -> nn.Module:
+    """Wrap `model` in the saved LoRA adapter at `adapter_path` (a local directory, see
+    `local_adapter`), trainable (only the adapters)."""
+    return _load_adapter(model, adapter_path, flag, is_trainable=True)
 
 
 def enable_gradient_checkpointing(model: nn.Module) -> None:
@@ -77,11 +104,10 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
     unwrap(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def merge_lora(model: nn.Module, adapter_path: str | Path) -> nn.Module:
-    """Load a LoRA adapter into `model` and merge it, for inference (e.g. a LoRA-tuned teacher)."""
-    from peft import PeftModel
-
-    return PeftModel.from_pretrained(model, str(adapter_path)).merge_and_unload()
+def merge_lora(model: nn.Module, adapter_path: str | Path, flag: str = "--teacher-peft-path") -> nn.Module:
+    """Load the LoRA adapter at `adapter_path` (a local directory, see `local_adapter`) into
+    `model` and merge it, for inference (e.g. a LoRA-tuned teacher)."""
+    return _load_adapter(model, adapter_path, flag, is_trainable=False).merge_and_unload()
 
 
 def unwrap(model: nn.Module) -> nn.Module:

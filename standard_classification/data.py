@@ -53,11 +53,50 @@ def _missing(data_folder: Path) -> FileNotFoundError:
     )
 
 
+# The only globals in the official pickles (written by Python 2) and in `write_synthetic_cifar`'s
+# (Python 3, protocol 2, where numpy stores an array's bytes through `_codecs.encode`): numpy's
+# array reconstruction. Dicts, lists, strings and integers need no global at all.
+_CIFAR_GLOBALS = frozenset({
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
+})
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """A CIFAR pickle asked for a global outside `_CIFAR_GLOBALS`; nothing of it was executed."""
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """`pickle.Unpickler` that resolves only the globals of `_CIFAR_GLOBALS`: a plain
+    `pickle.loads` would call whatever a tampered file names (e.g. `os.system`)."""
+
+    def __init__(self, data: bytes, source: str):
+        super().__init__(io.BytesIO(data), encoding="latin1")
+        self.source = source
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise UnsafePickleError(
+                f"{self.source}: refused to load global {module}.{name}; CIFAR-100 python pickles hold only dicts, lists, "
+                "strings, integers and numpy arrays, so this file is not one (or has been tampered with)"
+            )
+        if module == "numpy.core.multiarray" and hasattr(np, "_core"):
+            module = "numpy._core.multiarray"  # numpy >= 2 moved it; avoids the numpy.core deprecation shim
+        return super().find_class(module, name)
+
+
+def _unpickle(data: bytes, source: str) -> dict:
+    return _CifarUnpickler(data, source).load()
+
+
 def _read_pickles(data_folder: Path, names: tuple[str, ...]) -> dict[str, dict]:
     """The named pickles from the extracted directory or straight from the archive."""
     for directory in (data_folder / DIRECTORY, data_folder):
         if all((directory / name).is_file() for name in names):
-            return {name: pickle.loads((directory / name).read_bytes(), encoding="latin1") for name in names}
+            return {name: _unpickle((directory / name).read_bytes(), str(directory / name)) for name in names}
     archive = data_folder / ARCHIVE
     if archive.is_file():
         with tarfile.open(archive, "r:gz") as tar:
@@ -67,7 +106,7 @@ def _read_pickles(data_folder: Path, names: tuple[str, ...]) -> dict[str, dict]:
                 member = members.get(f"{DIRECTORY}/{name}")
                 if member is None:
                     raise ValueError(f"{archive} has no {DIRECTORY}/{name}; is it the CIFAR-100 python archive?")
-                found[name] = pickle.load(io.BytesIO(tar.extractfile(member).read()), encoding="latin1")
+                found[name] = _unpickle(tar.extractfile(member).read(), f"{archive}:{member.name}")
             return found
     raise _missing(data_folder)
 
