@@ -20,8 +20,7 @@ from safetensors.torch import load_file
 
 from base_to_new_classification import datasets
 from distillation_llm.models import add_lora, load_causal_lm, load_lora, merge_lora
-from standard_classification.data import load_cifar100
-import pickle as _p; UnsafePickleError = _p.UnpicklingError
+from standard_classification.data import UnsafePickleError, load_cifar100
 
 # ---------------------------------------------------------------------------------------------
 # CIFAR pickles.
