@@ -226,13 +226,11 @@ def load_eval_sets(data_dir: Path, sets: Sequence[str], max_examples: int | None
 
 
 def load_model(path: Path, peft_path: Path | None, dtype: torch.dtype, device: str) -> nn.Module:
-    from distillation_llm.models import load_causal_lm
+    from distillation_llm.models import load_causal_lm, merge_lora
 
     model = load_causal_lm(path, dtype=dtype, device=device)
     if peft_path is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(peft_path), is_trainable=False).merge_and_unload()
+        model = merge_lora(model, peft_path, flag="--peft-path")  # local directories only, never the Hub
     return model
 
 
@@ -303,8 +301,12 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
     if peft_path is not None:
         if len(paths) != 1:
             raise EvaluationError(f"--peft-path applies to one --model-path, got {len(paths)}")
-        if not (peft_path / "adapter_config.json").is_file():
-            raise EvaluationError(f"--peft-path {peft_path}: not a PEFT adapter directory (no adapter_config.json)")
+        from distillation_llm.models import local_adapter
+
+        try:
+            peft_path = local_adapter(peft_path, "--peft-path")
+        except FileNotFoundError as error:
+            raise EvaluationError(str(error)) from None
     names = [peft_path.name] if peft_path is not None else model_names(paths)
     sets = load_eval_sets(Path(args.data_dir), args.eval_sets, args.max_examples)
 

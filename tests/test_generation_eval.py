@@ -446,3 +446,13 @@ def test_launchers(name, tmp_path):
     assert args.eval_sets == expected_sets
     assert args.data_dir == str(tmp_path / "data") and args.save.startswith(str(tmp_path))
     assert args.seeds == "10,20,30,40,50"
+
+
+def test_peft_path_without_weights_is_an_error_not_a_hub_lookup(tmp_path, tiny_gpt2_dir, good_data, monkeypatch):
+    """A folder holding only adapter_config.json used to be taken for a Hub repo id."""
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    message = _run_error(["--peft-path", "adapter", *_argv(tiny_gpt2_dir, good_data, tmp_path / "out")])
+    assert "--peft-path adapter" in message and "adapter_model" in message
