@@ -83,6 +83,7 @@ def test_splits_prompts_responses_and_references(tmp_path, tiny_tokenizer_dir, t
     assert (len(dataset["train"]), len(dataset["valid"])) == (18, 5)
     assert meta["counts"] == {
         "train": 18, "valid": 5, "kept": 23, "prompt_truncated": 0, "response_truncated": 0, "skipped_invalid": 0, "skipped_too_long": 0,
+        "duplicates": 0, "train_dropped_as_in_valid": 0,
     }
     features = dataset["train"].features
     assert (features["id"].dtype, features["prompt_ids"].feature.dtype, features["response_ids"].feature.dtype) == ("int64", "int32", "int32")
