@@ -18,13 +18,13 @@ import argparse
 import random
 from pathlib import Path
 
+from distillation_llm.data import tokenizer_fingerprint
 from distillation_llm.instructions import (
     PROMPT_NO_INPUT,
     PROMPT_WITH_INPUT,
     DataFormatError,
     load_instruction_jsonl,
 )
-from distillation_llm.data import tokenizer_fingerprint
 from tools._common import (
     FORMAT_VERSION,
     ProcessingError,
