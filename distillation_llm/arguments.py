@@ -10,7 +10,7 @@ import argparse
 import math
 from pathlib import Path
 
-from distillation_llm.methods import METHODS, STUDENT_SOURCES, lookup
+from distillation_llm.methods import METHODS, STUDENT_SOURCES, check_ab_params, lookup
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     loss = parser.add_argument_group("loss")
     loss.add_argument("--type", required=True, help=f"training method (distillation_llm/methods.py): {', '.join(METHODS)}")
-    loss.add_argument("--ab_alpha", type=float, default=None, help="alpha of the alpha-beta divergence (required by --type ab)")
-    loss.add_argument("--ab_beta", type=float, default=None, help="beta of the alpha-beta divergence (required by --type ab)")
+    loss.add_argument("--ab_alpha", type=float, default=None, help="alpha of the alpha-beta divergence (required by --type ab); safe in about [-1, 2], refused where float32 makes the loss 0 (distillation_llm/methods.py)")
+    loss.add_argument("--ab_beta", type=float, default=None, help="beta of the alpha-beta divergence (required by --type ab); safe in about [-1, 2], refused where float32 makes the loss 0 (distillation_llm/methods.py)")
     loss.add_argument("--skew-alpha", type=float, default=0.1, help="skew of sfkl/srkl: the teacher's share in the mixture")
     loss.add_argument("--jsd-lam", type=float, default=0.1, help="mixture weight lam of the jsd divergence")
     loss.add_argument("--kd-temperature", "--temperature-kld", type=float, default=1.0, help="temperature of teacher and student distributions in the divergence (--temperature-kld: POCL's spelling)")
@@ -172,9 +172,15 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argpa
         parser.error("--type ab needs both --ab_alpha and --ab_beta")
     if method.divergence != "ab" and (args.ab_alpha is not None or args.ab_beta is not None):
         parser.error(f"--ab_alpha/--ab_beta only apply to --type ab, not --type {args.type}")
-    for flag, value in (("--ab_alpha", args.ab_alpha), ("--ab_beta", args.ab_beta)):
-        if value is not None and not math.isfinite(value):
-            parser.error(f"{flag} must be a finite number")
+    for action in parser._actions:  # nan and inf pass every range check below
+        value = getattr(args, action.dest, None)
+        if action.type is float and value is not None and not math.isfinite(value):
+            parser.error(f"{action.option_strings[0]} must be a finite number, got {value}")
+    if method.divergence == "ab":
+        try:
+            check_ab_params(args.ab_alpha, args.ab_beta)  # its warning is logged at start-up (distillation_llm.checks)
+        except ValueError as error:
+            parser.error(str(error))
     if method.source_kind(args.student_gen) == "adaptive" and not args.do_valid:
         parser.error(f"--type {args.type} adapts its threshold to the validation loss: add --do-valid")
     if not 0.0 < args.gen_top_p <= 1.0:
@@ -209,6 +215,14 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argpa
         parser.error("--ranking is only used with --curriculum pocl")
     if args.do_train and args.total_iters is None and args.epochs is None and args.curriculum == "none":
         parser.error("give --epochs or --total-iters")
+    for flag in ("epochs", "total_iters", "stop_after_iters"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} {getattr(args, flag)} plans no training step: give at least 1")
+    save = Path(args.save)
+    blocking = next((path for path in (save, *save.parents) if path.exists() and not path.is_dir()), None)
+    if blocking is not None:
+        where = "is a file" if blocking == save else f"lies under {blocking}, which is a file"
+        parser.error(f"--save {save} {where}; give a directory for the run's outputs")
     if args.lm_data_dir and args.lm_coef <= 0:
         parser.error("--lm-data-dir needs a positive --lm-coef")
     for flag, path in (("--model-path", args.model_path), ("--teacher-model-path", args.teacher_model_path)):

@@ -11,8 +11,10 @@ positions are -100, so the loss never needs to shift logits.
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -21,8 +23,27 @@ import torch
 IGNORE_INDEX = -100
 
 
-def load_processed(data_dir: str | Path, tokenizer=None, *, flag: str = "--data-dir"):
-    """Load a processed DatasetDict and its meta.json, checking it matches `tokenizer`."""
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of what gives token ids their meaning: the tokenizer's class, its vocabulary (added
+    tokens included) and its special tokens. Padding is left out: `distillation_llm.models`
+    sets a missing pad token to EOS, and padded positions are never trained on."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+    special = {name: token for name, token in tokenizer.special_tokens_map.items() if name != "pad_token"}
+    description = [type(tokenizer).__name__, vocab, sorted(special.items(), key=str)]
+    return hashlib.sha256(json.dumps(description, ensure_ascii=False, default=str).encode()).hexdigest()
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def load_processed(data_dir: str | Path, tokenizer=None, *, flag: str = "--data-dir", warn: Callable[[str], None] = _warn):
+    """Load a processed DatasetDict and its meta.json, checking it was made with `tokenizer`.
+
+    The check compares the tokenizer fingerprint the processing tools store in meta.json
+    (`tokenizer_fingerprint`); a meta.json written before they stored one only has its vocabulary
+    size compared, and `warn` says so. A mismatch raises ValueError.
+    """
     import datasets
 
     data_dir = Path(data_dir)
@@ -32,11 +53,25 @@ def load_processed(data_dir: str | Path, tokenizer=None, *, flag: str = "--data-
             f"{flag} {data_dir}: no processed dataset here (missing meta.json); run tools/process_data_dolly.py first"
         )
     meta = json.loads(meta_path.read_text())
-    if tokenizer is not None and meta.get("vocab_size") != len(tokenizer):
-        raise ValueError(
-            f"{flag} {data_dir} was tokenised with a vocabulary of {meta.get('vocab_size')} tokens "
-            f"({meta.get('tokenizer')}), but the model's tokenizer has {len(tokenizer)}: re-process the data"
-        )
+    if tokenizer is not None:
+        if meta.get("vocab_size") != len(tokenizer):
+            raise ValueError(
+                f"{flag} {data_dir} was tokenised with a vocabulary of {meta.get('vocab_size')} tokens "
+                f"({meta.get('tokenizer')}), but the model's tokenizer has {len(tokenizer)}: re-process the data"
+            )
+        expected = meta.get("tokenizer_fingerprint")
+        if expected is None:
+            warn(
+                f"{flag} {data_dir}: meta.json records no tokenizer fingerprint (made by an older version), so only "
+                "the vocabulary size was checked; re-process the data to have the tokenizer itself checked"
+            )
+        elif expected != (actual := tokenizer_fingerprint(tokenizer)):
+            raise ValueError(
+                f"{flag} {data_dir} was tokenised with another tokenizer ({meta.get('tokenizer_class')} from "
+                f"{meta.get('tokenizer')}, fingerprint {expected[:12]}) than the model's ({type(tokenizer).__name__}, "
+                f"fingerprint {actual[:12]}), although both have {len(tokenizer)} tokens: re-process the data with "
+                "the model's tokenizer"
+            )
     return datasets.load_from_disk(str(data_dir)), meta
 
 

@@ -29,6 +29,7 @@ from abkd.runlog import RunLog
 from abkd.sampling import GlobalBatchSampler, batches, shard_indices
 from abkd.schedules import build_scheduler
 from distillation_llm.arguments import args_record, parse_args, reference_notes
+from distillation_llm.checks import check_startup
 from distillation_llm.data import InstructionCollator, LMCollator, load_processed
 from distillation_llm.generation import GenerationSettings
 from distillation_llm.methods import lookup
@@ -297,6 +298,7 @@ def main(argv: list[str] | None = None) -> None:
     for note in reference_notes(args, E.world_size()):
         log.info(note)
     tokenizer = load_tokenizer(args.model_path)
+    check_startup(args, tokenizer, warn=log.info)
     student = load_student(args, device)
     if args.model_type and args.model_type != student.config.model_type:
         raise ValueError(f"--model-type {args.model_type} does not match {args.model_path}/config.json (model_type '{student.config.model_type}')")

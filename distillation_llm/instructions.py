@@ -81,14 +81,15 @@ def load_instruction_jsonl(
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such instruction file")
     examples, skipped = [], []
-    with path.open(encoding="utf-8") as handle:
+    with path.open("rb") as handle:  # bytes, so that a line that is not UTF-8 is reported with its number
         for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
             where = f"{path}:{number}"
             try:
+                text = decode_utf8(raw, where)
+                if not text.strip():
+                    continue
                 try:
-                    obj = json.loads(raw)
+                    obj = json.loads(text)
                 except json.JSONDecodeError as error:
                     raise DataFormatError(f"{where}: malformed JSON ({error.msg} at column {error.colno})") from None
                 examples.append(parse_example(obj, where, require_output))
@@ -97,3 +98,12 @@ def load_instruction_jsonl(
                     raise
                 skipped.append((number, str(error)))
     return examples, skipped
+
+
+def decode_utf8(raw: bytes, where: str) -> str:
+    """One line of a file as text; DataFormatError naming `where` (path:line) and the offending byte
+    if it is not UTF-8 (a text-mode read would fail without saying which line)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DataFormatError(f"{where}: invalid UTF-8 (byte 0x{raw[error.start]:02x} at column {error.start + 1})") from None

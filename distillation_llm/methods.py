@@ -138,5 +138,66 @@ def lookup(name: str) -> Method:
     raise ValueError(f"--type {name}{reason}: supported values are {', '.join(METHODS)}")
 
 
+# The safe range of the alpha-beta divergence's (alpha, beta) in float32.
+#
+# The divergence is a sum over the vocabulary of powers p^a q^b, p^(a+b), q^(a+b) of the teacher
+# and student probabilities (abkd/losses.py, `ab_divergence_terms`). In float32 a token only
+# counts if its probability is large enough for these powers to register:
+# - negative exponents: abkd.losses floors log-probabilities at -_MAX_EXP / g (`_MAX_EXP` = 50,
+#   g the largest negative exponent, `_floor_for_negative_powers`) so that p^-g stays below e^50;
+#   every probability under e^(-50/g) is clamped to that value, and where both models give a token
+#   less, the token contributes exactly 0;
+# - positive exponents: p^r underflows float32 (below its smallest subnormal, e^-103.3) once
+#   p < e^(-103.3/r), r the largest positive exponent among a, b, a + b; such a token contributes 0.
+# The smallest probability the loss still tells apart is the larger of the two bounds. With
+# (a, b) in about [-1, 2] (the ABKD paper's values) it is below 1e-10. Above 1e-6 (g > 3.6 or
+# r > 7.5) tokens that carry real mass in a 30k-150k vocabulary (1/V ~ 1e-5) stop counting:
+# a warning. At 0.1 and above (g > 21.7 or r > 44.9, e.g. --ab_alpha 1e6, (50, 50), -30) the
+# loss is exactly 0 at every position where no token has 10% of either model's mass, which is
+# nearly every position of a fresh student: refused.
+AB_WARN_PROBABILITY = 1e-6
+AB_REFUSE_PROBABILITY = 0.1
+_FLOAT32_LOG_TINY = -103.28  # ln of float32's smallest subnormal, 1.4e-45
+
+
+def ab_resolution(alpha: float, beta: float) -> float:
+    """The smallest probability the float32 alpha-beta divergence distinguishes (see above)."""
+    import math
+
+    import torch
+
+    from abkd.losses import _floor_for_negative_powers
+
+    floor = _floor_for_negative_powers(alpha, beta, torch.float32)
+    clamped = math.exp(floor) if floor is not None else 0.0
+    positive = max(alpha, beta, alpha + beta, 0.0)
+    vanishing = math.exp(_FLOAT32_LOG_TINY / positive) if positive > 0 else 0.0
+    return max(clamped, vanishing)
+
+
+def check_ab_params(alpha: float, beta: float) -> str | None:
+    """None inside the safe range, a warning outside it; ValueError where the loss is 0 almost everywhere."""
+    import torch
+
+    from abkd.losses import _MAX_EXP, _floor_for_negative_powers
+
+    resolution = ab_resolution(alpha, beta)
+    where = (
+        f"--ab_alpha {alpha:g} --ab_beta {beta:g}: in float32 the alpha-beta divergence cannot tell apart "
+        f"probabilities below {resolution:.2g}"
+    )
+    floor = _floor_for_negative_powers(alpha, beta, torch.float32)
+    if floor is not None and floor > -_MAX_EXP[torch.float32]:  # a negative power steeper than p^-1
+        where += f" (log-probabilities are floored at {floor:.3g} to keep its negative powers below e^{_MAX_EXP[torch.float32]:g})"
+    if resolution >= AB_REFUSE_PROBABILITY:
+        raise ValueError(
+            f"{where}, so the loss is 0 wherever no token has that much probability (nearly every position); "
+            "ABKD uses alpha and beta in about [-1, 2]"
+        )
+    if resolution > AB_WARN_PROBABILITY:
+        return f"{where} (tokens with less contribute nothing); ABKD uses alpha and beta in about [-1, 2]"
+    return None
+
+
 def method_of(args: argparse.Namespace) -> Method:
     return lookup(args.type)

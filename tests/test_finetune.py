@@ -184,7 +184,7 @@ def test_vocabulary_mismatch(tmp_path, processed_dir, tiny_gpt2_dir):
 
     other_tokenizer = train_bpe_tokenizer(["completely different text " * 20, "zebra quantum lattice"], tmp_path / "tok", vocab_size=300)
     make_causal_lm("gpt2", tmp_path / "other_teacher", other_tokenizer, hidden_size=32, num_layers=1, num_heads=2)
-    with pytest.raises(ValueError, match="student and teacher tokenizers differ: token .* token-level distillation needs a shared vocabulary"):
+    with pytest.raises(SystemExit, match="error: --teacher-model-path .*: student and teacher tokenizers differ: token .* token-level distillation needs a shared vocabulary"):
         finetune.main(_argv(tmp_path / "run", processed_dir, tiny_gpt2_dir, tmp_path / "other_teacher", "--type", "kd", "--total-iters", 1))
 
 

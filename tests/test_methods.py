@@ -254,3 +254,45 @@ def test_load_student_enables_checkpointing_in_train_mode(processed_dir, tiny_op
     assert student.training and student.is_gradient_checkpointing
     args = _parse(processed_dir, tiny_opt_dir, None, "--type", "sft")
     assert not finetune.load_student(args, torch.device("cpu")).is_gradient_checkpointing
+
+
+# The safe range of the alpha-beta divergence (issue #14) -------------------------------------------
+
+
+def _flat_logits(seed: int, positions: int = 32, vocab: int = 400, scale: float = 1.0):
+    """Logits like a fresh student's: no token near 10% of the mass."""
+    import torch
+
+    logits = torch.randn(positions, vocab, generator=torch.Generator().manual_seed(seed)) * scale
+    assert torch.softmax(logits, -1).max() < 0.1
+    return logits
+
+
+@pytest.mark.parametrize("alpha,beta", [(1e6, 0.0), (50.0, 50.0), (-30.0, 0.7), (0.5, -1e4)])
+def test_refused_ab_parameters_give_a_loss_of_exactly_zero(alpha, beta):
+    from abkd.losses import divergence
+    from distillation_llm.methods import AB_REFUSE_PROBABILITY, ab_resolution, check_ab_params
+
+    assert ab_resolution(alpha, beta) >= AB_REFUSE_PROBABILITY
+    with pytest.raises(ValueError, match="cannot tell apart probabilities below"):
+        check_ab_params(alpha, beta)
+    student, teacher = _flat_logits(0), _flat_logits(1)
+    assert divergence("ab", student, teacher, alpha=alpha, beta=beta).abs().max().item() == 0.0
+
+
+@pytest.mark.parametrize("alpha,beta", [(0.2, 0.7), (1.0, 0.0), (0.0, 1.0), (-1.0, 2.0), (2.0, -1.0), (-1.0, -1.0), (2.0, 2.0), (0.0, 0.0)])
+def test_paper_range_is_safe_and_nonzero(alpha, beta):
+    from abkd.losses import divergence
+    from distillation_llm.methods import AB_WARN_PROBABILITY, ab_resolution, check_ab_params
+
+    assert ab_resolution(alpha, beta) <= AB_WARN_PROBABILITY and check_ab_params(alpha, beta) is None
+    values = divergence("ab", _flat_logits(0), _flat_logits(1), alpha=alpha, beta=beta)
+    assert values.isfinite().all() and (values > 0).all()
+
+
+@pytest.mark.parametrize("alpha,beta", [(-5.0, 0.0), (10.0, 0.0), (4.0, 4.0)])
+def test_between_safe_and_refused_warns(alpha, beta):
+    from distillation_llm.methods import ab_resolution, check_ab_params
+
+    message = check_ab_params(alpha, beta)
+    assert message is not None and f"below {ab_resolution(alpha, beta):.2g}" in message

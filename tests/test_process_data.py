@@ -83,6 +83,7 @@ def test_splits_prompts_responses_and_references(tmp_path, tiny_tokenizer_dir, t
     assert (len(dataset["train"]), len(dataset["valid"])) == (18, 5)
     assert meta["counts"] == {
         "train": 18, "valid": 5, "kept": 23, "prompt_truncated": 0, "response_truncated": 0, "skipped_invalid": 0, "skipped_too_long": 0,
+        "duplicates": 0, "train_dropped_as_in_valid": 0,
     }
     features = dataset["train"].features
     assert (features["id"].dtype, features["prompt_ids"].feature.dtype, features["response_ids"].feature.dtype) == ("int64", "int32", "int32")
@@ -362,3 +363,67 @@ def test_pretrain_blocks(tmp_path, tiny_tokenizer_dir, tiny_tokenizer):
     meta = pretrain(tiny_tokenizer_dir, source, tmp_path / "capped", "--max-length", block, "--dev-num", 1, "--max-docs", 4)
     assert meta["counts"]["documents"] == 4 and meta["counts"]["empty_lines"] == 2
     assert meta["counts"]["tokens"] == len(encode(tiny_tokenizer, "".join(text + "<|endoftext|>" for text in texts[:4])))
+
+
+# Issue #14: late tracebacks and silent acceptance --------------------------------------------------
+
+
+def test_invalid_utf8_names_file_and_line_or_is_skipped(tmp_path, tiny_tokenizer_dir):
+    source = tmp_path / "raw.jsonl"
+    good = [json.dumps(row).encode() + b"\n" for row in HAND_ROWS]
+    source.write_bytes(good[0] + b'{"instruction": "caf\xe9", "output": "x"}\n' + good[1] + good[2])
+
+    assert dolly_error(tiny_tokenizer_dir, source, tmp_path / "out", "--dev-num", 0) == (
+        f"error: {source}:2: invalid UTF-8 (byte 0xe9 at column 21)"
+    )
+    meta = dolly(tiny_tokenizer_dir, source, tmp_path / "out", "--dev-num", 0, "--skip-invalid")
+    assert meta["counts"]["skipped_invalid"] == 1 and meta["counts"]["kept"] == 3
+    assert meta["skipped_lines"] == [[2, "invalid UTF-8 (byte 0xe9 at column 21)"]]
+
+
+def test_pretrain_invalid_utf8_names_file_and_line(tmp_path, tiny_tokenizer_dir):
+    source = tmp_path / "data.txt"
+    source.write_bytes(b"a first document\n\nsecond \xff document\n")
+    with pytest.raises(SystemExit) as exit_info:
+        process_data_pretrain.main(command_line(tiny_tokenizer_dir, source, tmp_path / "out", ["--max-length", 4, "--dev-num", 0]))
+    assert exit_info.value.code == f"error: {source}:3: invalid UTF-8 (byte 0xff at column 8)"
+
+
+def test_nothing_left_because_every_prompt_is_too_long_says_so(tmp_path, tiny_tokenizer_dir):
+    source = write_rows(tmp_path / "raw.jsonl", HAND_ROWS)
+    message = dolly_error(tiny_tokenizer_dir, source, tmp_path / "out", "--max-prompt-length", 8, "--max-length", 8, "--dev-num", 0)
+    assert message == (
+        f"error: {source}: no example left to write: every one of the 3 prompts fills --max-length 8 (prompts are kept up to "
+        "--max-prompt-length 8 tokens), leaving no room for a response; raise --max-length or lower --max-prompt-length"
+    )
+
+
+def test_duplicates_are_counted_and_never_on_both_sides_of_the_split(tmp_path, tiny_tokenizer_dir, capsys):
+    rows = write_instruction_jsonl(tmp_path / "unique.jsonl", 10, seed=4)
+    source = write_rows(tmp_path / "raw.jsonl", rows + rows[:6])  # 6 examples twice
+
+    meta = dolly(tiny_tokenizer_dir, source, tmp_path / "out", "--dev-num", 5, "--seed", 1)
+    dataset = load_from_disk(str(tmp_path / "out"))
+    key = lambda example: (example["prompt"], tuple(example["references"]))  # noqa: E731
+    valid = {key(example) for example in dataset["valid"]}
+    train = [key(example) for example in dataset["train"]]
+    assert not valid & set(train)
+    counts = meta["counts"]
+    assert counts["duplicates"] == 6 and counts["kept"] == 16 and counts["valid"] == 5
+    dropped = 16 - 5 - len(train)
+    assert dropped > 0 and counts["train_dropped_as_in_valid"] == dropped and counts["train"] == len(train)
+    out = capsys.readouterr().out
+    assert "6 examples repeat an earlier one" in out and f"dropped {dropped} train examples that also occur in the valid split" in out
+
+
+def test_pretrain_counts_duplicate_documents_and_keeps_valid_blocks_out_of_train(tmp_path, tiny_tokenizer_dir, tiny_tokenizer):
+    text = "the quick red fox and the slow blue dog"
+    block = len(encode(tiny_tokenizer, text + "<|endoftext|>"))
+    source = tmp_path / "data.txt"
+    source.write_text((text + "\n") * 6)  # every block is the same document
+
+    meta = pretrain(tiny_tokenizer_dir, source, tmp_path / "out", "--max-length", block, "--dev-num", 2)
+    counts = meta["counts"]
+    assert counts["duplicate_documents"] == 5
+    assert (counts["blocks_valid"], counts["blocks_train"], counts["blocks_train_dropped_as_in_valid"]) == (2, 0, 4)
+    assert len(load_from_disk(str(tmp_path / "out"))["train"]) == 0

@@ -37,13 +37,6 @@ def load_tokenizer(model_path: str | Path):
     return tokenizer
 
 
-def tokenizer_digest(tokenizer) -> str:
-    """A hash of everything about the tokenizer that changes token ids: its class, vocabulary and special ids."""
-    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
-    description = [type(tokenizer).__name__, vocab, tokenizer.eos_token_id, tokenizer.pad_token_id]
-    return hashlib.sha256(json.dumps(description, ensure_ascii=False).encode()).hexdigest()
-
-
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:

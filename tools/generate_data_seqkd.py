@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from distillation_llm.data import load_processed
+from distillation_llm.data import load_processed, tokenizer_fingerprint
 from distillation_llm.generation import GenerationSettings, add_generation_args, generate, resolve_backend, settings_from_args
 from distillation_llm.models import load_causal_lm, load_tokenizer
 from tools._common import ProcessingError, existing_output, fingerprint, save_atomically
@@ -58,6 +58,8 @@ def generate_seqkd(args: argparse.Namespace) -> dict:
     splits = {"train": generated, **({"valid": data["valid"]} if "valid" in data else {})}
     meta = {
         **source_meta,
+        # The targets are the teacher's token ids (load_processed has checked that they mean what the source's do).
+        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
         "fingerprint": digest,
         "seqkd": {
             "teacher": str(Path(args.model_path).resolve()),

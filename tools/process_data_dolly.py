@@ -6,6 +6,10 @@
 Writes a `datasets.DatasetDict` (`train`, and `valid` when --dev-num > 0) with the columns
 `id`, `prompt_ids`, `response_ids`, `prompt`, `references`, and a `meta.json` beside it that
 records the tokenizer, the lengths, the source file's hash and what was truncated or skipped.
+
+Duplicates (the same prompt with the same references) are counted and kept, except that a train
+example equal to an example of the valid split is dropped, so nothing is validated on that was
+trained on.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import argparse
 import random
 from pathlib import Path
 
+from distillation_llm.data import tokenizer_fingerprint
 from distillation_llm.instructions import (
     PROMPT_NO_INPUT,
     PROMPT_WITH_INPUT,
@@ -29,11 +34,13 @@ from tools._common import (
     load_tokenizer,
     save_atomically,
     tokenize,
-    tokenizer_digest,
 )
 
 SOURCE_FILE = "raw.jsonl"  # the DistiLLM/MiniLLM layout: --data-dir holds raw.jsonl
-COUNTS = ("train", "valid", "kept", "prompt_truncated", "response_truncated", "skipped_invalid", "skipped_too_long")
+COUNTS = (
+    "train", "valid", "kept", "prompt_truncated", "response_truncated", "skipped_invalid", "skipped_too_long",
+    "duplicates", "train_dropped_as_in_valid",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,7 +144,7 @@ def process(args: argparse.Namespace) -> dict:
     dataset_fingerprint = fingerprint(
         tool="process_data_dolly",
         format_version=FORMAT_VERSION,
-        tokenizer=tokenizer_digest(tokenizer),
+        tokenizer=tokenizer_fingerprint(tokenizer),
         templates=[PROMPT_NO_INPUT, PROMPT_WITH_INPUT],
         max_prompt_length=args.max_prompt_length,
         max_length=args.max_length,
@@ -172,13 +179,18 @@ def process(args: argparse.Namespace) -> dict:
 
     kept = len(rows["id"])
     if kept == 0:
-        raise ProcessingError(f"{source}: no example left to write")
+        raise ProcessingError(_nothing_left(source, args, len(invalid), too_long))
     if args.dev_num > kept:
         raise ProcessingError(f"--dev-num {args.dev_num} exceeds the {kept} examples kept from {source}")
+    keys = [(prompt, tuple(references)) for prompt, references in zip(rows["prompt"], rows["references"])]
     valid = set(random.Random(args.seed).sample(range(kept), args.dev_num))
-    splits = {"train": [i for i in range(kept) if i not in valid]}
+    valid_keys = {keys[i] for i in valid}
+    train = [i for i in range(kept) if i not in valid]
+    splits = {"train": [i for i in train if keys[i] not in valid_keys]}
     if args.dev_num:
         splits["valid"] = sorted(valid)
+    counts["duplicates"] = kept - len(set(keys))
+    counts["train_dropped_as_in_valid"] = len(train) - len(splits["train"])
     dataset = DatasetDict()
     for name, positions in splits.items():
         columns = {column: [values[i] for i in positions] for column, values in rows.items()}
@@ -188,6 +200,7 @@ def process(args: argparse.Namespace) -> dict:
         "format_version": FORMAT_VERSION,
         "tokenizer": str(args.model_path),
         "tokenizer_class": type(tokenizer).__name__,
+        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
         "vocab_size": len(tokenizer),
         "eos_token_id": tokenizer.eos_token_id,
         "pad_token_id": tokenizer.pad_token_id,
@@ -205,6 +218,18 @@ def process(args: argparse.Namespace) -> dict:
     save_atomically(dataset, meta, out)
     _print_summary(meta, out, invalid, too_long)
     return meta
+
+
+def _nothing_left(source: Path, args: argparse.Namespace, invalid: int, too_long: list[int]) -> str:
+    """Why no example is left to write, with the flag to change."""
+    if too_long and not invalid:
+        return (
+            f"{source}: no example left to write: every one of the {len(too_long)} prompts fills --max-length "
+            f"{args.max_length} (prompts are kept up to --max-prompt-length {args.max_prompt_length} tokens), leaving "
+            "no room for a response; raise --max-length or lower --max-prompt-length"
+        )
+    reasons = [f"{count} {what}" for count, what in ((invalid, "invalid lines skipped"), (len(too_long), "prompts too long for --max-length"))]
+    return f"{source}: no example left to write ({', '.join(reasons)})"
 
 
 def _fit(examples, prompts, responses, max_prompt_length: int, max_length: int) -> tuple[dict, dict, list[int]]:
@@ -252,6 +277,10 @@ def _print_summary(meta: dict, out: Path, invalid: list[tuple[int, str]], too_lo
         f"responses truncated {counts['response_truncated']}, skipped invalid {counts['skipped_invalid']}, "
         f"skipped too long {counts['skipped_too_long']})"
     )
+    if counts["duplicates"]:
+        print(f"note: {counts['duplicates']} examples repeat an earlier one (same prompt and references); kept")
+    if counts["train_dropped_as_in_valid"]:
+        print(f"dropped {counts['train_dropped_as_in_valid']} train examples that also occur in the valid split")
 
 
 def main(argv: list[str] | None = None) -> None:

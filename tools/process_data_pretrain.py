@@ -16,6 +16,8 @@ import random
 from array import array
 from pathlib import Path
 
+from distillation_llm.data import tokenizer_fingerprint
+from distillation_llm.instructions import DataFormatError, decode_utf8
 from tools._common import (
     FORMAT_VERSION,
     ProcessingError,
@@ -25,7 +27,6 @@ from tools._common import (
     load_tokenizer,
     save_atomically,
     tokenize,
-    tokenizer_digest,
 )
 
 SOURCE_FILE = "data.txt"  # the MiniLLM layout: --data-dir holds data.txt
@@ -104,11 +105,14 @@ def _check(args: argparse.Namespace, source: Path) -> None:
 def read_documents(source: Path, max_docs: int | None) -> tuple[list[str], int]:
     """The documents of a one-per-line corpus with their newlines restored, and the number of blank lines skipped."""
     documents, empty_lines = [], 0
-    with source.open(encoding="utf-8") as handle:
-        for line in handle:
+    with source.open("rb") as handle:  # bytes, so that a line that is not UTF-8 is reported with its number
+        for number, raw in enumerate(handle, start=1):
             if max_docs is not None and len(documents) == max_docs:
                 break
-            text = line.rstrip("\n")
+            try:
+                text = decode_utf8(raw, f"{source}:{number}").removesuffix("\n").removesuffix("\r")
+            except DataFormatError as error:
+                raise ProcessingError(str(error)) from None
             if not text.strip():
                 empty_lines += 1
                 continue
@@ -143,7 +147,7 @@ def process(args: argparse.Namespace) -> dict:
     dataset_fingerprint = fingerprint(
         tool="process_data_pretrain",
         format_version=FORMAT_VERSION,
-        tokenizer=tokenizer_digest(tokenizer),
+        tokenizer=tokenizer_fingerprint(tokenizer),
         newline_marker=NEWLINE_MARKER,
         max_length=args.max_length,
         max_docs=args.max_docs,
@@ -170,7 +174,11 @@ def process(args: argparse.Namespace) -> dict:
     blocks = tokens[: num_blocks * args.max_length].reshape(num_blocks, args.max_length)
     is_valid = np.zeros(num_blocks, dtype=bool)
     is_valid[random.Random(args.seed).sample(range(num_blocks), args.dev_num)] = True
-    splits = {"train": blocks[~is_valid]}
+    # A block that also lies in the valid split (a repeated document) would be validated on after
+    # being trained on: such train blocks are dropped.
+    valid_blocks = {row.tobytes() for row in blocks[is_valid]}
+    in_valid = np.array([not held_out and row.tobytes() in valid_blocks for row, held_out in zip(blocks, is_valid)], dtype=bool)
+    splits = {"train": blocks[~is_valid & ~in_valid]}
     if args.dev_num:
         splits["valid"] = blocks[is_valid]
     dataset = DatasetDict({name: _blocks_dataset(split) for name, split in splits.items()})
@@ -179,6 +187,7 @@ def process(args: argparse.Namespace) -> dict:
         "format_version": FORMAT_VERSION,
         "tokenizer": str(args.model_path),
         "tokenizer_class": type(tokenizer).__name__,
+        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
         "vocab_size": len(tokenizer),
         "eos_token_id": tokenizer.eos_token_id,
         "max_length": args.max_length,
@@ -191,8 +200,10 @@ def process(args: argparse.Namespace) -> dict:
         "counts": {
             "documents": len(documents),
             "empty_lines": empty_lines,
+            "duplicate_documents": len(documents) - len(set(documents)),
             "tokens": len(tokens),
-            "blocks_train": num_blocks - args.dev_num,
+            "blocks_train": len(splits["train"]),
+            "blocks_train_dropped_as_in_valid": int(in_valid.sum()),
             "blocks_valid": args.dev_num,
             "tokens_dropped": len(tokens) - num_blocks * args.max_length,
         },
@@ -204,6 +215,10 @@ def process(args: argparse.Namespace) -> dict:
         f"from {counts['documents']} documents ({counts['tokens']} tokens, {counts['tokens_dropped']} dropped "
         f"in the final partial block, {counts['empty_lines']} blank lines skipped)"
     )
+    if counts["duplicate_documents"]:
+        print(f"note: {counts['duplicate_documents']} documents repeat an earlier one (kept)")
+    if counts["blocks_train_dropped_as_in_valid"]:
+        print(f"dropped {counts['blocks_train_dropped_as_in_valid']} train blocks identical to a valid block")
     return meta
 
 
