@@ -84,8 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     loss = parser.add_argument_group("loss")
     loss.add_argument("--type", required=True, help=f"training method (distillation_llm/methods.py): {', '.join(METHODS)}")
-    loss.add_argument("--ab_alpha", type=float, default=None, help="alpha of the alpha-beta divergence (required by --type ab); safe in about [-1, 2], refused where float32 makes the loss 0 (distillation_llm/methods.py)")
-    loss.add_argument("--ab_beta", type=float, default=None, help="beta of the alpha-beta divergence (required by --type ab); safe in about [-1, 2], refused where float32 makes the loss 0 (distillation_llm/methods.py)")
+    loss.add_argument("--ab_alpha", type=float, default=None,
+        help="alpha of the alpha-beta divergence (required by --type ab); safe in about [-1, 2], refused where float32 makes the loss 0 (distillation_llm/methods.py)")
+    loss.add_argument("--ab_beta", type=float, default=None,
+        help="beta of the alpha-beta divergence (required by --type ab); safe in about [-1, 2], refused where float32 makes the loss 0 (distillation_llm/methods.py)")
     loss.add_argument("--skew-alpha", type=float, default=0.1, help="skew of sfkl/srkl: the teacher's share in the mixture")
     loss.add_argument("--jsd-lam", type=float, default=0.1, help="mixture weight lam of the jsd divergence")
     loss.add_argument("--kd-temperature", "--temperature-kld", type=float, default=1.0, help="temperature of teacher and student distributions in the divergence (--temperature-kld: POCL's spelling)")
