@@ -36,17 +36,22 @@ CKPT=""
 TEACHER_CKPT=""
 TEACHER_PEFT_PATH=""
 SAVE_PATH=""
-TEACHER_FP16=0
+TEACHER_FP16=1
+# The reference's extra language-modelling loss (1.0 x LM on OpenWebText) for the methods in LM_METHODS (set by a
+# family's defaults); LM_DATA_DIR is made by tools.process_data_pretrain (see lm_data_check).
+LM_METHODS=""
+LM_DATA_DIR="${BASE_PATH}/processed_data/openwebtext/${FAMILY}/512/"
 # optimisation
 BATCH_SIZE=8
 GRAD_ACC=1
 EVAL_BATCH_SIZE=16
 MAX_LENGTH=512
 MAX_PROMPT_LENGTH=256
+DEV_NUM=1000
+LR_MIN=1e-7
 SEED=10
 DS_CONFIG="${REPO_ROOT}/configs/deepspeed/ds_config.json"
 KD_RATIO=1.0
-if [[ "${METHOD}" == kd ]]; then KD_RATIO=0.5; fi
 # LoRA adapters of the student (PEFT=lora)
 PEFT=none
 LORA_R=16
@@ -59,25 +64,25 @@ AB_BETA=${AB_BETA:-0.7}
 MIXED_ALPHA=0.5
 GKD_BETA=0.5
 # DistiLLM's published recipe: the student-generated share starts at INIT_THRESHOLD and rises by 0.1 when the
-# validation loss worsens by more than LOSS_EPS; CAPACITY generations per process in the replay buffer;
-# validations (which adapt the threshold) about EVALS_PER_EPOCH times an epoch of Dolly (~14k examples)
+# validation loss (once an epoch) worsens by more than LOSS_EPS; CAPACITY generations per process in the replay buffer
 SKEW_ALPHA=0.1
 INIT_THRESHOLD=0.0
 LOSS_EPS=0.1
 CAPACITY=1000
 REPLAY_RATIO=constant
-TRAIN_EXAMPLES=14000
-EVALS_PER_EPOCH=10
 # SeqKD teacher generation (sampling at temperature 1, as MiniLLM/DistiLLM); the dataset's fingerprint, so
 # the seqkd launchers of a family and tools/generate_data_seqkd.sh must agree on it
 GEN_MAX_NEW_TOKENS=256
 GEN_BATCH_SIZE=32
 GEN_SEED=10
 GEN_SAMPLING=--do-sample
-# POCL: ranking by reciprocal rank fusion, then the Baby Step schedule
+# POCL: the pretrained student ranks the data (reciprocal rank fusion of its near-greedy samples), then the
+# Baby Step schedule with POCL's settings (8 epochs a stage, lr 1e-4, batch 16, JSD lambda 0.9)
 RRF_K=60
 NUM_STAGES=4
-STAGE_EPOCHS=5
+STAGE_EPOCHS=8
+JSD_LAM=0.9
+if [[ "${METHOD}" == pocl ]]; then LR=0.0001; BATCH_SIZE=16; fi
 KD_TEMPERATURE_START=1.0
 KD_TEMPERATURE_END=2.0
 KD_RATIO_START=0.7
@@ -95,7 +100,7 @@ resolve_teacher() {
 
 resolve_student() {
     case "${METHOD}:${PEFT}" in
-        sft:*|init:*|*:lora) CKPT=${CKPT:-"${BASE_PATH}/checkpoints/${CKPT_NAME}/"}; CKPT_TAG="" ;;
+        sft:*|init:*|pocl:*|*:lora) CKPT=${CKPT:-"${BASE_PATH}/checkpoints/${CKPT_NAME}/"}; CKPT_TAG="" ;;
         *) CKPT=${CKPT:-"${BASE_PATH}/results/${FAMILY}/train/init/${CKPT_NAME}/best/"}; CKPT_TAG=-init ;;
     esac
 }
@@ -111,8 +116,18 @@ generate_seqkd_data() {
         --batch-size "${GEN_BATCH_SIZE}" --seed "${GEN_SEED}" "$@"
 }
 
+# The LM term's data is not shipped: say how to make it, and stop unless this is a dry run.
+lm_data_check() {
+    [[ -f "${LM_DATA_DIR}/meta.json" || "${DRY_RUN:-0}" == 1 ]] && return 0
+    echo "$(basename "$0"): no pre-training data for the LM loss in ${LM_DATA_DIR}; make it from OpenWebText" \
+        "(data/openwebtext/data.txt, one document a line) with: python -m tools.process_data_pretrain --data-dir" \
+        "${BASE_PATH}/data/openwebtext/ --processed-data-dir ${LM_DATA_DIR} --model-path <a ${FAMILY} checkpoint>" \
+        "--max-length 512 --dev-num 10000 (scripts/gpt2/tools/process_data_pretrain.sh for GPT-2)" >&2
+    exit 1
+}
+
 finetune() {
-    local args=() data_dir=${DATA_DIR} eval_interval=0 lora=""
+    local args=() data_dir=${DATA_DIR} lora=""
     if [[ "${PEFT}" == lora ]]; then lora=-lora; fi
     SAVE_PATH=${SAVE_PATH:-"${BASE_PATH}/results/${FAMILY}/train/${METHOD}/${CKPT_NAME}${lora}"}
     resolve_student
@@ -131,10 +146,9 @@ finetune() {
         gkd) args+=(--kd-ratio "${KD_RATIO}" --mixed-alpha "${MIXED_ALPHA}" --gkd-beta "${GKD_BETA}") ;;
         distillm)
             args+=(--kd-ratio "${KD_RATIO}" --skew-alpha "${SKEW_ALPHA}" --init-threshold "${INIT_THRESHOLD}"
-                   --loss-eps "${LOSS_EPS}" --capacity "${CAPACITY}" --replay-ratio "${REPLAY_RATIO}")
-            local global_batch=$(( BATCH_SIZE * GRAD_ACC * GPU_NUM * NNODES ))
-            eval_interval=$(( (TRAIN_EXAMPLES - 1) / (global_batch * EVALS_PER_EPOCH) + 1 )) ;;
+                   --loss-eps "${LOSS_EPS}" --capacity "${CAPACITY}" --replay-ratio "${REPLAY_RATIO}") ;;
     esac
+    if [[ " ${LM_METHODS} " == *" ${METHOD} "* ]]; then lm_data_check; args+=(--lm-data-dir "${LM_DATA_DIR}"); fi
     if [[ "${PEFT}" == lora ]]; then
         args+=(--peft lora --peft-lora-r "${LORA_R}" --peft-lora-alpha "${LORA_ALPHA}" --peft-lora-dropout "${LORA_DROPOUT}")
     fi
@@ -142,12 +156,12 @@ finetune() {
         pocl_args
     else
         args+=(--warmup-iters 0 --lr-decay-style cosine --weight-decay 1e-2 --clip-grad 1.0 --epochs "${EPOCHS}"
-               --save-interval 0 --eval-interval "${eval_interval}")
+               --save-interval 0)
     fi
     launch_module distillation_llm.finetune --type "${TYPE}" "${args[@]}" --model-type "${MODEL_TYPE}" \
         --data-dir "${data_dir}" --lr "${LR}" --batch-size "${BATCH_SIZE}" --gradient-accumulation-steps "${GRAD_ACC}" \
         --eval-batch-size "${EVAL_BATCH_SIZE}" --max-length "${MAX_LENGTH}" --max-prompt-length "${MAX_PROMPT_LENGTH}" \
-        --do-train --do-valid --log-interval 10 --save "${SAVE_PATH}" --seed "${SEED}" --deepspeed_config "${DS_CONFIG}"
+        --dev-num "${DEV_NUM}" --lr-min "${LR_MIN}" --do-train --do-valid --eval-gen --eval-interval -1 --log-interval 10 --save "${SAVE_PATH}" --seed "${SEED}" --deepspeed_config "${DS_CONFIG}"
 }
 
 # POCL: rank the training data with the student (reused when it exists), then the curriculum flags.
@@ -156,12 +170,13 @@ pocl_args() {
     case "${TYPE}" in
         ab) args+=(--ab_alpha "${AB_ALPHA}" --ab_beta "${AB_BETA}") ;;
         sfkl|srkl) args+=(--skew-alpha "${SKEW_ALPHA}") ;;
-        fkl|rkl|jsd|tvd) ;;
+        jsd) args+=(--jsd-lam "${JSD_LAM}") ;;
+        fkl|rkl|tvd) ;;
         *) echo "$(basename "$0"): --type ${TYPE} is not a POCL divergence (fkl, rkl, jsd, tvd, sfkl, srkl, ab)" >&2; exit 2 ;;
     esac
     run_module distillation_llm.rank_difficulty rank --model-path "${CKPT}" --data-dir "${DATA_DIR}" --ranking "${RANKING}" \
         --rrf-k "${RRF_K}" --max-prompt-length "${MAX_PROMPT_LENGTH}" --max-length "${MAX_LENGTH}" \
-        --batch-size "${EVAL_BATCH_SIZE}" --seed "${SEED}"
+        --batch-size "${EVAL_BATCH_SIZE}" --seed "${SEED}" --do-sample --temperature 0.01 --top-k 0 --top-p 1.0 --max-new-tokens 256
     args+=(--curriculum pocl --ranking "${RANKING}" --num-stages "${NUM_STAGES}" --stage-epochs "${STAGE_EPOCHS}"
            --kd-temperature-start "${KD_TEMPERATURE_START}" --kd-temperature-end "${KD_TEMPERATURE_END}"
            --kd-ratio-start "${KD_RATIO_START}" --kd-ratio-end "${KD_RATIO_END}")

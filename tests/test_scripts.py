@@ -204,26 +204,22 @@ def test_dry_run_prints_commands_their_parsers_accept(script, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Key settings of every LLM experiment: pattern -> (--type, --lr, --batch-size, --gradient-accumulation-steps,
-# --epochs, --kd-ratio); the first matching row applies and every training launcher must match one.
+# Key settings of every LLM experiment. Launchers with a reference script (every GPT-2 one, OPT's except ab and
+# pocl) are checked against that script's values, kept in tests/data/reference_launchers.json; the others
+# against KEY_SETTINGS: pattern -> (--type, --lr, --batch-size, --gradient-accumulation-steps, --epochs,
+# --kd-ratio), the first matching row applies.
 # ---------------------------------------------------------------------------------------------------
 
+REFERENCE = json.loads((REPO / "tests" / "data" / "reference_launchers.json").read_text())["launchers"]
+# The reference's --type -> ours (seqkd: the reference trains --type kd on the SeqKD data).
+REFERENCE_TYPES = {"lm": {"sft", "init"}, "kd": {"kd", "seqkd"}, "ab": {"ab"}, "mixed-fkl": {"imitkd"}, "mixed-jsd": {"gkd"},
+                   "adaptive-srkl": {"distillm", "adaptive-srkl"}, "adaptive-sfkl": {"adaptive-sfkl"}, "tfkl": {"fkl"}}
+REFERENCE_LR_MIN = 1e-7  # DistiLLM's and ABKD's --lr-min default; their scripts leave it
 KEY_SETTINGS = [
-    ("gpt2/sft/sft_xlarge.sh", ("sft", 1e-4, 4, 2, 20, None)),
-    ("gpt2/sft/*", ("sft", 5e-4, 8, 1, 20, None)),
-    ("gpt2/init/*", ("init", 5e-4, 8, 1, 3, None)),
-    ("gpt2/kd/*", ("kd", 5e-4, 8, 1, 20, 0.5)),
-    ("gpt2/ab/*", ("ab", 5e-4, 8, 1, 10, 1.0)),
-    ("gpt2/seqkd/*", ("seqkd", 5e-4, 8, 1, 20, None)),
-    *((f"gpt2/{m}/*", (m, 5e-4, 8, 1, 20, 1.0)) for m in ("imitkd", "gkd", "distillm")),
-    ("opt/sft/*", ("sft", 5e-5, 4, 2, 10, None)),
-    ("opt/init/*", ("init", 5e-5, 8, 1, 3, None)),
-    ("opt/kd/*", ("kd", 5e-5, 8, 1, 10, 0.5)),
-    ("opt/seqkd/*", ("seqkd", 5e-5, 8, 1, 10, None)),
-    *((f"opt/{m}/*", (m, 5e-5, 8, 1, 10, 1.0)) for m in ("ab", "imitkd", "gkd", "distillm")),
+    *((f"opt/{m}/*_1.3B_2.7B.sh", (m, 5e-5, 8, 1, 10, 1.0)) for m in ("ab",)),
+    *((f"opt/{m}/*", (m, 5e-5, 8, 1, 20, 1.0)) for m in ("ab",)),
     *((f"{f}/sft/*", ("sft", 1e-4, 4, 4, 10, None)) for f in LORA_FAMILIES),
-    *((f"{f}/kd/*", ("kd", 1e-4, 4, 4, 10, 0.5)) for f in LORA_FAMILIES),
-    *((f"{f}/{m}/*", (m, 1e-4, 4, 4, 10, 1.0)) for f in LORA_FAMILIES for m in ("ab", "distillm")),
+    *((f"{f}/{m}/*", (m, 1e-4, 4, 4, 10, 1.0)) for f in LORA_FAMILIES for m in ("kd", "ab", "distillm")),
 ]  # fmt: skip
 
 
@@ -253,9 +249,48 @@ def dry_runs(tmp_path_factory) -> tuple[Path, dict, dict]:
     return base, runs, generations
 
 
+def test_every_gpt2_launcher_has_a_reference_row():
+    gpt2 = {name(path) for path in [*TRAINING, *SCRIPTS.glob("gpt2/pocl/*.sh")] if path.parts[-3] == "gpt2"}
+    assert gpt2 <= set(REFERENCE), sorted(gpt2 - set(REFERENCE))
+    assert set(REFERENCE) <= {name(path) for path in LAUNCHERS}, "a row names no launcher"
+
+
+@pytest.mark.parametrize("launcher", sorted(REFERENCE), ids=str)
+def test_launcher_follows_its_reference_script(launcher, tmp_path):
+    """The resolved arguments equal the reference script's hyper-parameters (POCL: those of its first stage,
+    from which the curriculum moves kd-ratio and temperature)."""
+    from distillation_llm.methods import method_of
+
+    reference = REFERENCE[launcher]["values"]
+    script, base = SCRIPTS / launcher, tmp_path.resolve()
+    pocl = script.parent.name == "pocl"
+    argv = printed_commands(script, base, *(("--type", "fkl") if pocl else ()))[-1][1]
+    args = finetune_args(argv, base)
+    assert args.type in REFERENCE_TYPES[reference["type"]]
+    resolved = {
+        "lr": args.lr, "batch-size": args.batch_size, "gradient-accumulation-steps": args.gradient_accumulation_steps,
+        "epochs": args.stage_epochs if pocl else args.epochs, "eval-gen": args.eval_gen, "eval-interval": args.eval_interval,
+        "lm-data-dir": args.lm_data_dir is not None, "max-length": args.max_length, "max-prompt-length": args.max_prompt_length,
+        "dev-num": args.dev_num, "init-threshold": args.init_threshold, "loss-eps": args.loss_eps, "capacity": args.capacity,
+    }  # fmt: skip
+    if args.teacher_model_path is not None:  # SFT, init and SeqKD (the teacher is only used beforehand) have none
+        resolved["teacher-model-fp16"] = args.teacher_model_fp16
+        resolved["kd-ratio"] = args.kd_ratio_start if pocl else args.kd_ratio
+    if args.type == "gkd":
+        resolved["mixed-alpha"] = args.mixed_alpha
+    if args.type == "imitkd":  # ImitKD samples every batch from the student: the reference's --mixed-alpha 1.0
+        resolved["mixed-alpha"] = method_of(args).student_probability(args)
+    expected = {key: value for key, value in reference.items() if key != "type" and key in resolved}
+    assert {key: resolved[key] for key in expected} == expected
+    assert not reference.get("lm-data-dir") or Path(args.lm_data_dir) == base / "processed_data/openwebtext" / script.parts[-3] / "512"
+    assert args.lr_min == REFERENCE_LR_MIN and args.eval_gen and args.eval_interval == -1
+
+
 def test_key_settings_of_every_experiment(dry_runs):
     _, runs, _ = dry_runs
     for script, args in runs.items():
+        if name(script) in REFERENCE:
+            continue
         kd_ratio = None if args.type in ("sft", "init", "seqkd") else args.kd_ratio
         assert (args.type, args.lr, args.batch_size, args.gradient_accumulation_steps, args.epochs, kd_ratio) == key_settings(script), name(script)
 
@@ -264,7 +299,8 @@ def test_method_and_family_settings(dry_runs):
     base, runs, generations = dry_runs
     for script, args in runs.items():
         family, method = script.relative_to(SCRIPTS).parts[:2]
-        assert args.type == method and args.model_type == MODEL_TYPES[family], name(script)
+        assert args.type in ((method, "adaptive-sfkl") if method == "distillm" else (method,)), name(script)
+        assert args.model_type == MODEL_TYPES[family], name(script)
         assert Path(args.save).is_relative_to(base / "results" / family / "train" / method)
         assert args.do_train and args.do_valid and args.total_iters is None
         assert Path(args.deepspeed_config).is_file() and Path(args.deepspeed_config).is_relative_to(REPO / "configs" / "deepspeed")
@@ -277,7 +313,7 @@ def test_method_and_family_settings(dry_runs):
             assert Path(args.data_dir) == base / "processed_data/dolly/full" / family
         assert (args.teacher_model_path is None) == (method in ("sft", "init", "seqkd")), name(script)
         if args.teacher_model_path is not None:
-            assert args.teacher_model_fp16 == (family == "opt")
+            assert args.teacher_model_fp16
         if family in LORA_FAMILIES:
             assert (args.peft, args.peft_lora_r, args.peft_lora_alpha, args.peft_lora_dropout) == ("lora", 16, 32, 0.1)
             assert (args.teacher_peft_path is None) == (args.teacher_model_path is None), "the 7B teachers are LoRA-tuned"
@@ -291,20 +327,24 @@ def test_method_and_family_settings(dry_runs):
             assert (args.mixed_alpha, args.gkd_beta) == (0.5, 0.5)
         if method == "distillm":
             assert (args.skew_alpha, args.init_threshold, args.loss_eps, args.capacity, args.replay_ratio) == (0.1, 0.0, 0.1, 1000, "constant")
-        else:
-            assert args.eval_interval == 0
+        assert args.eval_gen and args.eval_interval == -1, "best/ by dev ROUGE-L, validated once an epoch (as the references)"
         assert args.num_workers == 0 or method not in ("imitkd", "gkd", "distillm")
 
 
-@pytest.mark.parametrize("script", sorted(SCRIPTS.glob("*/distillm/*.sh")), ids=name)
-def test_distillm_validates_about_ten_times_an_epoch_on_any_number_of_gpus(script, tmp_path):
-    """The validations that move DistiLLM's threshold come about every tenth of Dolly's ~14k training examples."""
-    base = tmp_path.resolve()
-    for gpus, nodes in ((1, 1), (8, 1), (8, 2)):
-        (argv,) = finetune_commands(script, base, "2012", str(gpus), env={"NNODES": str(nodes)})
-        args = finetune_args(argv, base)
-        examples = args.eval_interval * args.batch_size * args.gradient_accumulation_steps * gpus * nodes
-        assert 1200 <= examples <= 1600, f"{gpus} GPUs x {nodes} nodes: {examples} examples between validations"
+def test_lm_loss_data_is_checked_before_launching(tmp_path):
+    """The LM term's OpenWebText blocks are not shipped: without them a launcher says how to make them and stops
+    (a dry run still prints its command); with them it launches."""
+    script, base, env = SCRIPTS / "gpt2/ab/train_0.1B_1.5B.sh", tmp_path / "base", fake_launchers(tmp_path)
+    result = run_script(script, base, env=env, dry_run=False)
+    assert result.returncode != 0 and not (tmp_path / "argv").exists()
+    assert "python -m tools.process_data_pretrain" in result.stderr and "--max-length 512" in result.stderr
+    lm_data = base / "processed_data/openwebtext/gpt2/512"
+    lm_data.mkdir(parents=True)
+    (lm_data / "meta.json").write_text("{}\n")
+    result = run_script(script, base, env=env, dry_run=False)
+    assert result.returncode == 0, result.stderr
+    (finetune,) = finetune_commands(script, base)
+    assert recorded_argv(tmp_path)[-len(finetune) :] == finetune
 
 
 # DeepSpeed config per trained model (the student; a teacher is a frozen copy on every GPU).
@@ -502,6 +542,8 @@ def test_launch_uses_torchrun_with_the_distributed_settings(tmp_path):
 def test_launch_uses_the_deepspeed_launcher_with_a_hostfile(tmp_path):
     script = SCRIPTS / "opt" / "kd" / "kd_1.3B.sh"
     (finetune,) = finetune_commands(script, tmp_path / "base")
+    (tmp_path / "base/processed_data/openwebtext/opt/512").mkdir(parents=True)
+    (tmp_path / "base/processed_data/openwebtext/opt/512/meta.json").write_text("{}\n")
     env = fake_launchers(tmp_path) | {"HOSTFILE": str(tmp_path / "hosts"), "NNODES": "2", "MASTER_ADDR": "node0"}
     result = run_script(script, tmp_path / "base", env=env, dry_run=False)
     assert result.returncode == 0, result.stderr
@@ -527,7 +569,7 @@ POCL_SCRIPTS = sorted(SCRIPTS.glob("*/pocl/*.sh"))
 
 
 @pytest.mark.parametrize("script", POCL_SCRIPTS, ids=name)
-@pytest.mark.parametrize("divergence", ["fkl", "srkl", "ab"])
+@pytest.mark.parametrize("divergence", ["fkl", "srkl", "ab", "jsd"])
 def test_pocl_launcher_ranks_then_trains_the_curriculum(script, divergence, tmp_path):
     from distillation_llm.rank_difficulty import build_parser as rank_parser
 
@@ -540,7 +582,11 @@ def test_pocl_launcher_ranks_then_trains_the_curriculum(script, divergence, tmp_
     assert args.ranking == rank_args.ranking and args.model_path == rank_args.model_path and args.data_dir == rank_args.data_dir
     assert (args.num_stages, args.kd_temperature_start, args.kd_temperature_end, args.kd_ratio_start, args.kd_ratio_end) == (4, 1.0, 2.0, 0.7, 1.0)
     assert (args.ab_alpha is not None) == (divergence == "ab")
-    assert args.lr == (5e-4 if "gpt2" in name(script) else 5e-5)
+    assert (args.lr, args.batch_size, args.stage_epochs, args.lr_min) == (1e-4, 16, 8, 1e-7), "POCL's t0-t3 scripts"
+    assert args.jsd_lam == (0.9 if divergence == "jsd" else 0.1), "POCL's JSD mixes 0.9 of the student"
+    # POCL ranks with the pretrained student (not the SFT init), sampling at temperature 0.01, 256 new tokens.
+    assert Path(rank_args.model_path).parent.name == "checkpoints"
+    assert (rank_args.do_sample, rank_args.temperature, rank_args.top_k, rank_args.top_p, rank_args.max_new_tokens) == (True, 0.01, 0, 1.0, 256)
 
 
 def test_only_pocl_launchers_take_a_type(tmp_path):

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Defaults of the OPT launchers (sourced by scripts/opt/*/*.sh after they set METHOD): students
-# initialised by init/, the teacher OPT-2.7B after sft/sft_2.7B.sh, loaded in fp16.
+# initialised by init/, the teacher OPT-2.7B after sft/sft_2.7B.sh; DistiLLM's OPT scripts (every KD
+# method with the LM loss; 20 epochs, 10 for the 1.3B student).
 FAMILY=opt
 MODEL_TYPE=opt
 source "$(dirname "${BASH_SOURCE[0]}")/../llm.sh"
 
 TEACHER_CKPT_NAME="opt-2.7B"
-TEACHER_FP16=1
-LR=0.00005
-EPOCHS=10
+LM_METHODS="ab kd gkd distillm imitkd seqkd"
+if [[ "${METHOD}" != pocl ]]; then LR=0.00005; fi
+EPOCHS=20
 if [[ "${METHOD}" == init ]]; then EPOCHS=3; fi

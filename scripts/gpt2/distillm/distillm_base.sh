@@ -5,7 +5,7 @@
 set -euo pipefail
 METHOD=distillm
 source "$(dirname "${BASH_SOURCE[0]}")/../defaults.sh"
-
 CKPT_NAME="gpt2-base"
 SAVE_PATH="${BASE_PATH}/results/gpt2/train/distillm/0.1B_1.5B"
+TYPE=adaptive-sfkl  # DistiLLM's 0.1B script; its 0.3B and 0.7B ones use adaptive-srkl
 finetune

@@ -4,6 +4,5 @@
 set -euo pipefail
 METHOD=init
 source "$(dirname "${BASH_SOURCE[0]}")/../defaults.sh"
-
 CKPT_NAME="gpt2-large"
 finetune

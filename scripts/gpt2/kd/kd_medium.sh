@@ -5,7 +5,7 @@
 set -euo pipefail
 METHOD=kd
 source "$(dirname "${BASH_SOURCE[0]}")/../defaults.sh"
-
 CKPT_NAME="gpt2-medium"
 SAVE_PATH="${BASE_PATH}/results/gpt2/train/kd/0.3B_1.5B"
+BATCH_SIZE=4
 finetune

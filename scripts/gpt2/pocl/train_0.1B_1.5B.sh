@@ -5,7 +5,6 @@
 set -euo pipefail
 METHOD=pocl
 source "$(dirname "${BASH_SOURCE[0]}")/../defaults.sh"
-
 CKPT_NAME="gpt2-base"
 SAVE_PATH="${BASE_PATH}/results/gpt2/train/pocl/${TYPE}/0.1B_1.5B"
 finetune

@@ -4,6 +4,6 @@
 set -euo pipefail
 METHOD=sft
 source "$(dirname "${BASH_SOURCE[0]}")/../defaults.sh"
-
 CKPT_NAME="gpt2-medium"
+LR=0.0001
 finetune

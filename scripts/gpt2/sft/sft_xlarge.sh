@@ -4,11 +4,7 @@
 set -euo pipefail
 METHOD=sft
 source "$(dirname "${BASH_SOURCE[0]}")/../defaults.sh"
-
 CKPT_NAME="gpt2-xlarge"
-LR=0.0001
-BATCH_SIZE=4
-GRAD_ACC=2
-EVAL_BATCH_SIZE=8
+LR=0.00005 BATCH_SIZE=2 EPOCHS=10 EVAL_BATCH_SIZE=8
 DS_CONFIG="${REPO_ROOT}/configs/deepspeed/ds_config_zero2.json"
 finetune

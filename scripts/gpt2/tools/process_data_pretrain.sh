@@ -8,9 +8,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/../../launch.sh"
 BASE_PATH=${1:-$(pwd)}
 MODEL_PATH="${BASE_PATH}/checkpoints/gpt2-large/"  # only its tokenizer is read
 DATA_DIR="${BASE_PATH}/data/openwebtext/"
-MAX_LENGTH=1024
+MAX_LENGTH=512
 OUTPUT_DIR="${BASE_PATH}/processed_data/openwebtext/gpt2/${MAX_LENGTH}/"
-DEV_NUM=1000
+DEV_NUM=10000
 WORKERS=4
 
 run_module tools.process_data_pretrain \

@@ -5,8 +5,8 @@
 set -euo pipefail
 METHOD=imitkd
 source "$(dirname "${BASH_SOURCE[0]}")/../defaults.sh"
-
 CKPT_NAME="opt-1.3B"
 DS_CONFIG="${REPO_ROOT}/configs/deepspeed/ds_config_zero2.json"
 SAVE_PATH="${BASE_PATH}/results/opt/train/imitkd/1.3B_2.7B"
+EPOCHS=10
 finetune

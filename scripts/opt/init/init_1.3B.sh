@@ -4,7 +4,7 @@
 set -euo pipefail
 METHOD=init
 source "$(dirname "${BASH_SOURCE[0]}")/../defaults.sh"
-
 CKPT_NAME="opt-1.3B"
 DS_CONFIG="${REPO_ROOT}/configs/deepspeed/ds_config_zero2.json"
+BATCH_SIZE=2
 finetune

@@ -5,7 +5,6 @@
 set -euo pipefail
 METHOD=kd
 source "$(dirname "${BASH_SOURCE[0]}")/../defaults.sh"
-
 CKPT_NAME="opt-0.1B"
 SAVE_PATH="${BASE_PATH}/results/opt/train/kd/0.1B_2.7B"
 finetune

@@ -5,7 +5,6 @@
 set -euo pipefail
 METHOD=seqkd
 source "$(dirname "${BASH_SOURCE[0]}")/../defaults.sh"
-
 CKPT_NAME="opt-0.3B"
 SAVE_PATH="${BASE_PATH}/results/opt/train/seqkd/0.3B_2.7B"
 finetune

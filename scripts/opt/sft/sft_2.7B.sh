@@ -4,10 +4,7 @@
 set -euo pipefail
 METHOD=sft
 source "$(dirname "${BASH_SOURCE[0]}")/../defaults.sh"
-
 CKPT_NAME="opt-2.7B"
 DS_CONFIG="${REPO_ROOT}/configs/deepspeed/ds_config_zero2.json"
-BATCH_SIZE=4
-GRAD_ACC=2
-EVAL_BATCH_SIZE=8
+BATCH_SIZE=4 EPOCHS=10 EVAL_BATCH_SIZE=8
 finetune
