@@ -1,16 +1,16 @@
 """tools.process_data_dolly and tools.process_data_pretrain on files written here and on the shared evaluation sets."""
 
 import json
-import random
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from conftest import SHARED_EVAL, write_instruction_jsonl
-from llama_like_tokenizer import train_llama_like_tokenizer
 from datasets import load_from_disk
+from llama_like_tokenizer import train_llama_like_tokenizer
 
 from tools import process_data_dolly, process_data_pretrain
 
