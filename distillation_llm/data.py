@@ -22,6 +22,11 @@ import torch
 # The label of positions that predict nothing (prompt, padding); the losses skip them.
 IGNORE_INDEX = -100
 
+# meta.json "format_version" of processed instruction data (tools.process_data_dolly). Version 2
+# follows DistiLLM: valid split = the first --dev-num lines, prompts keep their first tokens, the
+# response is sliced from the tokenised prompt + response. Older data is refused, not reinterpreted.
+INSTRUCTION_FORMAT_VERSION = 2
+
 
 def tokenizer_fingerprint(tokenizer) -> str:
     """A hash of what gives token ids their meaning: the tokenizer's class, its vocabulary (added
@@ -53,6 +58,13 @@ def load_processed(data_dir: str | Path, tokenizer=None, *, flag: str = "--data-
             f"{flag} {data_dir}: no processed dataset here (missing meta.json); run tools/process_data_dolly.py first"
         )
     meta = json.loads(meta_path.read_text())
+    is_instruction_data = "max_prompt_length" in meta
+    if is_instruction_data and meta.get("format_version", 1) < INSTRUCTION_FORMAT_VERSION:
+        raise ValueError(
+            f"{flag} {data_dir} was processed by an older tools.process_data_dolly (format_version "
+            f"{meta.get('format_version', 1)}; this version reads {INSTRUCTION_FORMAT_VERSION}): its valid split, prompt "
+            "truncation and response tokens differ from DistiLLM's; re-process it with --overwrite"
+        )
     if tokenizer is not None:
         if meta.get("vocab_size") != len(tokenizer):
             raise ValueError(

@@ -4,8 +4,10 @@
         --data-dir data --save results/gpt2/eval_main
 
 Follows the MiniLLM/DistiLLM protocol: every model answers each set (`<data-dir>/<set>/valid.jsonl`)
-once per seed, sampling at temperature 1 by default (`--no-do-sample` for greedy decoding), and
-ROUGE-L is reported as mean ± std over the seeds. Outputs in --save:
+once per seed, sampling at temperature 1 by default (`--no-do-sample` for greedy decoding) with
+repeated 6-grams banned (`--no-repeat-ngram-size`), from prompts encoded with the tokenizer's
+special tokens (a BOS for OPT/LLaMA) and cut to their first --max-prompt-length tokens, as
+DistiLLM's `evaluate_main.py`. ROUGE-L is reported as mean ± std over the seeds. Outputs in --save:
 
     args.json                                    the resolved command line
     <model>/<set>/seed<k>/answers.jsonl          line, prompt, generation, references, rougeL, exact_match, length
@@ -36,8 +38,11 @@ from distillation_llm.metrics import exact_match, max_over_references, rouge_l
 
 DEFAULT_SETS = ("dolly", "self-inst", "vicuna", "sinst", "uinst")
 DEFAULT_SEEDS = (10, 20, 30, 40, 50)
-# MiniLLM's evaluation: pure sampling at temperature 1, a fresh seed per run.
-EVAL_GENERATION = GenerationSettings(do_sample=True, top_k=0, top_p=1.0, temperature=1.0, max_new_tokens=256)
+# MiniLLM's evaluation: pure sampling at temperature 1, a fresh seed per run; DistiLLM's
+# `--no-repeat-ngram-size 6` (arguments.py default, passed to generate by evaluate_main.py).
+EVAL_GENERATION = GenerationSettings(
+    do_sample=True, top_k=0, top_p=1.0, temperature=1.0, max_new_tokens=256, no_repeat_ngram_size=6
+)
 METRICS = ("rougeL", "exact_match", "length")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -59,20 +64,23 @@ def evaluate_model(
     *,
     backend: str = "auto",
     progress: bool = True,
+    add_special_tokens: bool = False,
 ) -> tuple[dict, list[dict]]:
     """Answer each (prompt, references) example and score the answers.
 
     Returns (scores, records): scores = {"rougeL", "exact_match" (0-100, best reference per
     example), "length" (mean generated tokens), "n", "prompt_truncated"}; records hold per example
     {"prompt", "generation", "references", "rougeL", "exact_match" (in [0, 1]), "length"}.
-    Used by this CLI and by `finetune --eval-gen` on the dev split.
+    Used by this CLI (`add_special_tokens=True`, as DistiLLM's evaluate_main.py) and by
+    `finetune --eval-gen` on the dev split (False: the prompts as the training data holds them, as
+    DistiLLM's finetune.py generates from its processed prompts).
     """
     if not examples:
         raise EvaluationError("no examples to evaluate")
     prompts = [prompt for prompt, _ in examples]
     output = generate(
         model, tokenizer, prompts, settings, batch_size=batch_size, max_prompt_length=max_prompt_length,
-        backend=backend, progress=progress,
+        backend=backend, progress=progress, add_special_tokens=add_special_tokens,
     )
     records = []
     for (prompt, references), text, ids in zip(examples, output.texts, output.token_ids):
@@ -255,7 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--data-dir", required=True, help="directory holding <set>/valid.jsonl for every evaluation set")
     data.add_argument("--eval-sets", default=",".join(DEFAULT_SETS), help=f"comma-separated evaluation sets, subdirectories of --data-dir (default {','.join(DEFAULT_SETS)})")
     data.add_argument("--max-examples", type=int, default=None, help="evaluate only the first N examples of each set (quick checks; default all)")
-    data.add_argument("--max-prompt-length", type=int, default=256, help="prompts longer than this many tokens lose their first tokens (default 256)")
+    data.add_argument("--max-prompt-length", type=int, default=256, help="prompts longer than this many tokens keep their first ones (default 256)")
+    data.add_argument(
+        "--prompt-special-tokens", action=argparse.BooleanOptionalAction, default=True,
+        help="encode prompts with the tokenizer's special tokens (a BOS for OPT/LLaMA, nothing for GPT-2), as DistiLLM's "
+        "evaluate_main.py; --no-prompt-special-tokens encodes them as the training data does (default on)",
+    )
 
     run = parser.add_argument_group("run")
     run.add_argument("--seeds", default=",".join(map(str, DEFAULT_SEEDS)), help=f"comma-separated generation seeds; scores are mean ± std over them (default {','.join(map(str, DEFAULT_SEEDS))})")
@@ -288,7 +301,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--peft-path is merged with the Hugging Face backend: use --backend hf")
     try:
         settings_from_args(args, seed=0)
-        args.backend = "hf" if args.peft_path else resolve_backend(args.backend)
+        args.backend = "hf" if args.peft_path else resolve_backend(args.backend, args.no_repeat_ngram_size)
     except (ValueError, RuntimeError) as error:
         parser.error(str(error))
     return args
@@ -331,7 +344,7 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
                 pairs = [(e.prompt, e.references) for e in examples]
                 scores, records = evaluate_model(
                     model, tokenizer, pairs, settings, args.eval_batch_size, args.max_prompt_length,
-                    backend=args.backend, progress=not args.no_progress,
+                    backend=args.backend, progress=not args.no_progress, add_special_tokens=args.prompt_special_tokens,
                 )
                 out = save / name / set_name / f"seed{seed}"
                 out.mkdir(parents=True, exist_ok=True)
@@ -352,6 +365,7 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
             "generation": {k: v for k, v in asdict(settings_from_args(args, seed=0)).items() if k != "seed"},
             "backend": args.backend,
             "max_prompt_length": args.max_prompt_length,
+            "prompt_special_tokens": args.prompt_special_tokens,
             "max_examples": args.max_examples,
             **summarise(per_seed),
         }

@@ -3,10 +3,11 @@
     output = generate(model, tokenizer, prompts, GenerationSettings(do_sample=True, seed=10))
     output.texts, output.token_ids, output.prompt_truncated
 
-Prompts are strings (tokenised without special tokens, as `tools.process_data_dolly` does) or
-lists of token ids. A prompt longer than `max_prompt_length` loses its first tokens, so the end
-of the instruction and "### Response:" survive. Only the continuation is returned, cut before
-the first EOS.
+Prompts are strings or lists of token ids. Strings are tokenised without special tokens, as
+`tools.process_data_dolly` does for training, or with the tokenizer's default ones (a BOS for
+OPT/LLaMA) with `add_special_tokens=True`, as DistiLLM's `evaluate_main.py` does. A prompt longer
+than `max_prompt_length` keeps its first tokens, as DistiLLM's `PromptDataset` does. Only the
+continuation is returned, cut before the first EOS.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ BACKENDS = ("auto", "hf", "vllm")
 @dataclass
 class GenerationSettings:
     """Decoding settings. The defaults are greedy decoding; MiniLLM-style evaluation samples at
-    temperature 1 with top-k and top-p disabled (`top_k=0`, `top_p=1.0`)."""
+    temperature 1 with top-k and top-p disabled (`top_k=0`, `top_p=1.0`) and bans repeated 6-grams
+    (`no_repeat_ngram_size=6`, DistiLLM's `evaluate_main.py`); 0 bans nothing."""
 
     do_sample: bool = False
     top_k: int = 0
@@ -37,6 +39,7 @@ class GenerationSettings:
     max_new_tokens: int = 256
     num_beams: int = 1
     seed: int = 42
+    no_repeat_ngram_size: int = 0
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -49,13 +52,15 @@ class GenerationSettings:
             raise ValueError(f"top_p must lie in (0, 1], got {self.top_p}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if self.no_repeat_ngram_size < 0:
+            raise ValueError(f"no_repeat_ngram_size must be 0 (no ban) or positive, got {self.no_repeat_ngram_size}")
 
 
 @dataclass
 class GenerationOutput:
     texts: list[str]  # decoded continuations, special tokens removed
     token_ids: list[list[int]]  # continuation ids, without the EOS and the padding after it
-    prompt_truncated: int  # prompts that lost their first tokens to `max_prompt_length`
+    prompt_truncated: int  # prompts cut to their first `max_prompt_length` tokens
 
 
 def add_generation_args(parser: argparse.ArgumentParser, defaults: GenerationSettings | None = None) -> argparse._ArgumentGroup:
@@ -71,6 +76,10 @@ def add_generation_args(parser: argparse.ArgumentParser, defaults: GenerationSet
     group.add_argument("--top-p", type=float, default=defaults.top_p, help=f"nucleus sampling: keep the smallest token set with this probability mass (1.0 disables; default {defaults.top_p})")
     group.add_argument("--temperature", type=float, default=defaults.temperature, help=f"divide the logits by this before sampling (default {defaults.temperature})")
     group.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, help=f"generate at most this many tokens after the prompt (default {defaults.max_new_tokens})")
+    group.add_argument(
+        "--no-repeat-ngram-size", type=int, default=defaults.no_repeat_ngram_size, metavar="N",
+        help=f"never generate an n-gram of N tokens twice in a sequence, prompt included (0 bans nothing; default {defaults.no_repeat_ngram_size}; Hugging Face backend only)",
+    )
     group.add_argument("--num-beams", type=int, default=defaults.num_beams, help=f"beam-search width; 1 decodes one hypothesis (default {defaults.num_beams}; Hugging Face backend only)")
     group.add_argument(
         "--backend", choices=BACKENDS, default="auto",
@@ -84,6 +93,7 @@ def settings_from_args(args: argparse.Namespace, seed: int) -> GenerationSetting
     return GenerationSettings(
         do_sample=args.do_sample, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
         max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, seed=seed,
+        no_repeat_ngram_size=args.no_repeat_ngram_size,
     )
 
 
@@ -94,14 +104,17 @@ def _vllm_importable() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def resolve_backend(backend: str = "auto") -> str:
-    """"hf" or "vllm". `auto` picks vLLM when the package is installed and CUDA is available;
-    asking for vllm explicitly when it cannot run raises RuntimeError saying why."""
+def resolve_backend(backend: str = "auto", no_repeat_ngram_size: int = 0) -> str:
+    """"hf" or "vllm". `auto` picks vLLM when the package is installed and CUDA is available and no
+    n-gram ban is asked for (vLLM's sampling has none); asking for vllm explicitly when it cannot
+    run raises RuntimeError saying why."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown generation backend '{backend}'; valid: {', '.join(BACKENDS)}")
     if backend == "hf":
         return "hf"
     missing = []
+    if no_repeat_ngram_size > 0:
+        missing.append(f"vLLM has no no_repeat_ngram_size (--no-repeat-ngram-size {no_repeat_ngram_size}; 0 lifts the ban)")
     if not _vllm_importable():
         missing.append("the vllm package is not installed (pip install 'abkd[gpu]')")
     if not torch.cuda.is_available():
@@ -116,15 +129,18 @@ def resolve_backend(backend: str = "auto") -> str:
 # Generation -------------------------------------------------------------------------------------
 
 
-def _prompt_ids(tokenizer, prompts: Sequence[str | Sequence[int]], max_prompt_length: int) -> tuple[list[list[int]], int]:
+def _prompt_ids(
+    tokenizer, prompts: Sequence[str | Sequence[int]], max_prompt_length: int, add_special_tokens: bool = False
+) -> tuple[list[list[int]], int]:
     texts = [p for p in prompts if isinstance(p, str)]
-    encoded = iter(tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else [])
+    encoded = iter(tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"] if texts else [])
     ids = [list(next(encoded)) if isinstance(p, str) else list(p) for p in prompts]
     for i, row in enumerate(ids):
         if not row:
             raise ValueError(f"prompt {i} is empty: generation needs at least one prompt token")
     truncated = sum(len(row) > max_prompt_length for row in ids)
-    return [row[-max_prompt_length:] for row in ids], truncated
+    # DistiLLM keeps a long prompt's beginning (PromptDataset: `data[:max_prompt_length]`).
+    return [row[:max_prompt_length] for row in ids], truncated
 
 
 def _eos_ids(tokenizer, model_generation_config=None) -> list[int]:
@@ -152,7 +168,8 @@ def _hf_generation_config(settings: GenerationSettings, pad_id: int, eos_ids: li
         decoding = dict(temperature=1.0, top_k=50, top_p=1.0)
     return GenerationConfig(
         do_sample=settings.do_sample, num_beams=settings.num_beams, max_new_tokens=settings.max_new_tokens,
-        min_new_tokens=0, repetition_penalty=1.0, num_return_sequences=1, use_cache=True,
+        min_new_tokens=0, repetition_penalty=1.0, no_repeat_ngram_size=settings.no_repeat_ngram_size,
+        num_return_sequences=1, use_cache=True,
         pad_token_id=pad_id, eos_token_id=eos_ids, **decoding,
     )
 
@@ -234,6 +251,11 @@ def _generate_vllm(path: str, tokenizer, prompt_ids, settings, progress) -> list
 
     if settings.num_beams > 1:
         raise ValueError("--num-beams > 1 is not supported with --backend vllm; use --backend hf")
+    if settings.no_repeat_ngram_size > 0:
+        raise ValueError(
+            f"--no-repeat-ngram-size {settings.no_repeat_ngram_size} is not supported with --backend vllm; "
+            "use --backend hf or --no-repeat-ngram-size 0"
+        )
     eos_ids = _eos_ids(tokenizer)
     sampling = settings.do_sample
     params = SamplingParams(
@@ -261,6 +283,7 @@ def generate(
     backend: str = "auto",
     device: torch.device | str | None = None,
     progress: bool = True,
+    add_special_tokens: bool = False,
 ) -> GenerationOutput:
     """Continue each prompt; results are in the order of `prompts`.
 
@@ -269,7 +292,8 @@ def generate(
     first, so sampled outputs are reproducible for a given seed and batch size. The model runs in
     eval mode under `torch.no_grad()`; its training mode is restored afterwards. A path is loaded
     (to `device`, default CUDA when available) for the hf backend and handed to vLLM as is.
-    `backend="auto"` uses vLLM only for a model path; a loaded model always runs with hf.
+    `backend="auto"` uses vLLM only for a model path and no n-gram ban; a loaded model always runs
+    with hf. `add_special_tokens` applies to string prompts (token-id prompts are used as given).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -277,13 +301,13 @@ def generate(
         raise ValueError(f"max_prompt_length must be at least 1, got {max_prompt_length}")
     if not prompts:
         return GenerationOutput(texts=[], token_ids=[], prompt_truncated=0)
-    chosen = resolve_backend(backend)
+    chosen = resolve_backend(backend, settings.no_repeat_ngram_size)
     is_path = isinstance(model_or_path, (str, Path))
     if chosen == "vllm" and not is_path:
         if backend == "vllm":
             raise ValueError("--backend vllm needs a model path, not a loaded model")
         chosen = "hf"
-    prompt_ids, truncated = _prompt_ids(tokenizer, prompts, max_prompt_length)
+    prompt_ids, truncated = _prompt_ids(tokenizer, prompts, max_prompt_length, add_special_tokens)
     if chosen == "vllm":
         token_ids = _generate_vllm(str(model_or_path), tokenizer, prompt_ids, settings, progress)
     else:

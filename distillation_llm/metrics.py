@@ -1,11 +1,11 @@
 """ROUGE-L and exact match as scored by Natural Instructions (Wang et al., 2022,
-`compute_metrics.py`) and reused by MiniLLM, DistiLLM and ABKD: ROUGE-L F-measure with
-`rouge_score`'s tokenizer and Porter stemmer, exact match after SQuAD answer normalisation, each
-taken as the best over an example's references."""
+`compute_metrics.py`) and reused by MiniLLM, DistiLLM and ABKD (`rouge_metric.py`): ROUGE-L
+F-measure with `rouge_score`'s tokenizer and Porter stemmer, exact match after SQuAD answer
+normalisation *without* its removal of articles, each taken as the best over an example's
+references."""
 
 from __future__ import annotations
 
-import re
 import string
 from collections.abc import Callable, Sequence
 
@@ -13,14 +13,14 @@ from rouge_score import rouge_scorer
 
 _SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 _PUNCTUATION = set(string.punctuation)
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
 
 
 def normalize_answer(text: str) -> str:
-    """Lower case, remove punctuation, then the articles a/an/the, then collapse whitespace
-    (SQuAD v1.1 `normalize_answer`, as in Natural Instructions)."""
+    """Lower case, remove punctuation, collapse whitespace. This is SQuAD v1.1's `normalize_answer`
+    as Natural Instructions and the DistiLLM/ABKD `rouge_metric.py` adapt it: articles are kept,
+    so "the cat" does not match "cat"."""
     text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
-    return " ".join(_ARTICLES.sub(" ", text).split())
+    return " ".join(text.split())
 
 
 def rouge_l(prediction: str, reference: str) -> float:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import SHARED_EVAL, write_instruction_jsonl
+from llama_like_tokenizer import train_llama_like_tokenizer
 from rouge_score import rouge_scorer
 
 from distillation_llm import evaluate as E
@@ -71,7 +72,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def the_sayer_dir(tmp_path_factory, tiny_gpt2_dir, tiny_tokenizer):
     """A saved model that samples " the" and EOS a third of the time each, so its answers overlap the
-    references of `the_references` (ROUGE-L > 0) and are sometimes only articles (exact match)."""
+    references of `the_references` (ROUGE-L > 0) and are sometimes just " the" (exact match with "The.")."""
     (the,) = tiny_tokenizer(" the", add_special_tokens=False)["input_ids"]
     model = steered_model(tiny_gpt2_dir, {the: 6.0, tiny_tokenizer.eos_token_id: 6.0})
     out = tmp_path_factory.mktemp("the-sayer")
@@ -136,13 +137,14 @@ def test_sinst_reference_lists():
     assert max_over_references(rouge_l, best, multi.references) == 1.0
 
 
-def test_exact_match_normalisation():
-    assert exact_match("The Cat!", "cat") == 1.0
-    assert exact_match("  a DOG.", "dog") == 1.0
-    assert exact_match("The answer is: an apple", "answer is apple") == 1.0
+def test_exact_match_normalisation_keeps_articles():
+    # DistiLLM/ABKD rouge_metric.py: SQuAD normalisation without its removal of articles.
+    assert exact_match("the cat", "cat") == 0.0
+    assert exact_match("The Cat!", "the cat") == 1.0
+    assert exact_match("  a DOG.", "a dog") == 1.0
     assert exact_match("cats", "cat") == 0.0
-    assert normalize_answer("Theatre, then   the END") == "theatre then end"  # only whole-word articles go
-    assert score_predictions(["The Cat!", "dog"], [["cat"], ["a cat"]])["exact_match"] == 50.0
+    assert normalize_answer("Theatre, then   the END") == "theatre then the end"
+    assert score_predictions(["The Cat!", "dog"], [["cat"], ["a cat", "dog"]])["exact_match"] == 50.0
 
 
 # Generation -------------------------------------------------------------------------------------
@@ -182,15 +184,58 @@ def test_max_new_tokens_and_token_id_prompts(gpt2, tiny_tokenizer):
     assert all(len(t) <= 3 for t in from_ids.token_ids)
 
 
-def test_left_truncation(gpt2, tiny_tokenizer):
+def test_long_prompts_keep_their_start(gpt2, tiny_tokenizer):
+    # DistiLLM's PromptDataset: `prompt = data[:max_prompt_length]`.
     ids = [tiny_tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
     limit = 5
     settings = GenerationSettings(max_new_tokens=6)
     out = generate(gpt2, tiny_tokenizer, PROMPTS, settings, max_prompt_length=limit, progress=False)
     assert out.prompt_truncated == sum(len(i) > limit for i in ids) > 0
-    kept_ends = generate(gpt2, tiny_tokenizer, [i[-limit:] for i in ids], settings, max_prompt_length=limit, progress=False)
-    assert kept_ends.prompt_truncated == 0
-    assert out.token_ids == kept_ends.token_ids
+    kept_starts = generate(gpt2, tiny_tokenizer, [i[:limit] for i in ids], settings, max_prompt_length=limit, progress=False)
+    assert kept_starts.prompt_truncated == 0
+    assert out.token_ids == kept_starts.token_ids
+    assert G._prompt_ids(tiny_tokenizer, [list(range(10, 20))], 4)[0] == [[10, 11, 12, 13]]
+
+
+def test_prompt_special_tokens(tmp_path, tiny_tokenizer, monkeypatch):
+    """DistiLLM's evaluate_main.py encodes prompts with `tokenizer.encode(prompt)`: a BOS first for a
+    tokenizer that adds one (OPT, LLaMA), nothing for GPT-2; the BOS survives truncation."""
+    from transformers import AutoTokenizer
+
+    llama_like = AutoTokenizer.from_pretrained(train_llama_like_tokenizer(tmp_path / "tokenizer"))
+    bare = llama_like("Name a star.", add_special_tokens=False)["input_ids"]
+    (with_bos,), _ = G._prompt_ids(llama_like, ["Name a star."], 256, add_special_tokens=True)
+    assert with_bos == [llama_like.bos_token_id] + bare
+    assert G._prompt_ids(llama_like, ["Name a star."], 256)[0] == [bare]  # training-data encoding
+    (cut,), truncated = G._prompt_ids(llama_like, ["Name a star."], 2, add_special_tokens=True)
+    assert cut == [llama_like.bos_token_id, bare[0]] and truncated == 1
+    gpt2_style = tiny_tokenizer("Name a star.", add_special_tokens=False)["input_ids"]
+    assert G._prompt_ids(tiny_tokenizer, ["Name a star."], 256, add_special_tokens=True)[0] == [gpt2_style]
+
+    # The evaluation CLI asks for them by default; `finetune --eval-gen` (evaluate_model's default) does not.
+    seen = []
+    monkeypatch.setattr(E, "generate", lambda *a, **kw: seen.append(kw["add_special_tokens"]) or G.GenerationOutput(["x"], [[1]], 0))
+    E.evaluate_model(None, tiny_tokenizer, [("p", ["x"])], GenerationSettings(), 1, 8)
+    args = E.build_parser().parse_args(["--model-path", "m", "--data-dir", "d", "--save", "s"])
+    off = E.build_parser().parse_args(["--model-path", "m", "--data-dir", "d", "--save", "s", "--no-prompt-special-tokens"])
+    assert seen == [False] and args.prompt_special_tokens and not off.prompt_special_tokens
+
+
+def test_no_repeat_ngram_size(tiny_gpt2_dir, tiny_tokenizer):
+    """A model that always says " the": with DistiLLM's evaluation default (6) the six-fold " the"
+    may be said once, so the seventh token must differ, and no 6-gram of prompt + answer repeats."""
+    (the,) = tiny_tokenizer(" the", add_special_tokens=False)["input_ids"]
+    parrot = steered_model(tiny_gpt2_dir, {the: 60.0})
+    prompt = "Name a star."
+    assert E.EVAL_GENERATION.no_repeat_ngram_size == 6
+    settings = GenerationSettings(**{**vars(E.EVAL_GENERATION), "max_new_tokens": 20})
+    (answer,) = generate(parrot, tiny_tokenizer, [prompt], settings, progress=False).token_ids
+    assert answer[:6] == [the] * 6 and answer[6] != the
+    text = tiny_tokenizer(prompt, add_special_tokens=False)["input_ids"] + answer
+    grams = [tuple(text[i : i + 6]) for i in range(len(text) - 5)]
+    assert len(grams) == len(set(grams)) and len(answer) == 20
+    unbanned = GenerationSettings(**{**vars(settings), "no_repeat_ngram_size": 0})
+    assert generate(parrot, tiny_tokenizer, [prompt], unbanned, progress=False).token_ids == [[the] * 20]
 
 
 def test_eos_stops_generation(tiny_gpt2_dir, tiny_tokenizer):
@@ -245,9 +290,17 @@ def test_generation_flags():
     parser = argparse.ArgumentParser()
     G.add_generation_args(parser)
     settings = G.settings_from_args(parser.parse_args(["--top-p", "0.9", "--max-new-tokens", "7"]), seed=3)
-    assert settings == GenerationSettings(do_sample=False, top_p=0.9, max_new_tokens=7, seed=3)
+    assert settings == GenerationSettings(do_sample=False, top_p=0.9, max_new_tokens=7, seed=3, no_repeat_ngram_size=0)
     evaluation = E.build_parser().parse_args(["--model-path", "m", "--data-dir", "d", "--save", "s"])
-    assert G.settings_from_args(evaluation, 10) == GenerationSettings(do_sample=True, top_k=0, top_p=1.0, temperature=1.0, seed=10)
+    assert G.settings_from_args(evaluation, 10) == GenerationSettings(
+        do_sample=True, top_k=0, top_p=1.0, temperature=1.0, seed=10, no_repeat_ngram_size=6
+    )
+    lifted = E.build_parser().parse_args(["--model-path", "m", "--data-dir", "d", "--save", "s", "--no-repeat-ngram-size", "0"])
+    assert lifted.no_repeat_ngram_size == 0
+    with pytest.raises(ValueError, match="no_repeat_ngram_size"):
+        GenerationSettings(no_repeat_ngram_size=-1)
+    with pytest.raises(RuntimeError, match="no_repeat_ngram_size"):
+        G.resolve_backend("vllm", no_repeat_ngram_size=6)
     greedy = E.build_parser().parse_args(["--model-path", "m", "--data-dir", "d", "--save", "s", "--no-do-sample"])
     assert not greedy.do_sample
     with pytest.raises(ValueError, match="temperature"):
@@ -279,6 +332,7 @@ def test_evaluate_writes_answers_and_consistent_results(tmp_path, the_sayer_dir,
     results = json.loads((save / name / "results.json").read_text())
     assert (save / "args.json").is_file() and not (save / "comparison.csv").exists()
     per_seed_avg = {metric: [0.0, 0.0] for metric in E.METRICS}
+    exact_matches = []
     for set_name in ("dolly", "vicuna"):
         runs = []
         for seed in seeds:
@@ -295,7 +349,8 @@ def test_evaluate_writes_answers_and_consistent_results(tmp_path, the_sayer_dir,
                 "length": sum(a["length"] for a in answers) / 4,
             })
         assert runs[0]["rougeL"] != runs[1]["rougeL"]  # two seeds sample two different answer sets
-        assert max(run["rougeL"] for run in runs) > 0 and max(run["exact_match"] for run in runs) > 0
+        assert max(run["rougeL"] for run in runs) > 0
+        exact_matches.append(max(run["exact_match"] for run in runs))
         summary = results["sets"][set_name]
         assert summary["n"] == 4
         for metric in E.METRICS:
@@ -303,6 +358,7 @@ def test_evaluate_writes_answers_and_consistent_results(tmp_path, the_sayer_dir,
             assert summary[metric]["mean"] == pytest.approx(mean) and summary[metric]["std"] == pytest.approx(std)
             for k in range(2):
                 per_seed_avg[metric][k] += runs[k][metric] / 2
+    assert max(exact_matches) > 0  # an answer of just " the" matches "The."
     for metric in E.METRICS:
         mean, std = _mean_std(per_seed_avg[metric])
         assert results["avg"][metric]["mean"] == pytest.approx(mean) and results["avg"][metric]["std"] == pytest.approx(std)

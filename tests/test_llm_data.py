@@ -100,3 +100,15 @@ def test_lr_schedule_drives_the_optimizer():
         optimizer.step()
         scheduler.step()
     assert lrs == pytest.approx([1.0, 2.0, 2.0, 1.0])
+
+
+def test_instruction_data_of_an_older_format_is_refused(tmp_path):
+    import json
+
+    from distillation_llm.data import INSTRUCTION_FORMAT_VERSION, load_processed
+
+    # Version 1 chose the valid split at random, kept prompts' ends and tokenised responses alone.
+    (tmp_path / "meta.json").write_text(json.dumps({"format_version": 1, "max_prompt_length": 256}))
+    with pytest.raises(ValueError, match="older tools.process_data_dolly .*re-process it with --overwrite"):
+        load_processed(tmp_path)
+    assert INSTRUCTION_FORMAT_VERSION == 2

@@ -2,6 +2,7 @@
 
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import SHARED_EVAL, write_instruction_jsonl
 from datasets import load_from_disk
+from llama_like_tokenizer import train_llama_like_tokenizer
 
 from tools import process_data_dolly, process_data_pretrain
 
@@ -76,7 +78,7 @@ def test_splits_prompts_responses_and_references(tmp_path, tiny_tokenizer_dir, t
     rows = write_instruction_jsonl(tmp_path / "generated.jsonl", 20, seed=1) + HAND_ROWS
     source = write_rows(tmp_path / "raw.jsonl", rows)
 
-    meta = dolly(tiny_tokenizer_dir, source, tmp_path / "out", "--dev-num", 5, "--seed", 3)
+    meta = dolly(tiny_tokenizer_dir, source, tmp_path / "out", "--dev-num", 5)
 
     dataset = load_from_disk(str(tmp_path / "out"))
     assert set(dataset) == {"train", "valid"}
@@ -90,6 +92,8 @@ def test_splits_prompts_responses_and_references(tmp_path, tiny_tokenizer_dir, t
     assert dataset["train"].cache_files, "the saved splits should be memory-mapped Arrow files"
     ids = list(dataset["train"]["id"]) + list(dataset["valid"]["id"])
     assert sorted(ids) == list(range(23)) and ids[:18] == sorted(ids[:18]) and ids[18:] == sorted(ids[18:])
+    # DistiLLM's split: the valid examples are the file's first --dev-num lines, in order.
+    assert list(dataset["valid"]["id"]) == [0, 1, 2, 3, 4] and list(dataset["train"]["id"]) == list(range(5, 23))
 
     eos = tiny_tokenizer.eos_token_id
     for split in dataset.values():
@@ -108,8 +112,44 @@ def test_splits_prompts_responses_and_references(tmp_path, tiny_tokenizer_dir, t
     meta_on_disk = json.loads((tmp_path / "out" / "meta.json").read_text())
     assert meta_on_disk == meta
     assert (meta["vocab_size"], meta["eos_token_id"], meta["pad_token_id"]) == (len(tiny_tokenizer), eos, tiny_tokenizer.pad_token_id)
-    assert meta["format_version"] == 1 and meta["tokenizer"] == str(tiny_tokenizer_dir) and meta["source"] == str(source)
+    assert meta["format_version"] == 2 and meta["tokenizer"] == str(tiny_tokenizer_dir) and meta["source"] == str(source)
     assert (meta["max_length"], meta["max_prompt_length"]) == (512, 256)
+    assert (meta["dev_split"], meta["dev_num"]) == ("first", 5)
+
+
+def test_response_is_sliced_from_the_tokenised_prompt_and_response(tmp_path):
+    """DistiLLM tokenises prompt + response together and takes what follows the prompt's tokens.
+    With a SentencePiece-style tokenizer "Blue." alone starts with "▁Blue" (a space the text does
+    not have after "### Response:\n"); in context it is "B", "lue"."""
+    from transformers import AutoTokenizer
+
+    tokenizer_dir = train_llama_like_tokenizer(tmp_path / "tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    row = {"instruction": "Name a colour of the sky.", "output": "Blue."}
+    source = write_rows(tmp_path / "raw.jsonl", [row])
+
+    dolly(tokenizer_dir, source, tmp_path / "out", "--dev-num", 0)
+
+    example = load_from_disk(str(tmp_path / "out"))["train"][0]
+    prompt = expected_prompt(row)
+    tokens = tokenizer.convert_ids_to_tokens
+    assert tokens(encode(tokenizer, "Blue.")) == ["▁Blue", "."]  # what tokenising the response alone gives
+    assert tokens(example["response_ids"]) == ["B", "lue", ".", "</s>"]
+    assert example["prompt_ids"] == encode(tokenizer, prompt)
+    # The training text is exactly prompt + response, and, as DistiLLM's training data, has no BOS.
+    assert tokenizer.decode(example["prompt_ids"] + example["response_ids"][:-1]) == prompt + "Blue."
+    assert tokenizer.bos_token_id not in example["prompt_ids"]
+
+
+def test_random_dev_split_is_opt_in_and_seeded(tmp_path, tiny_tokenizer_dir):
+    source = write_rows(tmp_path / "raw.jsonl", write_instruction_jsonl(tmp_path / "generated.jsonl", 20, seed=1))
+
+    dolly(tiny_tokenizer_dir, source, tmp_path / "a", "--dev-num", 5, "--dev-split", "random", "--seed", 3)
+    dolly(tiny_tokenizer_dir, source, tmp_path / "b", "--dev-num", 5, "--dev-split", "random", "--seed", 3)
+
+    valid = list(load_from_disk(str(tmp_path / "a"))["valid"]["id"])
+    assert valid == list(load_from_disk(str(tmp_path / "b"))["valid"]["id"])
+    assert valid == sorted(random.Random(3).sample(range(20), 5)) and valid != [0, 1, 2, 3, 4]
 
 
 def test_data_dir_reads_raw_jsonl_and_only_prompt_allows_missing_outputs(tmp_path, tiny_tokenizer_dir, tiny_tokenizer):
@@ -127,7 +167,7 @@ def test_data_dir_reads_raw_jsonl_and_only_prompt_allows_missing_outputs(tmp_pat
     assert decode(tiny_tokenizer, dataset["train"][0]["prompt_ids"]) == expected_prompt(rows[0])
 
 
-def test_long_prompts_lose_their_start_and_long_responses_their_end(tmp_path, tiny_tokenizer_dir, tiny_tokenizer):
+def test_long_prompts_keep_their_start_and_long_responses_lose_their_end(tmp_path, tiny_tokenizer_dir, tiny_tokenizer):
     long_instruction = "Describe " + " ".join(["the quick red fox and the slow blue bird"] * 8) + "."
     long_output = " ".join(["one two three four five six seven eight nine ten"] * 6)
     rows = [
@@ -153,15 +193,19 @@ def test_long_prompts_lose_their_start_and_long_responses_their_end(tmp_path, ti
     train = load_from_disk(str(tmp_path / "out"))["train"]
     response_marker = encode(tiny_tokenizer, "### Response:\n")
     eos = tiny_tokenizer.eos_token_id
-    for row, example in zip(rows, train):
+    for k, (row, example) in enumerate(zip(rows, train)):
         full_prompt = encode(tiny_tokenizer, expected_prompt(row))
-        assert example["prompt_ids"] == full_prompt[-max_prompt:]
-        assert example["prompt_ids"][-len(response_marker) :] == response_marker
+        # DistiLLM keeps a long prompt's first tokens, so a cut prompt loses "### Response:".
+        assert example["prompt_ids"] == full_prompt[:max_prompt]
+        ends_with_marker = example["prompt_ids"][-len(response_marker) :] == response_marker
+        assert ends_with_marker == (k in (0, 2))
         assert len(example["prompt_ids"]) + len(example["response_ids"]) <= max_length
         full_response = encode(tiny_tokenizer, row["output"]) + [eos]
         assert example["response_ids"] == full_response[: max_length - len(example["prompt_ids"])]
     assert train[2]["response_ids"][-1] != eos and len(train[2]["prompt_ids"]) + len(train[2]["response_ids"]) == max_length
-    assert decode(tiny_tokenizer, train[1]["prompt_ids"]).endswith("slow blue bird.\n\n### Response:\n")
+    kept_text = decode(tiny_tokenizer, train[1]["prompt_ids"])
+    assert expected_prompt(rows[1]).startswith(kept_text) and kept_text.startswith("Below is an instruction")
+    assert "### Response:" not in kept_text
 
     # With no room left after a full-length prompt, those examples are skipped and reported by line.
     meta = dolly(tiny_tokenizer_dir, source, tmp_path / "tight", "--dev-num", 0, "--max-prompt-length", max_prompt, "--max-length", max_prompt)
@@ -411,7 +455,8 @@ def test_duplicates_are_counted_and_never_on_both_sides_of_the_split(tmp_path, t
     counts = meta["counts"]
     assert counts["duplicates"] == 6 and counts["kept"] == 16 and counts["valid"] == 5
     dropped = 16 - 5 - len(train)
-    assert dropped > 0 and counts["train_dropped_as_in_valid"] == dropped and counts["train"] == len(train)
+    # The valid split is lines 1-5; their copies on lines 11-15 leave train (line 16 copies line 6).
+    assert dropped == 5 and counts["train_dropped_as_in_valid"] == dropped and counts["train"] == len(train) == 6
     out = capsys.readouterr().out
     assert "6 examples repeat an earlier one" in out and f"dropped {dropped} train examples that also occur in the valid split" in out
 

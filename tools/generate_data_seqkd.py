@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-path", required=True, help="local teacher checkpoint that generates the targets")
     parser.add_argument("--data-dir", required=True, help="processed dataset whose train prompts the teacher answers")
     parser.add_argument("--processed-data-dir", required=True, help="output directory for the SeqKD dataset")
-    parser.add_argument("--max-prompt-length", type=int, default=256, help="prompts longer than this are truncated from the left for generation")
+    parser.add_argument("--max-prompt-length", type=int, default=256, help="prompts longer than this keep their first tokens for generation, as DistiLLM")
     parser.add_argument("--batch-size", type=int, default=16, help="prompts per generation batch")
     parser.add_argument("--seed", type=int, default=42, help="generation seed")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing SeqKD dataset made with other settings")
@@ -47,7 +47,7 @@ def generate_seqkd(args: argparse.Namespace) -> dict:
         print(f"{out} already holds this SeqKD dataset: nothing to do")
         return existing
 
-    backend = resolve_backend(args.backend)
+    backend = resolve_backend(args.backend, settings.no_repeat_ngram_size)
     teacher = args.model_path if backend == "vllm" else load_causal_lm(args.model_path)
     train = data["train"]
     output = generate(teacher, tokenizer, [list(p) for p in train["prompt_ids"]], settings, batch_size=args.batch_size, max_prompt_length=args.max_prompt_length, backend=backend)

@@ -7,9 +7,13 @@ Writes a `datasets.DatasetDict` (`train`, and `valid` when --dev-num > 0) with t
 `id`, `prompt_ids`, `response_ids`, `prompt`, `references`, and a `meta.json` beside it that
 records the tokenizer, the lengths, the source file's hash and what was truncated or skipped.
 
+As DistiLLM's tool of the same name: the valid split is the first --dev-num lines of the file; a
+response is cut from the tokenisation of prompt + response (so the token ids at the seam are
+those of the whole text), and a long prompt keeps its first --max-prompt-length tokens.
+
 Duplicates (the same prompt with the same references) are counted and kept, except that a train
 example equal to an example of the valid split is dropped, so nothing is validated on that was
-trained on.
+trained on (DistiLLM keeps them).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import argparse
 import random
 from pathlib import Path
 
-from distillation_llm.data import tokenizer_fingerprint
+from distillation_llm.data import INSTRUCTION_FORMAT_VERSION, tokenizer_fingerprint
 from distillation_llm.instructions import (
     PROMPT_NO_INPUT,
     PROMPT_WITH_INPUT,
@@ -26,7 +30,6 @@ from distillation_llm.instructions import (
     load_instruction_jsonl,
 )
 from tools._common import (
-    FORMAT_VERSION,
     ProcessingError,
     existing_output,
     file_sha256,
@@ -70,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tokens.add_argument(
         "--max-prompt-length", type=int, default=256, metavar="N",
-        help="prompt length in tokens; longer prompts lose their first tokens (default 256)",
+        help="prompt length in tokens; longer prompts keep their first tokens, as DistiLLM (default 256)",
     )
     tokens.add_argument(
         "--max-length", type=int, default=512, metavar="N",
@@ -87,11 +90,16 @@ def build_parser() -> argparse.ArgumentParser:
     split = parser.add_argument_group("split and validation")
     split.add_argument(
         "--dev-num", type=int, default=1000, metavar="N",
-        help="examples held out at random as the valid split; 0 writes no valid split (default 1000)",
+        help="examples held out as the valid split (see --dev-split); 0 writes no valid split (default 1000)",
+    )
+    split.add_argument(
+        "--dev-split", choices=("first", "random"), default="first",
+        help="first: the valid split is the examples on the first --dev-num lines of the file, as DistiLLM; "
+        "random: --dev-num examples drawn with --seed (default first)",
     )
     split.add_argument(
         "--seed", type=int, default=42, metavar="N",
-        help="seed of the random choice of --dev-num valid examples (default 42)",
+        help="seed of the random choice of valid examples under --dev-split random (default 42)",
     )
     split.add_argument(
         "--skip-invalid", action="store_true",
@@ -143,7 +151,7 @@ def process(args: argparse.Namespace) -> dict:
     source_sha256 = file_sha256(source)
     dataset_fingerprint = fingerprint(
         tool="process_data_dolly",
-        format_version=FORMAT_VERSION,
+        format_version=INSTRUCTION_FORMAT_VERSION,
         tokenizer=tokenizer_fingerprint(tokenizer),
         templates=[PROMPT_NO_INPUT, PROMPT_WITH_INPUT],
         max_prompt_length=args.max_prompt_length,
@@ -151,7 +159,8 @@ def process(args: argparse.Namespace) -> dict:
         only_prompt=args.only_prompt,
         source_sha256=source_sha256,
         dev_num=args.dev_num,
-        seed=args.seed,
+        dev_split=args.dev_split,
+        seed=args.seed if args.dev_split == "random" else None,
     )
     existing = existing_output(out, dataset_fingerprint, args.overwrite)
     if existing is not None:
@@ -167,8 +176,11 @@ def process(args: argparse.Namespace) -> dict:
         responses = [[] for _ in examples]
     else:
         # Training targets are the first reference; all of them stay in `references` for evaluation.
-        responses = tokenize([e.references[0] for e in examples], tokenizer, args.model_path, workers, "responses")
-        responses = [ids + [tokenizer.eos_token_id] for ids in responses]
+        # As DistiLLM, the response is what follows the prompt's length in the tokens of the whole
+        # text: where a merge crosses the seam (a response starting with a space or a newline, a
+        # SentencePiece tokenizer) this differs from tokenising the response alone.
+        full = tokenize([e.prompt + e.references[0] for e in examples], tokenizer, args.model_path, workers, "prompt+response")
+        responses = [ids[len(prompt_ids):] + [tokenizer.eos_token_id] for ids, prompt_ids in zip(full, prompts)]
 
     rows, counts, too_long = _fit(examples, prompts, responses, args.max_prompt_length, args.max_length)
     counts["skipped_invalid"] = len(invalid)
@@ -183,7 +195,10 @@ def process(args: argparse.Namespace) -> dict:
     if args.dev_num > kept:
         raise ProcessingError(f"--dev-num {args.dev_num} exceeds the {kept} examples kept from {source}")
     keys = [(prompt, tuple(references)) for prompt, references in zip(rows["prompt"], rows["references"])]
-    valid = set(random.Random(args.seed).sample(range(kept), args.dev_num))
+    if args.dev_split == "random":
+        valid = set(random.Random(args.seed).sample(range(kept), args.dev_num))
+    else:
+        valid = {i for i, line in enumerate(rows["line"]) if line <= args.dev_num}
     valid_keys = {keys[i] for i in valid}
     train = [i for i in range(kept) if i not in valid]
     splits = {"train": [i for i in train if keys[i] not in valid_keys]}
@@ -193,11 +208,11 @@ def process(args: argparse.Namespace) -> dict:
     counts["train_dropped_as_in_valid"] = len(train) - len(splits["train"])
     dataset = DatasetDict()
     for name, positions in splits.items():
-        columns = {column: [values[i] for i in positions] for column, values in rows.items()}
+        columns = {column: [values[i] for i in positions] for column, values in rows.items() if column in _features()}
         dataset[name] = Dataset.from_dict(columns, features=_features())
-    counts.update(train=len(splits["train"]), valid=args.dev_num, kept=kept)
+    counts.update(train=len(splits["train"]), valid=len(valid), kept=kept)
     meta = {
-        "format_version": FORMAT_VERSION,
+        "format_version": INSTRUCTION_FORMAT_VERSION,
         "tokenizer": str(args.model_path),
         "tokenizer_class": type(tokenizer).__name__,
         "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
@@ -208,6 +223,7 @@ def process(args: argparse.Namespace) -> dict:
         "max_prompt_length": args.max_prompt_length,
         "only_prompt": args.only_prompt,
         "dev_num": args.dev_num,
+        "dev_split": args.dev_split,
         "seed": args.seed,
         "source": str(source),
         "source_sha256": source_sha256,
@@ -235,16 +251,17 @@ def _nothing_left(source: Path, args: argparse.Namespace, invalid: int, too_long
 def _fit(examples, prompts, responses, max_prompt_length: int, max_length: int) -> tuple[dict, dict, list[int]]:
     """Cut token ids to the lengths; returns the dataset columns, the counts and the lines skipped as too long.
 
-    A prompt loses its first tokens, keeping the instruction's end and "### Response:" that the
-    model answers; then the response loses its last tokens (and its EOS) to fit `max_length`.
+    A prompt keeps its first `max_prompt_length` tokens, as DistiLLM (so a cut prompt loses its end,
+    "### Response:" included); then the response loses its last tokens (and its EOS) to fit
+    `max_length`. The rows also hold each example's source line (for the first-lines valid split).
     """
-    rows = {name: [] for name in _features()}
+    rows = {name: [] for name in _features()} | {"line": []}
     counts = {"prompt_truncated": 0, "response_truncated": 0, "skipped_too_long": 0}
     too_long = []
     for index, (example, prompt_ids, response_ids) in enumerate(zip(examples, prompts, responses)):
         prompt_truncated = len(prompt_ids) > max_prompt_length
         if prompt_truncated:
-            prompt_ids = prompt_ids[-max_prompt_length:]
+            prompt_ids = prompt_ids[:max_prompt_length]
         room = max_length - len(prompt_ids)
         response_truncated = len(response_ids) > room
         if response_truncated:
@@ -256,6 +273,7 @@ def _fit(examples, prompts, responses, max_prompt_length: int, max_length: int) 
         counts["prompt_truncated"] += prompt_truncated
         counts["response_truncated"] += response_truncated
         rows["id"].append(index)
+        rows["line"].append(example.line)
         rows["prompt_ids"].append(prompt_ids)
         rows["response_ids"].append(response_ids)
         rows["prompt"].append(example.prompt)
