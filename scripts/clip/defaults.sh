@@ -1,10 +1,8 @@
 #!/usr/bin/env bash
 # Defaults of the PromptKD launchers (sourced by scripts/clip/*.sh): arguments [DATASET] [DATA_ROOT] [GPU_NUM];
 # Hugging Face CLIP ViT-L/14 teacher with the prompts of train_teacher, ViT-B/16 student, seeds 1-3.
-# The settings are those of ABKD's base_to_new_classification (configs/trainers/PromptKD/
-# vit_b16_c2_ep20_batch8_4+4ctx.yaml and scripts/promptkd/base2new_train_*.sh): T = 1, 20 epochs,
-# batch 8, lr 1e-4 with Dassl's schedule, fp32. FINAL_MODEL=best_val reports the epoch with the best
-# base-class test accuracy, as the reference does (a selection on test data; default: the last epoch).
+# Settings of ABKD's PromptKD config and scripts/promptkd/*.sh: T = 1, 20 epochs, batch 8, lr 1e-4.
+# FINAL_MODEL=best_val: the reference's pick of the best base-class *test* accuracy (default: last epoch).
 # `train_seeds NAME ARGS...` trains once per seed into SAVE_ROOT/NAME/seed<seed> (resumable), and
 # `summarize` prints the base/new/HM table averaged over the seeds. DRY_RUN=1 prints the commands.
 source "$(dirname "${BASH_SOURCE[0]}")/../launch.sh"

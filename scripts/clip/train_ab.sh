@@ -1,9 +1,7 @@
 #!/usr/bin/env bash
-# PromptKD with the alpha-beta divergence (ABKD) on one dataset, as ABKD's
-# scripts/promptkd/base2new_train_ab.sh: KD_WEIGHT * mean_B D_AB (no T^2, no division by the class
-# count) for every (ab_alpha, ab_beta) of the grid START..END in steps of ALPHA_STEP/BETA_STEP (both ends
-# included), one run per seed each, then the base/new/HM table averaged over the seeds. KD_WEIGHT
-# defaults to 100, the value of the reference script's examples. Needs the dataset's teacher prompts.
+# PromptKD with ABKD as ABKD's base2new_train_ab.sh: KD_WEIGHT (default 100) * mean_B D_AB, for every
+# (ab_alpha, ab_beta) of the grid START..END in steps of ALPHA_STEP/BETA_STEP (ends included), one run
+# per seed, then the base/new/HM table. Needs the dataset's teacher prompts.
 # Usage: bash scripts/clip/train_ab.sh [DATASET] [DATA_ROOT] [GPU_NUM] [ALPHA_START ALPHA_END BETA_START BETA_END] [KD_WEIGHT]
 #   DRY_RUN=1 prints the commands instead of running them
 set -euo pipefail
