@@ -5,15 +5,20 @@ with logits [B, C], labels [B] (int64) and the 0-based epoch, and returns a scal
 mean of a per-sample divergence. `DISTILL_LOSSES` maps each `--distill` name to its builder;
 `PromptKDLoss` is the CLIP recipe's reduction of the same terms.
 
-Temperature scaling. Every term is multiplied by T^2 (Hinton et al., 2015): the gradient of a
-divergence between softmax(z / T) distributions shrinks like 1/T^2, and the factor keeps the
-distillation gradient on the scale of the cross-entropy's whatever T is. For `ab` the same
-factor is used, so `ab` at (alpha, beta) = (1, 0) is exactly `kd`, and a sweep over (alpha, beta)
-compares divergences at one scale (ABKD, Wang et al., ICML 2025).
+Temperature scaling follows the reference code of each term. `kd`, `ls`, `abls`, `dkd` and
+`abdkd` are multiplied by T^2 (Hinton et al., 2015: the gradient of a divergence between
+softmax(z / T) distributions shrinks like 1/T^2). `ab` is not: ABKD's CIFAR code
+(standard_classification/distiller_zoo/abkl.py) returns the plain batch mean of D_AB and its
+scripts choose the KD weight per pair, so `ab` at (alpha, beta) = (1, 0) is `kd` / T^2.
+
+Precision. Every term computes in float32 (float64 stays float64) whatever the logits' dtype;
+`autocast_context` is the bf16 opt-in of the CIFAR and CLIP recipes (weights, BatchNorm
+statistics and the losses stay float32).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -27,22 +32,44 @@ def _promote(logits: Tensor) -> Tensor:
     return logits.to(compute_dtype(logits))
 
 
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+
+
+def autocast_context(device: torch.device | str, precision: str):
+    """`torch.autocast` to bf16 for precision "bf16" (matmuls and convolutions in bf16, weights
+    and BatchNorm in float32), a no-op for "fp32"."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision '{precision}'; valid: {', '.join(PRECISIONS)}")
+    if PRECISIONS[precision] is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=PRECISIONS[precision])
+
+
+def fp32_deepspeed_config(config: dict) -> dict:
+    """`config` with DeepSpeed's fp16/bf16 switched off: the CIFAR and CLIP references train in
+    float32 (RepDistiller, ABKD, PromptKD's `PREC: fp32`), and their bf16 opt-in is autocast,
+    which keeps the weights, and so the BatchNorm statistics, in float32."""
+    return {**config, **{key: {**config.get(key, {}), "enabled": False} for key in ("fp16", "bf16")}}
+
+
 def standardize(logits: Tensor, eps: float = 1e-7) -> Tensor:
-    """Per-sample z-score of logits [B, C]: (z - mean) / (std + eps) over classes, with the
-    population standard deviation (Sun et al., CVPR 2024, eq. 9), in float32 or float64."""
+    """Per-sample z-score of logits [B, C]: (z - mean) / (std + eps) over classes, in float32 or
+    float64. The standard deviation is the unbiased one (divisor C - 1), as in the reference code
+    of logit standardisation (Sun et al., CVPR 2024; `logit.std(dim=-1)`) and of ABKD."""
     logits = _promote(logits)
     mean = logits.mean(dim=-1, keepdim=True)
-    std = logits.std(dim=-1, keepdim=True, correction=0)
+    std = logits.std(dim=-1, keepdim=True, correction=1)
     return (logits - mean) / (std + eps)
 
 
 class DistillLoss(nn.Module):
-    """Batch mean of `divergence(name, student, teacher, temperature=T, **params)` x T^2,
-    optionally on standardised logits."""
+    """Batch mean of `divergence(name, student, teacher, temperature=T, **params)`, times T^2
+    when `t_squared`, optionally on standardised logits."""
 
-    def __init__(self, name: str, temperature: float, *, standardized: bool = False, **params: float):
+    def __init__(self, name: str, temperature: float, *, standardized: bool = False, t_squared: bool = True, **params: float):
         super().__init__()
         self.name, self.temperature, self.standardized = name, check_temperature(temperature), standardized
+        self.t_squared = t_squared
         self.params = params
         divergence(name, torch.zeros(1, 2), torch.zeros(1, 2), temperature=self.temperature, **params)  # validate now
 
@@ -50,11 +77,11 @@ class DistillLoss(nn.Module):
         if self.standardized:
             student_logits, teacher_logits = standardize(student_logits), standardize(teacher_logits)
         per_sample = divergence(self.name, student_logits, teacher_logits, temperature=self.temperature, **self.params)
-        return per_sample.mean() * self.temperature**2
+        return per_sample.mean() * (self.temperature**2 if self.t_squared else 1.0)
 
     def extra_repr(self) -> str:
         params = "".join(f", {key}={value}" for key, value in self.params.items())
-        return f"{self.name}, T={self.temperature}, standardized={self.standardized}{params}"
+        return f"{self.name}, T={self.temperature}, standardized={self.standardized}, t_squared={self.t_squared}{params}"
 
 
 def binary_log_probs(logits: Tensor, target: Tensor, temperature: float) -> Tensor:
@@ -76,17 +103,24 @@ class DKDLoss(nn.Module):
     `nckd_weight`, so that alpha/beta always mean the alpha-beta divergence's parameters.
 
     TCKD = KL(b_teacher || b_student) between the binary (target, non-target) distributions
-    b = [p_t, 1 - p_t] of softmax(z / T); NCKD = KL(p~_teacher || p~_student) between the
+    b = [p_t, 1 - p_t] of softmax(z / T); NCKD = D(p~_teacher || p~_student) between the
     distributions over the non-target classes only, softmax over C - 1 classes (here the target
-    logit is set to -inf, which `abkd.losses` treats as absent). The factor min((epoch + 1) /
-    warmup, 1) ramps the term in linearly over the first `warmup` epochs, as in the paper's code.
+    logit is set to -inf, which `abkd.losses` treats as absent). D is KL (mdistiller's DKD), or
+    with `ab=(alpha, beta)` the alpha-beta divergence D_AB, ABKD's variant
+    (standard_classification/distiller_zoo/dkd.py). The factor min((epoch + 1) / warmup, 1)
+    (epoch 0-based) ramps the term in linearly over the first `warmup` epochs, as both references
+    do with their 1-based epoch.
     """
 
-    def __init__(self, temperature: float, tckd_weight: float = 1.0, nckd_weight: float = 8.0, warmup: int = 20):
+    def __init__(self, temperature: float, tckd_weight: float = 1.0, nckd_weight: float = 8.0, warmup: float = 20,
+                 ab: tuple[float, float] | None = None):
         super().__init__()
         if warmup < 0:
             raise ValueError(f"--dkd-warmup must be >= 0, got {warmup}")
         self.temperature, self.tckd_weight, self.nckd_weight, self.warmup = check_temperature(temperature), tckd_weight, nckd_weight, warmup
+        self.nckd_params = {} if ab is None else {"alpha": float(ab[0]), "beta": float(ab[1])}
+        if ab is not None:
+            divergence("ab", torch.zeros(1, 2), torch.zeros(1, 2), **self.nckd_params)  # validate now
 
     def parts(self, student_logits: Tensor, teacher_logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """(TCKD, NCKD), batch means, without T^2 and weights."""
@@ -95,7 +129,9 @@ class DKDLoss(nn.Module):
         tckd = divergence("fkl", binary_log_probs(student_logits, labels, T), binary_log_probs(teacher_logits, labels, T))
         mask = target_mask(student_logits, labels)
         nckd = divergence(
-            "fkl", _promote(student_logits).masked_fill(mask, -torch.inf), _promote(teacher_logits).masked_fill(mask, -torch.inf), temperature=T
+            "ab" if self.nckd_params else "fkl",
+            _promote(student_logits).masked_fill(mask, -torch.inf), _promote(teacher_logits).masked_fill(mask, -torch.inf),
+            temperature=T, **self.nckd_params,
         )
         return tckd.mean(), nckd.mean()
 
@@ -105,7 +141,8 @@ class DKDLoss(nn.Module):
         return ramp * self.temperature**2 * (self.tckd_weight * tckd + self.nckd_weight * nckd)
 
     def extra_repr(self) -> str:
-        return f"T={self.temperature}, tckd_weight={self.tckd_weight}, nckd_weight={self.nckd_weight}, warmup={self.warmup}"
+        nckd = f", nckd=ab{tuple(self.nckd_params.values())}" if self.nckd_params else ""
+        return f"T={self.temperature}, tckd_weight={self.tckd_weight}, nckd_weight={self.nckd_weight}, warmup={self.warmup}{nckd}"
 
 
 def build_kd(*, temperature: float, **_: float) -> nn.Module:
@@ -114,12 +151,20 @@ def build_kd(*, temperature: float, **_: float) -> nn.Module:
 
 
 def build_ab(*, temperature: float, ab_alpha: float, ab_beta: float, **_: float) -> nn.Module:
-    """ABKD (Wang et al., ICML 2025): T^2 D_AB^(alpha, beta)(p_teacher || q_student)."""
-    return DistillLoss("ab", temperature, alpha=ab_alpha, beta=ab_beta)
+    """ABKD (Wang et al., ICML 2025): D_AB^(alpha, beta)(p_teacher || q_student) at temperature T,
+    without the T^2 factor, as in ABKD's CIFAR code."""
+    return DistillLoss("ab", temperature, t_squared=False, alpha=ab_alpha, beta=ab_beta)
 
 
-def build_dkd(*, temperature: float, tckd_weight: float, nckd_weight: float, dkd_warmup: int = 0, **_: float) -> nn.Module:
+def build_dkd(*, temperature: float, tckd_weight: float, nckd_weight: float, dkd_warmup: float = 0, **_: float) -> nn.Module:
+    """Decoupled KD with KL in both parts (Zhao et al., CVPR 2022; mdistiller)."""
     return DKDLoss(temperature, tckd_weight, nckd_weight, dkd_warmup)
+
+
+def build_abdkd(*, temperature: float, tckd_weight: float, nckd_weight: float, ab_alpha: float, ab_beta: float,
+                dkd_warmup: float = 0, **_: float) -> nn.Module:
+    """ABKD's DKD: NCKD's KL replaced by D_AB^(alpha, beta) (ABKD, Wang et al., ICML 2025)."""
+    return DKDLoss(temperature, tckd_weight, nckd_weight, dkd_warmup, ab=(ab_alpha, ab_beta))
 
 
 def build_ls(*, temperature: float, **_: float) -> nn.Module:
@@ -136,6 +181,7 @@ DISTILL_LOSSES: dict[str, Callable[..., nn.Module]] = {
     "kd": build_kd,
     "ab": build_ab,
     "dkd": build_dkd,
+    "abdkd": build_abdkd,
     "ls": build_ls,
     "abls": build_abls,
 }
@@ -153,24 +199,30 @@ def build_distill_loss(name: str, **options: float) -> nn.Module:
 # PromptKD's reduction (base_to_new_classification).
 # ---------------------------------------------------------------------------------------------
 
-# The terms PromptKD is run with, and the command-line parameters each needs.
+# The terms the CLIP recipe is run with: the command-line parameters each needs, and whether ABKD's
+# PromptKD trainer divides the term by the class count (base_to_new_classification/losses/kd.py
+# and the `ls` branch of trainers/promptkd.py sum over batch and classes and divide by B * C;
+# losses/abkl.py and losses/dkd.py average over the batch only).
 PROMPTKD_LOSSES: dict[str, tuple[str, ...]] = {
     "kd": (),
     "dkd": ("tckd_weight", "nckd_weight"),
     "ls": (),
     "ab": ("ab_alpha", "ab_beta"),
 }
+PROMPTKD_PER_CLASS = {"kd": True, "ls": True, "ab": False, "dkd": False}
 
 
 class PromptKDLoss:
-    """`kd_ratio * T^2 * mean_B D(teacher || student) / num_classes` for logits [B, C].
+    """ABKD's PromptKD objective, `kd_ratio * term` for logits [B, C], labels [B], 0-based epoch:
 
-    PromptKD sums the KL over batch and classes and divides by B*C ("/ stu_logits.numel()"), so
-    its KD_WEIGHT values carry over unchanged as `kd_ratio`. It trains on unlabeled images, so
-    DKD's target class is the teacher's prediction and DKD's epoch warm-up is off.
+      kd, ls  T^2 * mean_B KL(teacher || student) / C (PromptKD's "/ stu_logits.numel()")
+      ab      mean_B D_AB(teacher || student), no T^2 and no / C
+      dkd     min((epoch + 1) / warmup, 1) * T^2 * (w_t TCKD + w_n NCKD), batch mean, with the
+              ground-truth labels as the target class (ABKD's trainers/promptkd.py passes `label`)
     """
 
-    def __init__(self, name: str, *, temperature: float, kd_ratio: float, num_classes: int, **params: float | None):
+    def __init__(self, name: str, *, temperature: float, kd_ratio: float, num_classes: int, dkd_warmup: float = 0,
+                 **params: float | None):
         if name not in PROMPTKD_LOSSES:
             raise ValueError(f"unknown distillation loss '{name}'; valid names: {', '.join(PROMPTKD_LOSSES)}")
         missing = [key for key in PROMPTKD_LOSSES[name] if params.get(key) is None]
@@ -178,11 +230,13 @@ class PromptKDLoss:
             raise ValueError(f"--distill {name} requires {', '.join('--' + key.replace('_weight', '-weight') for key in missing)}")
         options = {key: float(params[key]) for key in PROMPTKD_LOSSES[name]}
         self.name, self.kd_ratio, self.num_classes = name, float(kd_ratio), num_classes
-        self.loss = build_distill_loss(name, temperature=check_temperature(temperature), **options)
+        self.divisor = num_classes if PROMPTKD_PER_CLASS[name] else 1
+        self.loss = build_distill_loss(name, temperature=check_temperature(temperature), dkd_warmup=dkd_warmup, **options)
 
-    def __call__(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
-        target = teacher_logits.argmax(dim=-1)  # used by dkd only
-        return self.kd_ratio * self.loss(student_logits, teacher_logits, target, 0) / self.num_classes
+    def __call__(self, student_logits: Tensor, teacher_logits: Tensor, labels: Tensor | None = None, epoch: int = 0) -> Tensor:
+        if self.name == "dkd" and labels is None:
+            raise ValueError("--distill dkd needs the images' labels (its target class)")
+        return self.kd_ratio * self.loss(student_logits, teacher_logits, labels, epoch) / self.divisor
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,27 +250,30 @@ class LogitDistillation:
 
     Called on a batch it returns `(loss, parts)`, the objective interface of `abkd.run`: parts
     are detached scalars, "ce", "kd" (with a teacher) and "acc" (top-1 % on the batch).
-    `epoch` (0-based) is set by the caller for terms with an epoch warm-up (DKD).
+    `epoch` (0-based) is set by the caller for terms with an epoch warm-up (DKD). With precision
+    "bf16" the forward passes run under `autocast_context`; the losses are float32 either way.
     """
 
     def __init__(self, student, *, ce_weight: float = 1.0, kd_ratio: float = 0.0, teacher: nn.Module | None = None,
-                 distill: nn.Module | None = None, dtype: torch.dtype = torch.float32):
+                 distill: nn.Module | None = None, precision: str = "fp32"):
         if (teacher is None) != (distill is None):
             raise ValueError("a teacher and a distillation term go together")
+        autocast_context("cpu", precision)  # validates the name
         self.student, self.teacher, self.distill = student, teacher, distill
-        self.ce_weight, self.kd_ratio, self.dtype = ce_weight, kd_ratio, dtype
+        self.ce_weight, self.kd_ratio, self.precision = ce_weight, kd_ratio, precision
         self.epoch = 0
 
     def __call__(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         images, labels = batch
-        images = images.to(self.dtype)
-        student_logits = self.student(images)
+        with autocast_context(images.device, self.precision):
+            student_logits = self.student(images)
+            if self.teacher is not None:
+                with torch.no_grad():
+                    teacher_logits = self.teacher(images)
         ce = torch.nn.functional.cross_entropy(student_logits.float(), labels)
         parts = {"ce": ce.detach(), "acc": 100.0 * (student_logits.argmax(dim=-1) == labels).float().mean()}
         loss = self.ce_weight * ce
         if self.teacher is not None:
-            with torch.no_grad():
-                teacher_logits = self.teacher(images)
             kd = self.distill(student_logits, teacher_logits, labels, self.epoch)
             parts["kd"] = kd.detach()
             loss = loss + self.kd_ratio * kd

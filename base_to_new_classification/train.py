@@ -6,12 +6,20 @@
         --save results/promptkd/oxford_pets/ab/seed10 --seed 10
 
 The teacher (deep text + vision prompts, from `train_teacher`) and both encoders are frozen. The
-student learns deep vision prompts and a projector on the unlabeled training images of all
-classes (base and new), minimising kd_ratio * T^2 * mean_B D(teacher || student) / C against
-the teacher's class text features, computed once (`abkd.classification.PromptKDLoss`). Outputs in --save: args.json, log.txt,
-results.json (base/new/HM test accuracy), student_prompts.pt (the learned parameters) and
+student learns deep vision prompts and a projector on the training images of all classes (base
+and new), minimising kd_ratio * D(teacher || student) against the teacher's class text features,
+computed once, with the reduction of ABKD's PromptKD trainer for each term
+(`abkd.classification.PromptKDLoss`; only dkd uses the labels). Training is float32 (ABKD's
+`PREC: fp32`; `--precision bf16` is an autocast opt-in) with Dassl's schedule: SGD at a constant
+--warmup-lr for --warmup-epochs, then a per-epoch cosine from --lr. Outputs in --save: args.json,
+log.txt, results.json (base/new/HM test accuracy), student_prompts.pt (the learned parameters) and
 checkpoints/ (resumable DeepSpeed checkpoints of the prompts, projector, optimizer, scheduler,
 data position and RNG; the frozen encoders are never saved).
+
+--final-model best_val reproduces Dassl's TEST.FINAL_MODEL "best_val" of the reference: after
+every epoch the base-class test images are scored, and the epoch with the best base accuracy is
+the one reported. The reference's "val" split is those test images (ABKD's datasets/*.py pass
+val=test_base in base2novel mode), so this selects on test data; the default is the last epoch.
 
 `fit` (the run lifecycle of `abkd.run` with PromptKD's data and optimiser) and the shared flags
 are also used by `train_teacher`. Batching follows Dassl (PromptKD's trainer): the images that do
@@ -22,13 +30,15 @@ projector's BatchNorm from seeing a batch of one.
 from __future__ import annotations
 
 import argparse
+import math
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
 from abkd import engine as E
-from abkd.classification import PROMPTKD_LOSSES, PromptKDLoss
+from abkd.classification import PRECISIONS, PROMPTKD_LOSSES, PromptKDLoss, autocast_context, fp32_deepspeed_config
 from abkd.run import Run, atomic_save
 from abkd.sampling import GlobalBatchSampler
 from abkd.schedules import build_scheduler
@@ -51,8 +61,24 @@ TEACHER_FORMAT = "abkd-promptsrc-teacher/1"
 # ---------------------------------------------------------------------------------------------
 
 
-def add_common_args(parser: argparse.ArgumentParser) -> None:
-    """Data, optimisation and run-control flags shared by `train` and `train_teacher`."""
+LR_SCHEDULES = ("dassl", "step-cosine")
+
+
+def dassl_lr_factor(step: int, *, steps_per_epoch: int, warmup_epochs: int, epochs: int, warmup_ratio: float) -> float:
+    """Learning-rate factor before optimizer step `step` (0-based) of Dassl's "cosine" scheduler
+    with a "constant" warm-up (Dassl.pytorch/dassl/optim/lr_scheduler.py, WARMUP_RECOUNT True):
+    the lr is warmup_ratio * lr during the first `warmup_epochs` epochs, then changes once per
+    epoch as lr * (1 + cos(pi * (epoch - warmup_epochs) / epochs)) / 2 (epoch 0-based; the cosine
+    period is all `epochs`, so it does not reach 0)."""
+    epoch = step // steps_per_epoch
+    if epoch < warmup_epochs:
+        return warmup_ratio
+    return 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / epochs))
+
+
+def add_common_args(parser: argparse.ArgumentParser, lr: float = 0.005) -> None:
+    """Data, optimisation and run-control flags shared by `train` and `train_teacher` (`lr`: the
+    default peak learning rate)."""
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", required=True, help=f"dataset name, one of: {', '.join(DATASETS)}")
     data.add_argument("--root", required=True, help="directory holding the CoOp dataset folders (e.g. <root>/oxford_pets/)")
@@ -63,10 +89,16 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     optim.add_argument("--batch-size", "--batch_size", type=int, default=8,
                        help="training images per process and step (the global batch is this times the number of processes)")
     optim.add_argument("--eval-batch-size", type=int, default=100, help="test images per process and forward pass")
-    optim.add_argument("--lr", "--learning_rate", type=float, default=0.005, help="peak SGD learning rate")
+    optim.add_argument("--lr", "--learning_rate", type=float, default=lr, help=f"peak SGD learning rate (default {lr})")
     optim.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     optim.add_argument("--weight-decay", "--weight_decay", type=float, default=5e-4, help="SGD weight decay")
-    optim.add_argument("--warmup-epochs", type=int, default=1, help="epochs of linear learning-rate warm-up")
+    optim.add_argument("--warmup-epochs", type=int, default=1, help="warm-up epochs at the start of the schedule")
+    optim.add_argument("--warmup-lr", type=float, default=1e-5, help="dassl schedule: the constant learning rate of the warm-up epochs")
+    optim.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="dassl",
+                       help="dassl: constant --warmup-lr warm-up, then a per-epoch cosine (the reference's); "
+                            "step-cosine: per-step linear warm-up to --lr, then a per-step cosine to 0")
+    optim.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
+                       help="fp32 (the reference's); bf16: forward passes under bf16 autocast, weights and BatchNorm in float32")
 
     run = parser.add_argument_group("run control")
     run.add_argument("--save", required=True, help="output directory: args.json, log.txt, results.json, checkpoints/")
@@ -101,19 +133,23 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--teacher-model-path", required=True, help="local Hugging Face directory of the teacher CLIP (ViT-L/14) with its tokenizer")
     models.add_argument("--student-model-path", required=True, help="local Hugging Face directory of the student CLIP (ViT-B/16)")
     models.add_argument("--teacher-ckpt", required=True, help="teacher prompt checkpoint written by train_teacher (teacher_prompts.pt)")
+    models.add_argument("--final-model", choices=("last", "best_val"), default="last",
+                        help="model reported: the last epoch's, or (the reference's) the epoch with the best base-class test accuracy")
     models.add_argument("--n-ctx-vision", type=int, default=4, help="student vision prompt tokens per layer")
     models.add_argument("--prompt-depth-vision", type=int, default=9, help="student encoder layers that receive fresh vision prompts")
 
     kd = parser.add_argument_group("distillation")
     kd.add_argument("--distill", required=True, help=f"distillation loss, one of: {', '.join(PROMPTKD_LOSSES)}")
     kd.add_argument("--kd-ratio", "--kd-weight", type=float, default=1000.0,
-                    help="weight of the distillation loss, which is the whole objective (PromptKD's KD_WEIGHT; the loss is divided by the class count)")
-    kd.add_argument("--kd-temperature", "--temperature", type=float, default=1.0, help="softmax temperature T of teacher and student; the loss is scaled by T^2")
+                    help="weight of the distillation loss, which is the whole objective (PromptKD's KD_WEIGHT)")
+    kd.add_argument("--kd-temperature", "--temperature", type=float, default=1.0,
+                    help="softmax temperature T of teacher and student (kd, ls and dkd are scaled by T^2, ab is not)")
     kd.add_argument("--ab_alpha", type=float, default=None, help="alpha of the alpha-beta divergence (--distill ab)")
     kd.add_argument("--ab_beta", type=float, default=None, help="beta of the alpha-beta divergence (--distill ab)")
     kd.add_argument("--tckd-weight", "--dkd-alpha", type=float, default=1.0, help="weight of DKD's target-class term TCKD, the paper's alpha (--distill dkd)")
-    kd.add_argument("--nckd-weight", "--dkd-beta", type=float, default=8.0, help="weight of DKD's non-target-class term NCKD, the paper's beta (--distill dkd)")
-    add_common_args(parser)
+    kd.add_argument("--nckd-weight", "--dkd-beta", type=float, default=1.0, help="weight of DKD's non-target-class term NCKD, the paper's beta (--distill dkd)")
+    kd.add_argument("--dkd-warmup", type=float, default=2, help="DKD: epochs over which its term is ramped in linearly (--distill dkd)")
+    add_common_args(parser, lr=1e-4)
     return parser
 
 
@@ -129,7 +165,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def distillation_loss(args: argparse.Namespace, num_classes: int) -> PromptKDLoss:
-    return PromptKDLoss(args.distill, temperature=args.kd_temperature, kd_ratio=args.kd_ratio, num_classes=num_classes,
+    return PromptKDLoss(args.distill, temperature=args.kd_temperature, kd_ratio=args.kd_ratio, num_classes=num_classes, dkd_warmup=args.dkd_warmup,
                         ab_alpha=args.ab_alpha, ab_beta=args.ab_beta, tckd_weight=args.tckd_weight, nckd_weight=args.nckd_weight)
 
 
@@ -138,29 +174,49 @@ def distillation_loss(args: argparse.Namespace, num_classes: int) -> PromptKDLos
 # ---------------------------------------------------------------------------------------------
 
 
-def fit(run: Run, module: torch.nn.Module, objective, train_set: ImageDataset):
-    """Train the learnable parameters of `module` with SGD (cosine schedule after a linear
-    warm-up) through DeepSpeed on the run's lifecycle; returns (engine, finished).
+def build_lr_scheduler(optimizer: torch.optim.Optimizer, args: argparse.Namespace, steps_per_epoch: int):
+    """The --lr-schedule of `args` as a per-step LambdaLR (a pure function of the step, so
+    resuming restores it from the step count)."""
+    if args.lr_schedule == "step-cosine":
+        return build_scheduler(optimizer, warmup=args.warmup_epochs * steps_per_epoch, total=args.epochs * steps_per_epoch, style="cosine")
+    factor = partial(dassl_lr_factor, steps_per_epoch=steps_per_epoch, warmup_epochs=args.warmup_epochs, epochs=args.epochs,
+                     warmup_ratio=args.warmup_lr / args.lr)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
-    `objective(engine)` builds the objective of `abkd.run` (called on (pixel_values, labels) on
-    the device, returning (loss, parts)) around the engine.
+
+def fit(run: Run, module: torch.nn.Module, objective, train_set: ImageDataset, on_epoch_end=None):
+    """Train the learnable parameters of `module` with SGD and --lr-schedule through DeepSpeed (in
+    float32) on the run's lifecycle; returns (engine, finished).
+
+    `objective(engine, epoch)` builds the objective of `abkd.run` (called on (pixel_values,
+    labels) on the device, returning (loss, parts)) around the engine; `epoch()` is the 0-based
+    epoch being trained. `on_epoch_end(engine, epochs_done)` runs after each epoch.
     """
     args, device = run.args, run.device
-    ds_config = E.load_deepspeed_config(args.deepspeed_config, micro_batch_size=args.batch_size, gradient_accumulation_steps=1)
+    ds_config = fp32_deepspeed_config(E.load_deepspeed_config(args.deepspeed_config, micro_batch_size=args.batch_size, gradient_accumulation_steps=1))
     sampler = GlobalBatchSampler(len(train_set), args.batch_size, 1, E.world_size(), E.rank(), args.seed)
     loader = DataLoader(train_set, batch_sampler=sampler, num_workers=args.num_workers)
     learnable = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(learnable, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    scheduler = build_scheduler(optimizer, warmup=args.warmup_epochs * sampler.steps_per_epoch, total=args.epochs * sampler.steps_per_epoch, style="cosine")
+    scheduler = build_lr_scheduler(optimizer, args, sampler.steps_per_epoch)
     engine = E.initialize(module, optimizer, scheduler, ds_config)
-    run.log.info(f"{sum(p.numel() for p in learnable)} learnable parameters")
+    run.log.info(f"{sum(p.numel() for p in learnable)} learnable parameters; precision {args.precision}; lr schedule {args.lr_schedule}")
     run.resume(engine)
+    current = {"epoch": 0}
 
     def epoch_batches(epoch: int):
+        current["epoch"] = epoch
         train_set.set_epoch(epoch)
         return ((pixel_values.to(device), labels.to(device)) for pixel_values, labels in loader)
 
-    return engine, run.fit(engine, objective(engine), sampler, epoch_batches)
+    train_objective = objective(engine, lambda: current["epoch"])
+
+    def objective_in_precision(batch):
+        with autocast_context(device, args.precision):
+            return train_objective(batch)
+
+    end = None if on_epoch_end is None else (lambda done, metrics: on_epoch_end(engine, done))
+    return engine, run.fit(engine, objective_in_precision, sampler, epoch_batches, end)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,25 +277,50 @@ def main(argv: list[str] | None = None) -> dict | None:
     run.log.info(f"{args.dataset}: {data.num_classes} classes ({data.num_base} base); distill {args.distill} at T={args.kd_temperature}, kd_ratio {args.kd_ratio}")
     loss = distillation_loss(args, data.num_classes)
 
-    def objective(engine):
-        def distill(batch):  # labels unused: PromptKD distils on unlabeled images
-            pixel_values, _ = batch
+    def objective(engine, epoch):
+        def distill(batch):  # labels are used by dkd only (its target class, as in ABKD's trainer)
+            pixel_values, labels = batch
             with torch.no_grad():
                 teacher_logits = teacher.logit_scale() * teacher.image_features(pixel_values) @ class_text_features.t()
-            kd = loss(engine(pixel_values, class_text_features), teacher_logits)
+            kd = loss(engine(pixel_values, class_text_features).float(), teacher_logits.float(), labels, epoch())
             return kd, {}
 
         return distill
 
-    engine, finished = fit(run, student, objective, ImageDataset(data.train, TrainTransform(size), seed=args.seed))
+    def test_accuracy(module, items):
+        module.eval()
+        with autocast_context(device, args.precision):
+            results = evaluate(lambda pixels: module(pixels, class_text_features).float(), ImageDataset(items, EvalTransform(size)),
+                               data.num_base, args.eval_batch_size, device)
+        module.train()
+        return results
+
+    best_path = run.save_dir / "best_val_student.pt"
+    run.state.setdefault("best_val", -1.0)
+    run.state.setdefault("best_val_epoch", 0)
+
+    def select_best(engine, done: int) -> dict:
+        """Dassl's best_val: base-class test images, classified among the base classes."""
+        val = test_accuracy(engine.module, data.base(data.test))["base_acc"]
+        if val > run.state["best_val"]:
+            run.state["best_val"], run.state["best_val_epoch"] = val, done
+            if E.is_main_process():
+                atomic_save(engine.module.state_dict(), best_path)
+        return {"val_base_acc": val}
+
+    engine, finished = fit(run, student, objective, ImageDataset(data.train, TrainTransform(size), seed=args.seed),
+                           select_best if args.final_model == "best_val" else None)
     if not finished:
         run.close()
         return None
 
+    if args.final_model == "best_val":
+        E.barrier()
+        engine.module.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
+        run.log.info(f"reporting the epoch-{run.state['best_val_epoch']} model (best base accuracy {run.state['best_val']:.2f})")
+    results = test_accuracy(engine.module, data.test)
     engine.module.eval()
-    results = evaluate(lambda pixels: engine.module(pixels, class_text_features), ImageDataset(data.test, EvalTransform(size)),
-                       data.num_base, args.eval_batch_size, device)
-    results = {"dataset": args.dataset, "distill": args.distill, "seed": args.seed, **results}
+    results = {"dataset": args.dataset, "distill": args.distill, "seed": args.seed, "final_model": args.final_model, **results}
     run.log.info(f"test: base {results['base_acc']:.2f} new {results['new_acc']:.2f} HM {results['hm']:.2f}")
     if E.is_main_process():
         run.log.json("results.json", results)

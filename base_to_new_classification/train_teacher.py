@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     train_items = few_shot(data.base(data.train), args.num_shots, args.seed)
     log.info(f"{args.dataset}: {data.num_classes} classes, training on the {data.num_base} base classes ({len(train_items)} images)")
 
-    def objective(engine):
+    def objective(engine, epoch):  # epoch() unused: cross-entropy has no schedule of its own
         def cross_entropy(batch):
             pixel_values, labels = batch
             logits = engine(pixel_values, base)

@@ -25,8 +25,9 @@ from torch import Tensor
 
 from abkd.sampling import GlobalBatchSampler, batches, shard_indices
 
-CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
-CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+# The per-channel constants of RepDistiller's and ABKD's transforms.Normalize (dataset/cifar100.py).
+CIFAR100_MEAN = (0.5071, 0.4867, 0.4408)
+CIFAR100_STD = (0.2675, 0.2565, 0.2761)
 DIRECTORY = "cifar-100-python"
 ARCHIVE = "cifar-100-python.tar.gz"
 URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"

@@ -3,8 +3,10 @@
 lifecycle of `abkd.run`.
 
 Per step: loss = ce_weight * CE(student) + kd_ratio * distill(student_logits, teacher_logits)
-(`abkd.classification.LogitDistillation`), through a DeepSpeed engine (ZeRO-1 by default;
-gloo/fp32 on CPU, bf16 on CUDA). Per epoch: train loss/CE/KD/accuracy, test top-1/top-5 and
+(`abkd.classification.LogitDistillation`), through a DeepSpeed engine (ZeRO-1 by default). The
+weights are float32 (as in RepDistiller and ABKD; the fp16/bf16 sections of --deepspeed_config are
+ignored); `--precision bf16` runs the forward passes under bf16 autocast, with BatchNorm and the
+losses in float32. Per epoch: train loss/CE/KD/accuracy, test top-1/top-5 and
 timings go to `<save>/log.txt`; the best test top-1 is kept in `<save>/<model>_best.pth` and
 every `--save-freq` epochs (and the last) in `ckpt_epoch_<n>.pth`, both `{"model": state_dict,
 "epoch": n, "accuracy": top1}` (the zoo's format); `<save>/checkpoints/` holds the resumable
@@ -25,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from abkd import engine as E
-from abkd.classification import LogitDistillation
+from abkd.classification import PRECISIONS, LogitDistillation, autocast_context, fp32_deepspeed_config
 from abkd.run import Run, all_reduce_sum, atomic_save
 from abkd.sampling import GlobalBatchSampler
 from abkd.schedules import build_step_decay_scheduler
@@ -51,6 +53,8 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
     optim.add_argument("--batch-size", "--batch_size", type=int, default=64,
                        help="training images per process and step (the global batch is this times the number of processes)")
     optim.add_argument("--eval-batch-size", type=int, default=256, help="test images per process and forward pass")
+    optim.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
+                       help="fp32 (the reference's); bf16: forward passes under bf16 autocast, weights and BatchNorm in float32")
     run = parser.add_argument_group("run")
     run.add_argument("--seed", type=int, default=0, help="seed of initialisation, shuffling and augmentation")
     run.add_argument("--trial", default="0", help="free-form trial id appended to the default --save directory")
@@ -90,13 +94,14 @@ def zoo_checkpoint(module: nn.Module, epoch: int, accuracy: float) -> dict:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: CifarSplit, batch_size: int, device: torch.device, dtype: torch.dtype) -> dict[str, float]:
+def evaluate(model: nn.Module, split: CifarSplit, batch_size: int, device: torch.device, precision: str = "fp32") -> dict[str, float]:
     """Test loss, top-1 and top-5 accuracy (%) over the whole split, summed over ranks."""
     was_training = model.training
     model.eval()
     loss = top1 = top5 = count = 0.0
     for images, labels in eval_batches(split, batch_size, E.rank(), E.world_size(), device):
-        logits = model(images.to(dtype)).float()
+        with autocast_context(device, precision):
+            logits = model(images).float()
         loss += F.cross_entropy(logits, labels, reduction="sum").item()
         ranked = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
         hits = ranked == labels[:, None]
@@ -115,17 +120,16 @@ def train(run: Run, model_name: str, student: nn.Module, train_set: CifarSplit, 
     metrics of this invocation."""
     args, device = run.args, run.device
     sampler = GlobalBatchSampler(len(train_set), args.batch_size, 1, E.world_size(), E.rank(), args.seed, drop_last=False)
-    ds_config = E.load_deepspeed_config(args.deepspeed_config, micro_batch_size=args.batch_size, gradient_accumulation_steps=1)
+    ds_config = fp32_deepspeed_config(E.load_deepspeed_config(args.deepspeed_config, micro_batch_size=args.batch_size, gradient_accumulation_steps=1))
     if E.zero_stage(ds_config) > 2:
         raise ValueError(f"--deepspeed_config {args.deepspeed_config}: ZeRO stage 3 is not supported for the CIFAR models (use 0-2)")
-    dtype = E.training_dtype(ds_config)
     optimizer = torch.optim.SGD(student.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     scheduler = build_step_decay_scheduler(optimizer, steps_per_epoch=sampler.steps_per_epoch, decay_epochs=args.lr_decay_epochs, rate=args.lr_decay_rate)
     engine = E.initialize(student.to(device), optimizer, scheduler, ds_config)
     if teacher is not None:
-        teacher = teacher.to(device=device, dtype=dtype).eval().requires_grad_(False)
-    objective = LogitDistillation(engine, ce_weight=ce_weight, kd_ratio=kd_ratio, teacher=teacher, distill=distill, dtype=dtype)
-    run.log.info(f"dtype {dtype}; ZeRO stage {E.zero_stage(ds_config)}; {len(test_set)} test images, {len(train_set.classes)} classes")
+        teacher = teacher.to(device).eval().requires_grad_(False)
+    objective = LogitDistillation(engine, ce_weight=ce_weight, kd_ratio=kd_ratio, teacher=teacher, distill=distill, precision=args.precision)
+    run.log.info(f"precision {args.precision}; ZeRO stage {E.zero_stage(ds_config)}; {len(test_set)} test images, {len(train_set.classes)} classes")
     run.state.update(best_accuracy=0.0, best_epoch=0)
     run.resume(engine)
 
@@ -136,7 +140,7 @@ def train(run: Run, model_name: str, student: nn.Module, train_set: CifarSplit, 
     def on_epoch_end(done: int, metrics: dict) -> dict:
         """Test, then the zoo-format model files; every rank reaches the same best-accuracy
         decision from the all-reduced test accuracy."""
-        scores = evaluate(engine.module, test_set, args.eval_batch_size, device, dtype)
+        scores = evaluate(engine.module, test_set, args.eval_batch_size, device, args.precision)
         state = run.state
         files = []
         if scores["test_acc"] > state["best_accuracy"] or state["best_epoch"] == 0:

@@ -1,14 +1,20 @@
 """Distil a CIFAR-100 teacher into a student: CE plus one distillation term.
 
     python -m standard_classification.train_student --teacher-ckpt save/models/resnet56_vanilla/ckpt_epoch_240.pth \
-        --model resnet20 --distill ab --ab_alpha 0.8 --ab_beta 0.2 --kd-temperature 4 --data-folder data/cifar100
+        --model resnet20 --distill ab --ab_alpha 0.8 --ab_beta 0.3 --kd-weight 64 --data-folder data/cifar100
 
 loss = ce_weight * CE(student, labels) + kd_ratio * D, with D one of (abkd/classification.py):
-  kd    T^2 KL(teacher || student) at --kd-temperature (Hinton et al., 2015)
-  ab    T^2 alpha-beta divergence at --kd-temperature, --ab_alpha, --ab_beta (ABKD, Wang et al., ICML 2025)
-  dkd   decoupled KD, --tckd-weight TCKD + --nckd-weight NCKD, warm-up --dkd-warmup (Zhao et al., CVPR 2022)
-  ls    KD between z-scored logits (logit standardisation, Sun et al., CVPR 2024)
-  abls  the alpha-beta divergence between z-scored logits
+  kd     T^2 KL(teacher || student) at --kd-temperature (Hinton et al., 2015)
+  ab     alpha-beta divergence at --kd-temperature, --ab_alpha, --ab_beta, without T^2 (ABKD, Wang et al., ICML 2025)
+  dkd    decoupled KD, --tckd-weight TCKD + --nckd-weight NCKD, warm-up --dkd-warmup (Zhao et al., CVPR 2022)
+  abdkd  ABKD's DKD: NCKD's KL replaced by the alpha-beta divergence
+  ls     KD between z-scored logits (logit standardisation, Sun et al., CVPR 2024)
+  abls   the alpha-beta divergence between z-scored logits
+
+Defaults per term follow the reference code: kd 0.1 CE + 0.9 KD at T = 4 (RepDistiller); ab
+1 CE + --kd-weight (required: ABKD's scripts give it per pair) at T = 4; dkd/abdkd 1 CE + 1 DKD at
+T = 4 with mdistiller's per-pair NCKD weight (DKD_NCKD_WEIGHTS, else 8); ls/abls 0.1 CE + 9 KD at
+T = 2 (the logit-standardisation recipe).
 
 The teacher is a zoo checkpoint `{"model": state_dict}`, read with weights_only=True; its
 architecture is parsed from `<name>_vanilla/...` (or `<name>_best.pth`) or given with --teacher-model.
@@ -29,9 +35,22 @@ from standard_classification.data import load_cifar100
 from standard_classification.models import build_model, model_dict
 from standard_classification.train import add_training_args, resolve_training_args, train
 
-# (ce_weight, kd_ratio) when not given: CRD's KD setting (0.1, 0.9) for the KL-type terms, and
-# DKD's own (1.0, 1.0), whose TCKD/NCKD weights already weight its two parts.
-DEFAULT_WEIGHTS = {"kd": (0.1, 0.9), "ab": (0.1, 0.9), "ls": (0.1, 0.9), "abls": (0.1, 0.9), "dkd": (1.0, 1.0)}
+# (ce_weight, kd_ratio, temperature) when not given. kd: RepDistiller's README (-r 0.1 -a 0.9, kd_T 4).
+# ab: ABKD's train_ab.sh (-r 1, -b from the command line: no default). dkd, abdkd: mdistiller's
+# CFG.DKD (CE_WEIGHT 1, T 4) and ABKD's train_dkd.sh (-r 1 -b 1). ls, abls: ABKD's train_ls.sh and
+# the logit-standardisation recipe (-r 0.1 -b 9, kd_T 2).
+DEFAULT_WEIGHTS = {
+    "kd": (0.1, 0.9, 4.0), "ab": (1.0, None, 4.0), "dkd": (1.0, 1.0, 4.0), "abdkd": (1.0, 1.0, 4.0),
+    "ls": (0.1, 9.0, 2.0), "abls": (0.1, 9.0, 2.0),
+}  # fmt: skip
+
+# DKD's NCKD weight (the paper's beta) per (teacher, student): mdistiller's configs/cifar100/dkd/*.yaml;
+# the pairs not listed use CFG.DKD.BETA = 8. ABKD's train_dkd.sh takes the same weight per pair.
+DKD_NCKD_WEIGHTS = {
+    ("resnet56", "resnet20"): 2.0, ("resnet110", "resnet32"): 2.0,
+    ("vgg13", "vgg8"): 6.0, ("vgg13", "MobileNetV2"): 6.0, ("wrn_40_2", "wrn_16_2"): 6.0, ("wrn_40_2", "wrn_40_1"): 6.0,
+}  # fmt: skip
+DKD_NCKD_DEFAULT = 8.0
 
 
 # Directory names of published teachers that differ from the zoo's model names.
@@ -59,13 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--model", "--model_s", required=True, choices=list(model_dict), metavar="NAME", help=f"student architecture: {', '.join(model_dict)}")
     distill = parser.add_argument_group("distillation")
     distill.add_argument("--distill", required=True, choices=list(DISTILL_LOSSES), help="distillation term added to the cross-entropy")
-    distill.add_argument("--ce-weight", type=float, help="weight gamma of the cross-entropy (default 0.1; 1.0 for dkd)")
-    distill.add_argument("--kd-ratio", "--kd-weight", type=float, help="weight of the distillation term, independent of --ce-weight (default 0.9; 1.0 for dkd)")
-    distill.add_argument("--kd-temperature", "--kd_T", type=float, default=4.0, help="temperature T of every distillation term (losses are scaled by T^2)")
-    distill.add_argument("--ab_alpha", type=float, default=0.8, help="alpha of the alpha-beta divergence (ab, abls)")
-    distill.add_argument("--ab_beta", type=float, default=0.2, help="beta of the alpha-beta divergence (ab, abls)")
+    distill.add_argument("--ce-weight", type=float, help="weight gamma of the cross-entropy (default 0.1 for kd, ls, abls; 1.0 for ab, dkd, abdkd)")
+    distill.add_argument("--kd-ratio", "--kd-weight", type=float,
+                         help="weight of the distillation term, independent of --ce-weight (default 0.9 for kd, 9 for ls/abls, 1 for dkd/abdkd; required for ab)")
+    distill.add_argument("--kd-temperature", "--kd_T", type=float,
+                         help="temperature T of the distillation term (default 4; 2 for ls/abls); every term but ab is scaled by T^2")
+    distill.add_argument("--ab_alpha", type=float, default=0.5, help="alpha of the alpha-beta divergence (ab, abls, abdkd)")
+    distill.add_argument("--ab_beta", type=float, default=0.5, help="beta of the alpha-beta divergence (ab, abls, abdkd)")
     distill.add_argument("--tckd-weight", "--dkd_alpha", type=float, default=1.0, help="DKD weight of the target-class term TCKD (the paper's alpha)")
-    distill.add_argument("--nckd-weight", "--dkd_beta", type=float, default=8.0, help="DKD weight of the non-target-class term NCKD (the paper's beta)")
+    distill.add_argument("--nckd-weight", "--dkd_beta", type=float,
+                         help="DKD weight of the non-target-class term NCKD (the paper's beta; default: mdistiller's value for the pair, else 8)")
     distill.add_argument("--dkd-warmup", "--dkd_warmup", type=int, default=20, help="DKD: epochs over which its term is ramped in linearly")
     add_training_args(parser)
     return parser
@@ -79,13 +101,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.teacher_model = teacher_name(args.teacher_ckpt)
         if args.teacher_model is None:
             parser.error(f"cannot tell the teacher architecture from --teacher-ckpt {args.teacher_ckpt} (expected <name>_vanilla/...); pass --teacher-model")
-    default_ce, default_kd = DEFAULT_WEIGHTS[args.distill]
+    default_ce, default_kd, default_t = DEFAULT_WEIGHTS[args.distill]
     args.ce_weight = default_ce if args.ce_weight is None else args.ce_weight
     args.kd_ratio = default_kd if args.kd_ratio is None else args.kd_ratio
+    args.kd_temperature = default_t if args.kd_temperature is None else args.kd_temperature
+    if args.nckd_weight is None:
+        args.nckd_weight = DKD_NCKD_WEIGHTS.get((args.teacher_model, args.model), DKD_NCKD_DEFAULT)
+    if args.kd_ratio is None:
+        parser.error(f"--distill {args.distill} needs --kd-weight (ABKD's train_ab.sh passes it per teacher-student pair; D_AB carries no T^2)")
     if args.kd_temperature <= 0:
         parser.error(f"--kd-temperature must be > 0, got {args.kd_temperature}")
     if args.save is None:
-        tag = f"_a{args.ab_alpha}_b{args.ab_beta}" if args.distill in ("ab", "abls") else ""
+        tag = f"_a{args.ab_alpha}_b{args.ab_beta}" if args.distill in ("ab", "abls", "abdkd") else ""
         args.save = str(Path("save/student_model") / f"S_{args.model}_T_{args.teacher_model}_{args.distill}{tag}_r{args.ce_weight}_k{args.kd_ratio}_{args.trial}")
     return args
 

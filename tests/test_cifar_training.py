@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from abkd.classification import DISTILL_LOSSES, build_distill_loss, standardize
+from abkd.classification import DISTILL_LOSSES, LogitDistillation, build_distill_loss, fp32_deepspeed_config, standardize
 from abkd.losses import divergence
 from abkd.sampling import GlobalBatchSampler
 from standard_classification import train_student, train_teacher
-from standard_classification.data import CifarSplit, augment, eval_batches, load_cifar100, train_batches, write_synthetic_cifar
+from standard_classification.data import CIFAR100_MEAN, CIFAR100_STD, CifarSplit, augment, eval_batches, load_cifar100, train_batches, write_synthetic_cifar
 from standard_classification.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,7 +66,7 @@ def test_teacher_outputs_are_in_the_zoo_format(teacher_path):
 def test_every_distill_trains_and_its_loss_decreases(distill, cifar_dir, teacher_path, tmp_path):
     result = train_student.main([
         "--teacher-ckpt", str(teacher_path), "--model", "resnet8", "--distill", distill, "--dkd-warmup", "1",
-        "--data-folder", str(cifar_dir), "--epochs", "3", "--save", str(tmp_path / distill), *FAST,
+        *(["--kd-weight", "16"] if distill == "ab" else []), "--data-folder", str(cifar_dir), "--epochs", "3", "--save", str(tmp_path / distill), *FAST,
     ])
     losses = [epoch["train_loss"] for epoch in result["history"]]
     assert all(math.isfinite(loss) for loss in losses)
@@ -78,7 +78,7 @@ def test_every_distill_trains_and_its_loss_decreases(distill, cifar_dir, teacher
 
 def test_resume_gives_the_weights_of_an_uninterrupted_run(cifar_dir, teacher_path, tmp_path):
     common = ["--teacher-ckpt", str(teacher_path), "--model", "resnet8", "--distill", "ab", "--ab_alpha", "0.6", "--ab_beta", "0.3",
-              "--data-folder", str(cifar_dir), "--epochs", "3", *FAST, "--lr-decay-epochs", "2"]
+              "--kd-weight", "16", "--data-folder", str(cifar_dir), "--epochs", "3", *FAST, "--lr-decay-epochs", "2"]
     train_student.main([*common, "--save", str(tmp_path / "full")])
     first = train_student.main([*common, "--save", str(tmp_path / "split"), "--stop-after-epochs", "2"])
     assert first["epoch"] == 2 and not (tmp_path / "split" / "ckpt_epoch_3.pth").exists()
@@ -112,7 +112,7 @@ def test_unknown_distill_and_unparsable_teacher_are_argparse_errors(tmp_path, ca
     with pytest.raises(SystemExit):
         train_student.main(["--path_t", str(tmp_path / "teacher.pth"), "--model_s", "resnet20", "--distill", "kd"])
     assert "--teacher-model" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="valid names: kd, ab, dkd, ls, abls"):
+    with pytest.raises(ValueError, match="valid names: kd, ab, dkd, abdkd, ls, abls"):
         build_distill_loss("kl", temperature=4.0)
 
 
@@ -145,6 +145,65 @@ def test_ab_launcher_sweeps_alpha_plus_beta_and_alpha():
 def test_launchers_print_valid_commands(script, distill):
     (args,) = _dry_run(script, "resnet32x4", "resnet8x4", "1")
     assert args.distill == distill and args.teacher_model == "resnet32x4" and args.model == "resnet8x4"
+
+
+# The hyper-parameters of the reference scripts, read from their files: (ce_weight, kd_ratio, T, extra).
+# ABKD = ghwang-s/abkd standard_classification/, MD = megvii-research/mdistiller configs/cifar100/dkd/.
+REFERENCE_RUNS = {
+    # ABKD train_kd.sh: "--distill kd -r 1 -b 2 -a 0 --kd_T 4"
+    ("train_kd.sh", ("resnet110", "resnet44", "1")): (1.0, 2.0, 4.0, {"distill": "kd"}),
+    # ABKD train_ab.sh "bash train_ab.sh 1.1 1.1 0.8 0.8 resnet56 resnet20 1 64": "-r 1 -b $b -a 0", kd_T default 4
+    ("train_ab.sh", ("1.1", "1.1", "0.8", "0.8", "resnet56", "resnet20", "1", "64")):
+        (1.0, 64.0, 4.0, {"distill": "ab", "ab_alpha": 0.8, "ab_beta": 0.3}),
+    # ABKD train_ls.sh: "--distill ls -r 0.1 -b 9 -a 0 --kd_T 2"
+    ("train_ls.sh", ("resnet32x4", "resnet8x4", "1")): (0.1, 9.0, 2.0, {"distill": "ls"}),
+    # MD res56_res20.yaml (DKD.BETA 2.0) on CFG.DKD (CE_WEIGHT 1, ALPHA 1, T 4, WARMUP 20)
+    ("train_dkd.sh", ("resnet56", "resnet20", "1")):
+        (1.0, 1.0, 4.0, {"distill": "dkd", "tckd_weight": 1.0, "nckd_weight": 2.0, "dkd_warmup": 20}),
+    # MD vgg13_vgg8.yaml (DKD.BETA 6.0)
+    ("train_dkd.sh", ("vgg13", "vgg8", "1")): (1.0, 1.0, 4.0, {"distill": "dkd", "nckd_weight": 6.0}),
+    # MD res32x4_res8x4.yaml: no BETA, so CFG.DKD.BETA 8
+    ("train_dkd.sh", ("resnet32x4", "resnet8x4", "1")): (1.0, 1.0, 4.0, {"distill": "dkd", "nckd_weight": 8.0}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("script, args", list(REFERENCE_RUNS), ids=lambda x: x if isinstance(x, str) else "-".join(x[-4:-1]))
+def test_launchers_resolve_to_the_reference_hyper_parameters(script, args):
+    ce_weight, kd_ratio, temperature, extra = REFERENCE_RUNS[script, args]
+    runs = _dry_run(script, *args)
+    assert len(runs) == 1
+    resolved = vars(runs[0])
+    assert (resolved["ce_weight"], resolved["kd_ratio"], resolved["kd_temperature"]) == (ce_weight, kd_ratio, temperature)
+    for key, value in extra.items():
+        assert resolved[key] == (pytest.approx(value) if isinstance(value, float) else value), key
+
+
+def test_abkd_dkd_variant_through_its_launcher():
+    """ABKD's train_dkd.sh: --distill dkd with --ab_alpha/--ab_beta (its `dkd` puts D_AB in NCKD), -r 1 -b 1."""
+    (args,) = _dry_run("train_dkd.sh", "vgg13", "vgg8", "1", "6")
+    assert (args.distill, args.nckd_weight) == ("dkd", 6.0)
+    env = {**os.environ, "DRY_RUN": "1", "DISTILL": "abdkd", "AB_ALPHA": "0.7", "AB_BETA": "0.3"}
+    out = subprocess.run(["bash", str(REPO / "scripts" / "cifar" / "train_dkd.sh"), "vgg13", "vgg8", "1"], env=env,
+                         capture_output=True, text=True, check=True).stdout
+    args = train_student.parse_args(shlex.split(out)[3:])
+    assert (args.distill, args.ab_alpha, args.ab_beta, args.nckd_weight, args.ce_weight, args.kd_ratio) == ("abdkd", 0.7, 0.3, 6.0, 1.0, 1.0)
+
+
+def test_cli_defaults_follow_each_reference(tmp_path, capsys):
+    base = ["--path_t", "save/models/resnet56_vanilla/ckpt_epoch_240.pth", "--model_s", "resnet20"]
+    kd = train_student.parse_args([*base, "--distill", "kd"])  # RepDistiller: -r 0.1 -a 0.9, kd_T 4
+    assert (kd.ce_weight, kd.kd_ratio, kd.kd_temperature) == (0.1, 0.9, 4.0)
+    ls = train_student.parse_args([*base, "--distill", "ls"])  # LS recipe: T 2, 0.1 CE + 9 KD
+    assert (ls.ce_weight, ls.kd_ratio, ls.kd_temperature) == (0.1, 9.0, 2.0)
+    ab = train_student.parse_args([*base, "--distill", "ab", "--kd-weight", "8"])  # ABKD CLI: ab_alpha = ab_beta = 0.5, -r 1
+    assert (ab.ab_alpha, ab.ab_beta, ab.ce_weight, ab.kd_ratio, ab.kd_temperature) == (0.5, 0.5, 1.0, 8.0, 4.0)
+    dkd = train_student.parse_args([*base, "--distill", "dkd"])
+    assert (dkd.ce_weight, dkd.kd_ratio, dkd.tckd_weight, dkd.nckd_weight, dkd.dkd_warmup) == (1.0, 1.0, 1.0, 2.0, 20)
+    assert train_student.parse_args([*base, "--distill", "dkd", "--dkd_beta", "5"]).nckd_weight == 5.0
+    assert kd.precision == "fp32"
+    with pytest.raises(SystemExit):
+        train_student.parse_args([*base, "--distill", "ab"])
+    assert "--kd-weight" in capsys.readouterr().err
 
 
 def test_teacher_of_the_wrong_architecture_is_rejected(cifar_dir, teacher_path, tmp_path):
@@ -223,18 +282,58 @@ def _logits(seed=0, batch=5, classes=7):
     return student, teacher, torch.randint(0, classes, (batch,), generator=generator)
 
 
-@pytest.mark.parametrize("alpha, beta", [(0.8, 0.2), (0.2, 0.7), (1.0, 0.0), (0.5, -0.3)])
-def test_ab_is_the_shared_divergence_on_the_class_axis_times_t_squared(alpha, beta):
+def _softmax(row, T):
+    e = [math.exp(v / T) for v in row]
+    return [v / sum(e) for v in e]
+
+
+def _abkd_general_case(p, q, alpha, beta):
+    """ABKD's abkl.py general case, per sample: -sum(p^a q^b - a/(a+b) p^(a+b) - b/(a+b) q^(a+b)) / (a b)."""
+    s = sum(pi**alpha * qi**beta - alpha / (alpha + beta) * pi ** (alpha + beta) - beta / (alpha + beta) * qi ** (alpha + beta)
+            for pi, qi in zip(p, q))
+    return -s / (alpha * beta)
+
+
+@pytest.mark.parametrize("alpha, beta", [(0.8, 0.2), (0.2, 0.7), (0.5, 0.5), (1.3, -0.3)])
+def test_ab_is_abkd_s_plain_batch_mean_without_t_squared(alpha, beta):
+    """ABKD's CIFAR ABKL returns divergence.mean() of softmax(z / T) without T^2 (distiller_zoo/abkl.py)."""
     student, teacher, labels = _logits()
-    T = 3.0
+    T = 4.0
+    expected = sum(_abkd_general_case(_softmax(t, T), _softmax(s, T), alpha, beta) for s, t in zip(student.tolist(), teacher.tolist())) / 5
     loss = build_distill_loss("ab", temperature=T, ab_alpha=alpha, ab_beta=beta)(student, teacher, labels)
-    reference = divergence("ab", student, teacher, temperature=T, alpha=alpha, beta=beta).mean() * T**2
-    torch.testing.assert_close(loss, reference)
-    (grad,) = torch.autograd.grad(loss, student)
-    (grad_ref,) = torch.autograd.grad(reference, student)
-    torch.testing.assert_close(grad, grad_ref)
-    if (alpha, beta) == (1.0, 0.0):  # forward KL: ab is exactly kd
-        torch.testing.assert_close(loss, build_distill_loss("kd", temperature=T)(student, teacher, labels))
+    assert loss.item() == pytest.approx(expected, rel=1e-10)
+    assert torch.autograd.grad(loss, student)[0].isfinite().all()
+
+
+def test_ab_at_forward_kl_point_is_kd_over_t_squared():
+    student, teacher, labels = _logits(3)
+    T = 4.0
+    ab = build_distill_loss("ab", temperature=T, ab_alpha=1.0, ab_beta=0.0)(student, teacher, labels)
+    torch.testing.assert_close(ab * T**2, build_distill_loss("kd", temperature=T)(student, teacher, labels))
+
+
+def test_abdkd_puts_abkd_s_alpha_beta_divergence_in_nckd():
+    """ABKD's distiller_zoo/dkd.py: TCKD is the binary KL, NCKD = T^2 mean_B [sum p_t^(a+b) / (b(a+b))
+    + sum p_s^(a+b) / (a(a+b)) - sum p_t^a p_s^b / (a b)] over softmax(z / T) of the non-target logits."""
+    student = [[2.0, 1.0, 0.0, -1.0], [0.5, 0.5, 3.0, 0.0]]
+    teacher = [[3.0, 0.0, 1.0, -2.0], [0.0, 1.0, 2.0, 1.0]]
+    labels = [0, 2]
+    T, w_t, w_n, a, b = 2.0, 1.0, 6.0, 0.7, 0.4
+    tckd = nckd = 0.0
+    for s_row, t_row, y in zip(student, teacher, labels):
+        ps, pt = _softmax(s_row, T), _softmax(t_row, T)
+        bs, bt = (ps[y], 1 - ps[y]), (pt[y], 1 - pt[y])
+        tckd += sum(t * math.log(t / s) for t, s in zip(bt, bs)) / 2
+        ns = _softmax([v for k, v in enumerate(s_row) if k != y], T)
+        nt = _softmax([v for k, v in enumerate(t_row) if k != y], T)
+        nckd += (sum(p ** (a + b) for p in nt) / (b * (a + b)) + sum(q ** (a + b) for q in ns) / (a * (a + b))
+                 - sum(p**a * q**b for p, q in zip(nt, ns)) / (a * b)) / 2
+    loss = build_distill_loss("abdkd", temperature=T, tckd_weight=w_t, nckd_weight=w_n, ab_alpha=a, ab_beta=b, dkd_warmup=20)
+    args = (torch.tensor(student, dtype=torch.float64), torch.tensor(teacher, dtype=torch.float64), torch.tensor(labels))
+    # epoch 4 (0-based) is ABKD's 1-based epoch 5: min(5 / 20, 1) = 0.25.
+    assert loss(*args, 4).item() == pytest.approx(0.25 * T**2 * (w_t * tckd + w_n * nckd), rel=1e-10)
+    kl_nckd = build_distill_loss("abdkd", temperature=T, tckd_weight=w_t, nckd_weight=w_n, ab_alpha=1.0, ab_beta=0.0, dkd_warmup=0)
+    torch.testing.assert_close(kl_nckd(*args), build_distill_loss("dkd", temperature=T, tckd_weight=w_t, nckd_weight=w_n)(*args))
 
 
 def test_kd_is_hinton_kl_times_t_squared():
@@ -276,8 +375,12 @@ def test_ls_standardises_each_sample_then_applies_kd():
     student, teacher, labels = _logits(2)
     z = standardize(student.detach())
     torch.testing.assert_close(z.mean(1), torch.zeros(5, dtype=z.dtype), atol=1e-6, rtol=0)
-    torch.testing.assert_close(z.std(1, correction=0), torch.ones(5, dtype=z.dtype), atol=1e-5, rtol=0)
-    manual = lambda x: (x - x.mean(1, keepdim=True)) / x.std(1, keepdim=True, correction=0)  # noqa: E731
+    # The unbiased standard deviation, as the references' logit.std(dim=-1): divisor C - 1.
+    row = student[0].tolist()
+    mean = sum(row) / 7
+    std = math.sqrt(sum((v - mean) ** 2 for v in row) / 6)
+    assert z[0].tolist() == pytest.approx([(v - mean) / (std + 1e-7) for v in row], rel=1e-9)
+    manual = lambda x: (x - x.mean(1, keepdim=True)) / x.std(1, keepdim=True, correction=1)  # noqa: E731
     T = 2.0
     ls = build_distill_loss("ls", temperature=T)
     torch.testing.assert_close(
@@ -303,3 +406,43 @@ def test_two_processes_under_torchrun(cifar_dir, teacher_path, tmp_path):
     checkpoint = torch.load(save / "ckpt_epoch_1.pth", weights_only=True)
     build_model("resnet8", num_classes=10).load_state_dict(checkpoint["model"], strict=True)
     assert (checkpoint["accuracy"] * 20 / 100) == round(checkpoint["accuracy"] * 20 / 100)  # counted over all 20 test images
+
+
+# ---------------------------------------------------------------------------------------------
+# Precision and normalisation constants.
+# ---------------------------------------------------------------------------------------------
+
+
+def test_cifar_normalisation_constants_are_repdistiller_s():
+    # RepDistiller and ABKD dataset/cifar100.py: transforms.Normalize((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))
+    assert CIFAR100_MEAN == (0.5071, 0.4867, 0.4408) and CIFAR100_STD == (0.2675, 0.2565, 0.2761)
+
+
+def test_deepspeed_half_precision_is_switched_off():
+    config = fp32_deepspeed_config({"bf16": {"enabled": "auto"}, "fp16": {"enabled": True, "loss_scale": 0}, "zero_optimization": {"stage": 1}})
+    assert config["bf16"]["enabled"] is False and config["fp16"] == {"enabled": False, "loss_scale": 0}
+    assert config["zero_optimization"] == {"stage": 1}
+
+
+def test_bf16_opt_in_autocasts_convolutions_and_keeps_batchnorm_in_fp32():
+    torch.manual_seed(0)
+    student, teacher = build_model("resnet8", num_classes=10), build_model("resnet8", num_classes=10).eval()
+    conv_dtypes, bn_inputs = [], []
+    student.conv1.register_forward_hook(lambda module, args, out: conv_dtypes.append(out.dtype))
+    student.bn1.register_forward_hook(lambda module, args, out: bn_inputs.append(args[0].dtype))
+    images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    objective = LogitDistillation(student, ce_weight=0.1, kd_ratio=0.9, teacher=teacher, distill=build_distill_loss("kd", temperature=4.0),
+                                  precision="bf16")
+    loss, parts = objective((images, labels))
+    loss.backward()
+    assert conv_dtypes == [torch.bfloat16] and loss.dtype == torch.float32 and loss.isfinite()
+    assert bn_inputs == [torch.bfloat16]  # BatchNorm takes the bf16 activations ...
+    for module in student.modules():  # ... with float32 weights and running statistics
+        if isinstance(module, torch.nn.BatchNorm2d):
+            assert module.weight.dtype == module.running_mean.dtype == module.running_var.dtype == torch.float32
+            assert module.weight.grad.dtype == torch.float32
+    conv_dtypes.clear()
+    LogitDistillation(student, ce_weight=1.0, precision="fp32")((images, labels))
+    assert conv_dtypes == [torch.float32]
+    with pytest.raises(ValueError, match="valid: fp32, bf16"):
+        LogitDistillation(student, precision="fp16")

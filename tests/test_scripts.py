@@ -480,14 +480,18 @@ def test_cifar_ab_sweeps_alpha_plus_beta_and_alpha():
 
 
 # Key settings of the CIFAR and CLIP launchers, as printed (flag -> value) by their default dry runs.
+# CIFAR rows: ABKD standard_classification/train_{kd,ls,ab}.sh (-r = --ce-weight, -b = --kd-weight, --kd_T)
+# and mdistiller's CFG.DKD for train_dkd.sh (its per-pair NCKD weight is resolved by train_student and
+# checked in tests/test_cifar_training.py). CLIP rows: ABKD base_to_new_classification/scripts/promptkd/
+# base2new_train_{kd,dkd,ab}.sh with configs/trainers/PromptKD/vit_b16_c2_ep20_batch8_4+4ctx.yaml.
 CLASSIFICATION_SETTINGS = {
-    "cifar/train_kd.sh": {"--distill": "kd", "--kd_T": "4", "--ce-weight": "0.1", "--kd-weight": "0.9", "--path_t": "save/models/resnet32x4_vanilla/ckpt_epoch_240.pth"},
-    "cifar/train_dkd.sh": {"--distill": "dkd", "--kd_T": "4", "--dkd_alpha": "1.0", "--dkd_beta": "8.0", "--dkd_warmup": "20", "--ce-weight": "1.0"},
+    "cifar/train_kd.sh": {"--distill": "kd", "--kd_T": "4", "--ce-weight": "1", "--kd-weight": "2", "--path_t": "save/models/resnet32x4_vanilla/ckpt_epoch_240.pth"},
+    "cifar/train_dkd.sh": {"--distill": "dkd", "--kd_T": "4", "--dkd_alpha": "1", "--dkd_warmup": "20", "--ce-weight": "1", "--kd-weight": "1"},
     "cifar/train_ls.sh": {"--distill": "ls", "--kd_T": "2", "--ce-weight": "0.1", "--kd-weight": "9"},
-    "cifar/train_ab.sh": {"--distill": "ab", "--kd_T": "4", "--ce-weight": "0.1"},
-    "clip/train_kd.sh": {"--distill": "kd", "--kd-weight": "1000.0", "--temperature": "1.0", "--epochs": "20", "--lr": "0.005", "--batch-size": "8"},
-    "clip/train_dkd.sh": {"--distill": "dkd", "--dkd-alpha": "1.0", "--dkd-beta": "8.0", "--kd-weight": "1000.0"},
-    "clip/train_ab.sh": {"--distill": "ab", "--ab_alpha": "0.8", "--ab_beta": "0.2", "--kd-weight": "1000.0"},
+    "cifar/train_ab.sh": {"--distill": "ab", "--kd_T": "4", "--ce-weight": "1", "--kd-weight": "0.5"},
+    "clip/train_kd.sh": {"--distill": "kd", "--kd-weight": "200.0", "--temperature": "1.0", "--epochs": "20", "--lr": "0.0001", "--batch-size": "8"},
+    "clip/train_dkd.sh": {"--distill": "dkd", "--dkd-alpha": "1.0", "--dkd-warmup": "1", "--kd-weight": "100.0", "--lr": "0.0001"},
+    "clip/train_ab.sh": {"--distill": "ab", "--ab_alpha": "0.5", "--ab_beta": "0.5", "--kd-weight": "100.0", "--lr": "0.0001"},
 }  # fmt: skip
 
 
@@ -501,10 +505,11 @@ def test_classification_launchers(script, tmp_path):
     for argv in training:
         for flag, value in CLASSIFICATION_SETTINGS[name(script)].items():
             assert flag_value(argv, flag) == value, (flag, argv)
-    if script.parent.name == "clip":  # five seeds per setting, each in its own directory, then the summary
+    if script.parent.name == "clip":  # seeds 1-3 per setting, each in its own directory, then the summary
         assert commands[-1][0] == "base_to_new_classification.summarize"
-        assert len(training) == 5 and sorted(flag_value(argv, "--seed") for argv in training) == ["10", "20", "30", "40", "50"]
-        assert len({flag_value(argv, "--save") for argv in training}) == 5 and all("--resume" in argv for argv in training)
+        seeds = sorted(flag_value(argv, "--seed") for argv in training)
+        assert seeds == sorted(["1", "2", "3"] * (len(training) // 3)) and len(training) % 3 == 0
+        assert len({flag_value(argv, "--save") for argv in training}) == len(training) and all("--resume" in argv for argv in training)
 
 
 # ---------------------------------------------------------------------------------------------------

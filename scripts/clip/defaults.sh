@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Defaults of the PromptKD launchers (sourced by scripts/clip/*.sh): arguments [DATASET] [DATA_ROOT] [GPU_NUM];
-# Hugging Face CLIP ViT-L/14 teacher with the prompts of train_teacher, ViT-B/16 student, five seeds.
+# Hugging Face CLIP ViT-L/14 teacher with the prompts of train_teacher, ViT-B/16 student, seeds 1-3.
+# Settings of ABKD's PromptKD config and scripts/promptkd/*.sh: T = 1, 20 epochs, batch 8, lr 1e-4.
+# FINAL_MODEL=best_val: the reference's pick of the best base-class *test* accuracy (default: last epoch).
 # `train_seeds NAME ARGS...` trains once per seed into SAVE_ROOT/NAME/seed<seed> (resumable), and
 # `summarize` prints the base/new/HM table averaged over the seeds. DRY_RUN=1 prints the commands.
 source "$(dirname "${BASH_SOURCE[0]}")/../launch.sh"
@@ -16,12 +18,12 @@ HOSTFILE=""
 TEACHER_MODEL="${REPO_ROOT}/checkpoints/clip-vit-large-patch14"
 STUDENT_MODEL="${REPO_ROOT}/checkpoints/clip-vit-base-patch16"
 TEACHER_CKPT=${TEACHER_CKPT:-"${REPO_ROOT}/results/promptkd/teacher/${DATASET}/teacher_prompts.pt"}
-KD_WEIGHT=1000.0
 TEMPERATURE=1.0
 EPOCHS=20
 BATCH_SIZE=8
-LR=0.005
-SEEDS="10 20 30 40 50"
+LR=0.0001
+SEEDS="1 2 3"
+FINAL_MODEL=${FINAL_MODEL:-last}
 SAVE_ROOT="${REPO_ROOT}/results/promptkd/${DATASET}"
 
 train_seeds() {
@@ -30,8 +32,8 @@ train_seeds() {
     for seed in ${SEEDS}; do
         launch_module base_to_new_classification.train --dataset "${DATASET}" --root "${DATA_ROOT}" \
             --teacher-model-path "${TEACHER_MODEL}" --student-model-path "${STUDENT_MODEL}" --teacher-ckpt "${TEACHER_CKPT}" \
-            "$@" --kd-weight "${KD_WEIGHT}" --temperature "${TEMPERATURE}" --epochs "${EPOCHS}" --batch-size "${BATCH_SIZE}" \
-            --lr "${LR}" --seed "${seed}" --save "${SAVE_ROOT}/${name}/seed${seed}" --resume \
+            "$@" --temperature "${TEMPERATURE}" --epochs "${EPOCHS}" --batch-size "${BATCH_SIZE}" \
+            --lr "${LR}" --final-model "${FINAL_MODEL}" --seed "${seed}" --save "${SAVE_ROOT}/${name}/seed${seed}" --resume \
             --deepspeed_config "${REPO_ROOT}/configs/deepspeed/ds_config.json"
     done
 }
