@@ -1,7 +1,7 @@
 """Training throughput of CIFAR-100 distillation: images per second of a student step (teacher
 forward, student forward + backward, SGD step through the DeepSpeed engine, batched augmentation)
-at batch 64, on synthetic uint8 images, on the available device (bf16 on CUDA as ds_config's
-"auto", fp32 on CPU).
+at batch 64, on synthetic uint8 images, on the available device, in fp32 as the recipes (or
+`--precision bf16`: autocast with fp32 weights and BatchNorm).
 
     python benchmarks/bench_cifar.py                          # the default pairs, kd and ab
     python benchmarks/bench_cifar.py --pairs resnet56:resnet20 --distill ab dkd --steps 20
@@ -19,23 +19,23 @@ import time
 import torch
 
 from abkd import engine as E
-from abkd.classification import LogitDistillation, build_distill_loss
+from abkd.classification import LogitDistillation, build_distill_loss, fp32_deepspeed_config
 from standard_classification.data import augment, normalize
 from standard_classification.models import build_model
 from standard_classification.train import DEFAULT_DS_CONFIG
 
 
-def measure(teacher_name: str | None, student_name: str, distill: str | None, batch: int, steps: int, warmup: int, device) -> dict:
-    config = E.load_deepspeed_config(DEFAULT_DS_CONFIG, micro_batch_size=batch, gradient_accumulation_steps=1)
-    dtype = E.training_dtype(config)
+def measure(teacher_name: str | None, student_name: str, distill: str | None, batch: int, steps: int, warmup: int, device, precision: str) -> dict:
+    # As the CIFAR recipes: fp32 weights (DeepSpeed's half precision off), bf16 only as autocast.
+    config = fp32_deepspeed_config(E.load_deepspeed_config(DEFAULT_DS_CONFIG, micro_batch_size=batch, gradient_accumulation_steps=1))
     student = build_model(student_name).to(device)
     optimizer = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     engine = E.initialize(student, optimizer, None, config)
-    objective = LogitDistillation(engine, ce_weight=1.0, dtype=dtype)
+    objective = LogitDistillation(engine, ce_weight=1.0, precision=precision)
     if teacher_name is not None:
-        teacher = build_model(teacher_name).to(device=device, dtype=dtype).eval().requires_grad_(False)
-        options = dict(temperature=4.0, ab_alpha=0.8, ab_beta=0.2, tckd_weight=1.0, nckd_weight=8.0, dkd_warmup=20)
-        objective = LogitDistillation(engine, ce_weight=0.1, kd_ratio=0.9, teacher=teacher, distill=build_distill_loss(distill, **options), dtype=dtype)
+        teacher = build_model(teacher_name).to(device=device).eval().requires_grad_(False)
+        options = dict(temperature=4.0, ab_alpha=0.5, ab_beta=0.5, tckd_weight=1.0, nckd_weight=8.0, dkd_warmup=20)
+        objective = LogitDistillation(engine, ce_weight=1.0, kd_ratio=0.9, teacher=teacher, distill=build_distill_loss(distill, **options), precision=precision)
     images = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8, device=device)
     labels = torch.randint(0, 100, (batch,), device=device)
     generator = torch.Generator().manual_seed(0)
@@ -53,7 +53,7 @@ def measure(teacher_name: str | None, student_name: str, distill: str | None, ba
         if step >= warmup:
             times.append(time.perf_counter() - started)
     seconds = statistics.median(times)
-    return {"teacher": teacher_name or "-", "student": student_name, "distill": distill or "ce", "dtype": str(dtype).replace("torch.", ""),
+    return {"teacher": teacher_name or "-", "student": student_name, "distill": distill or "ce", "dtype": precision,
             "ms_per_step": 1000 * seconds, "images_per_s": batch / seconds}
 
 
@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per row")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before timing")
     parser.add_argument("--threads", type=int, help="torch intra-op threads on CPU (default: torch's choice)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="fp32 (the recipes' default) or bf16 autocast with fp32 weights and BatchNorm")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -72,9 +73,9 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for pair in args.pairs:
         teacher, student = pair.split(":")
-        rows.append(measure(None, student, None, args.batch_size, args.steps, args.warmup, device))
+        rows.append(measure(None, student, None, args.batch_size, args.steps, args.warmup, device, args.precision))
         for distill in args.distill:
-            rows.append(measure(teacher, student, distill, args.batch_size, args.steps, args.warmup, device))
+            rows.append(measure(teacher, student, distill, args.batch_size, args.steps, args.warmup, device, args.precision))
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"\nCIFAR training step, batch {args.batch_size}, {name}, median of {args.steps} steps\n")
     print("| teacher | student | loss | dtype | ms/step | images/s |")

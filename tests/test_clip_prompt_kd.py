@@ -233,8 +233,9 @@ def test_promptkd_reductions_are_abkd_s():
     for sr, tr, label in zip(STUDENT, TEACHER, LABELS):
         ps, pt = _softmax(sr, T), _softmax(tr, T)
         tckd += _kl((pt[label], 1 - pt[label]), (ps[label], 1 - ps[label])) * T**2 / B
-        others = lambda row: _softmax([v for k, v in enumerate(row) if k != label], T)  # noqa: E731
-        nckd += _kl(others(tr), others(sr)) * T**2 / B
+        others_t = _softmax([v for k, v in enumerate(tr) if k != label], T)
+        others_s = _softmax([v for k, v in enumerate(sr) if k != label], T)
+        nckd += _kl(others_t, others_s) * T**2 / B
     dkd = PromptKDLoss("dkd", temperature=T, kd_ratio=w, num_classes=C, tckd_weight=1.0, nckd_weight=0.5, dkd_warmup=2)
     # Trainer epoch 0 is ABKD's `epoch = self.epoch + 1` = 1: min(1 / 2, 1) = 0.5; then 1.
     assert dkd(s, t, y, 0).item() == pytest.approx(w * 0.5 * (tckd + 0.5 * nckd), rel=1e-10)
