@@ -89,8 +89,8 @@ class Method:
         loss = "cross-entropy only"
         if self.divergence is not None:
             params = ", ".join(f"{key}={value:g}" for key, value in self.params(args).items())
-            scale = "T^2 * " if self.temperature_squared else ""
-            loss = f"(1 - kd_ratio) * CE + kd_ratio * {scale}{self.divergence}({params}), kd_ratio {ratio}, KD temperature {temperature}"
+            scale = " * T^2" if self.temperature_squared else ""
+            loss = f"(1 - kd_ratio) * CE + kd_ratio * {self.divergence}({params}){scale}, kd_ratio {ratio}, KD temperature {temperature}"
         text = f"--type {self.name}: {self.summary}; loss {loss}; batches from {self.source_kind(args.student_gen)}"
         return f"{text}; reproduces {self.reference}" if self.reference else text
 

@@ -333,6 +333,8 @@ def _pocl_reference(kind, student_logits, teacher_logits, mask, temperature, lam
 def test_pocl_tempered_losses_scale_by_t_squared_as_pocl(kind, fused, tiny_gpt2_dir, tiny_gpt2_teacher_dir, tiny_tokenizer):
     method = METHODS[kind]
     assert method.temperature_squared == (kind in ("tfkl", "tsrkl", "tjsd"))
+    described = method.describe(SimpleNamespace(kd_ratio=0.5, kd_temperature=2.0, curriculum="none", student_gen=None, skew_alpha=0.1, jsd_lam=0.9))
+    assert ("* T^2," in described) == method.temperature_squared
     lam, temperature, kd_ratio = 0.9, 2.0, 0.5
     params = {} if method.divergence in ("fkl", "rkl") else {"lam": lam}  # our lam is POCL's in each mixture
     student, teacher = load_causal_lm(tiny_gpt2_dir).eval(), load_causal_lm(tiny_gpt2_teacher_dir).eval()
