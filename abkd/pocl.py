@@ -7,7 +7,8 @@ is easier; its LM loss on the reference, lower is easier). Each signal gives a r
 
     score = 1 / (k + rank_rouge) + 1 / (k + rank_loss),    k = 60 by default,
 
-sorted descending, orders the data from easy to hard.
+sorted descending, orders the data from easy to hard. Ranks are numbered 1, 2, 3, ... after
+stable sorts, as POCL does (ties broken by order); tied values may share their mean rank instead.
 
 Baby Step: stage s = 0..S-1 trains on the easiest ceil((s + 1) / S * N) examples, with the KD
 temperature and kd-ratio rising linearly from their start to their end values over the stages.
@@ -37,6 +38,9 @@ def fractional_ranks(values: Sequence[float], *, descending: bool) -> list[float
     return ranks
 
 
+RANK_TIES = ("sequential", "mean")
+
+
 @dataclass
 class RankedExample:
     id: int
@@ -47,20 +51,43 @@ class RankedExample:
     score: float
 
 
-def reciprocal_rank_fusion(ids: Sequence[int], rouge: Sequence[float], loss: Sequence[float], k: float = 60.0) -> list[RankedExample]:
+def reciprocal_rank_fusion(
+    ids: Sequence[int], rouge: Sequence[float], loss: Sequence[float], k: float = 60.0, ties: str = "sequential"
+) -> list[RankedExample]:
     """Examples ordered easy to hard by RRF of their ROUGE-L (higher easier) and loss (lower
-    easier) ranks; ties in the fused score keep the id order, so the result is deterministic."""
+    easier) ranks.
+
+    ties "sequential" is POCL's tools/rank.py: three chained stable sorts of the examples in
+    their given order (by ROUGE-L, then that order by loss, then that order by score), each
+    numbering its examples 1, 2, 3, ..., so tied values get different ranks, the earlier example
+    in the previous sort's order the better one. ties "mean": tied values share the mean of the
+    ranks they span, and tied scores keep the id order (order-independent).
+    """
     if not (len(ids) == len(rouge) == len(loss)):
         raise ValueError(f"ids, rouge and loss must have the same length, got {len(ids)}, {len(rouge)}, {len(loss)}")
     if k < 0:
         raise ValueError(f"the RRF constant k must be non-negative, got {k}")
-    rank_rouge = fractional_ranks(rouge, descending=True)
-    rank_loss = fractional_ranks(loss, descending=False)
+    if ties not in RANK_TIES:
+        raise ValueError(f"unknown rank ties '{ties}'; valid: {', '.join(RANK_TIES)}")
+    n = len(ids)
+    if ties == "mean":
+        rank_rouge = fractional_ranks(rouge, descending=True)
+        rank_loss = fractional_ranks(loss, descending=False)
+    else:
+        rank_rouge, rank_loss = [0.0] * n, [0.0] * n
+        by_rouge = sorted(range(n), key=lambda i: -rouge[i])
+        for position, i in enumerate(by_rouge):
+            rank_rouge[i] = float(position + 1)
+        by_loss = sorted(by_rouge, key=lambda i: loss[i])
+        for position, i in enumerate(by_loss):
+            rank_loss[i] = float(position + 1)
     examples = [
         RankedExample(int(i), float(r), float(lm_loss), rr, rl, 1.0 / (k + rr) + 1.0 / (k + rl))
         for i, r, lm_loss, rr, rl in zip(ids, rouge, loss, rank_rouge, rank_loss)
     ]
-    return sorted(examples, key=lambda e: (-e.score, e.id))
+    if ties == "mean":
+        return sorted(examples, key=lambda e: (-e.score, e.id))
+    return sorted([examples[i] for i in by_loss], key=lambda e: -e.score)
 
 
 def _linear(start: float, end: float, stage: int, num_stages: int) -> float:

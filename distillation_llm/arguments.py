@@ -97,12 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="DistiLLM's switch for student-generated batches: on by default for the sampling types; --no-student-gen trains them on the dataset only, as the reference did without --student-gen")
     sgo.add_argument("--gen-top-p", type=float, default=1.0, help="nucleus top-p of the student's samples during training (--top-p is for --eval-gen)")
     sgo.add_argument("--mixed-alpha", type=float, default=0.5, help="GKD lambda: probability that a batch uses the student's own samples")
-    sgo.add_argument("--gkd-beta", type=float, default=0.5, help="beta of GKD's generalised JSD: the teacher's weight in the mixture")
+    sgo.add_argument("--gkd-beta", type=float, default=0.1, help="beta of GKD's generalised JSD: the teacher's weight in the mixture (0.1: DistiLLM's mixed-jsd, lambda 0.9)")
     sgo.add_argument("--init-threshold", type=float, default=0.0, help="DistiLLM: initial probability of student-generated batches")
     sgo.add_argument("--loss-eps", type=float, default=0.1, help="DistiLLM: raise the threshold by 0.1 when the validation loss worsens by more than this")
-    sgo.add_argument("--capacity", type=int, default=1000, help="DistiLLM: replay-buffer size in generated examples per process")
-    sgo.add_argument("--replay-ratio", choices=("constant", "increasing", "decreasing"), default="constant",
-        help="DistiLLM: probability of replaying buffered generations instead of generating (constant 0.5, or rising/falling linearly over training)")
+    sgo.add_argument("--capacity", type=int, default=1000,
+        help="generated examples buffered per process: DistiLLM replays from it once full; gkd/imitkd train on random batches of it (0: on fresh samples)")
+    sgo.add_argument("--replay-ratio", choices=("constant", "increasing", "decreasing"), default="decreasing",
+        help="DistiLLM: share of student-generated batches freshly generated rather than replayed (constant 0.5, or rising/falling linearly over training)")
 
     curriculum = parser.add_argument_group("POCL curriculum")
     curriculum.add_argument("--curriculum", choices=("none", "pocl"), default="none", help="pocl: train easy-to-hard in Baby Step stages from --ranking")

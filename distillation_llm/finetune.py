@@ -10,6 +10,7 @@ Runs as one process (`python`), under `torchrun`, or under the `deepspeed` launc
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -36,7 +37,7 @@ from distillation_llm.methods import lookup
 from distillation_llm.models import add_lora, check_shared_vocabulary, enable_gradient_checkpointing, load_causal_lm, load_lora, load_tokenizer, merge_lora
 from distillation_llm.objective import Objective
 from distillation_llm.rank_difficulty import load_ranking
-from distillation_llm.sources import AdaptiveThreshold, DatasetSource, StudentGeneratedSource, replay_ratio
+from distillation_llm.sources import AdaptiveThreshold, DatasetSource, StudentGeneratedSource, fresh_share
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -193,12 +194,12 @@ def build_source(args, collate, student, tokenizer):
         do_sample=True, top_k=0, top_p=args.gen_top_p, temperature=1.0, max_new_tokens=args.max_length - args.max_prompt_length,
         seed=args.seed + 1000 * E.rank(),
     )
-    common = dict(max_prompt_length=args.max_prompt_length, seed=args.seed + E.rank())
+    common = dict(max_prompt_length=args.max_prompt_length, capacity=args.capacity, seed=args.seed + E.rank())
     if kind == "student":
         return StudentGeneratedSource(collate, student, tokenizer, settings, threshold=method.student_probability(args), **common)
     return StudentGeneratedSource(
         collate, student, tokenizer, settings, threshold=AdaptiveThreshold(args.init_threshold, args.loss_eps),
-        capacity=args.capacity, replay=lambda progress: replay_ratio(args.replay_ratio, progress), **common,
+        fresh=lambda progress: fresh_share(args.replay_ratio, progress), **common,
     )
 
 
@@ -232,7 +233,7 @@ def train(run: Run, engine, objective: Objective, data: TrainingData, source, lm
     while state["step"] < stop_at:
         started, sums, tokens = time.perf_counter(), defaultdict(float), 0
         for _ in range(args.gradient_accumulation_steps):
-            batch = to_device(source(next(micro_batches), progress=state["step"] / total_steps), device)
+            batch = to_device(source(next(micro_batches), progress=(state["step"] + 1) / total_steps), device)
             loss, parts = objective.forward_train(batch, to_device(next(lm_batches), device) if lm_batches else None)
             engine.backward(loss)
             engine.step()
@@ -351,7 +352,7 @@ def main(argv: list[str] | None = None) -> None:
     engine = E.initialize(student, optimizer, scheduler, ds_config)
     objective = Objective(
         engine.module, teacher, method.divergence, method.params(args), args.kd_ratio, args.kd_temperature, vocab,
-        lm_coef=args.lm_coef, partitioned_parameters=zero_stage == 3, **({"chunk_size": args.chunk_size} if args.chunk_size else {}),
+        lm_coef=args.lm_coef, temperature_squared=method.temperature_squared, partitioned_parameters=zero_stage == 3, **({"chunk_size": args.chunk_size} if args.chunk_size else {}),
     )
 
     source = build_source(args, collate, engine.module, tokenizer)
@@ -364,6 +365,10 @@ def main(argv: list[str] | None = None) -> None:
             curriculum.load_state_dict(run.state["curriculum"])
         apply_stage(curriculum, objective, data, log)
 
+    if args.do_train and source.needs_initial_validation:  # DistiLLM's step-0 reference loss
+        metrics = validate(engine, objective, valid_set, collate, tokenizer, argparse.Namespace(**{**vars(args), "eval_gen": False}), device)
+        log.metrics(0, metrics, prefix="valid")
+        log.info(source.on_validation(metrics["valid_loss"]))
     if args.do_train:
         log.info(f"training {total_steps} steps ({data.sampler.steps_per_epoch} per epoch, global batch {data.sampler.global_batch})")
         train(run, engine, objective, data, source, lm_batches, valid_set, collate, tokenizer, total_steps)

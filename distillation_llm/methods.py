@@ -7,7 +7,9 @@ selection all read this table, so adding a method is adding a row.
 Batch sources (distillation_llm/sources.py):
 - `dataset`: the processed rows as they are (SFT, word-level KD).
 - `seqkd`: the same, on a dataset whose responses the teacher generated (tools.generate_data_seqkd).
-- `student`: responses replaced by the student's samples with a constant probability (ImitKD, GKD).
+- `student`: responses replaced by the student's samples with a constant probability (ImitKD, GKD);
+  as in DistiLLM's mixed-* types, each generation goes into a --capacity buffer and a random
+  buffer batch is trained on (--capacity 0: the fresh samples themselves).
 - `adaptive`: DistiLLM's adaptive probability of student samples, with a replay buffer.
 """
 
@@ -55,6 +57,8 @@ class Method:
     selection: str = "rougeL"
     # The reference code base and name this row reproduces, when it is not our own spelling.
     reference: str | None = None
+    # The divergence is multiplied by T^2 (POCL's tfkl, tsrkl, tjsd; not its trkl, tsfkl, ttvd).
+    temperature_squared: bool = False
 
     def __post_init__(self):
         if self.source not in SOURCES:
@@ -85,7 +89,8 @@ class Method:
         loss = "cross-entropy only"
         if self.divergence is not None:
             params = ", ".join(f"{key}={value:g}" for key, value in self.params(args).items())
-            loss = f"(1 - kd_ratio) * CE + kd_ratio * {self.divergence}({params}), kd_ratio {ratio}, KD temperature {temperature}"
+            scale = " * T^2" if self.temperature_squared else ""
+            loss = f"(1 - kd_ratio) * CE + kd_ratio * {self.divergence}({params}){scale}, kd_ratio {ratio}, KD temperature {temperature}"
         text = f"--type {self.name}: {self.summary}; loss {loss}; batches from {self.source_kind(args.student_gen)}"
         return f"{text}; reproduces {self.reference}" if self.reference else text
 
@@ -103,23 +108,28 @@ METHODS: dict[str, Method] = {
         Method("sfkl", "skew forward KL (DistiLLM)", "sfkl", _skew),
         Method("srkl", "skew reverse KL (DistiLLM)", "srkl", _skew),
         Method("ab", "alpha-beta divergence (ABKD)", "ab", _ab),
-        Method("seqkd", "sequence-level KD: cross-entropy on teacher-generated responses", source="seqkd"),
-        Method("imitkd", "ImitKD: forward KL on the student's own samples", "fkl", source="student", student_probability=lambda args: 1.0),
+        # ABKD's seqkd: cross-entropy on the teacher's outputs, plus the LM term when its launcher
+        # passes --lm-data-dir. DistiLLM's seqkd is forward KL on that data: --type kd on it.
+        Method("seqkd", "sequence-level KD: cross-entropy on teacher-generated responses", source="seqkd", reference="ABKD seqkd"),
         Method(
-            "gkd", "GKD: generalised JSD (--gkd-beta) on student samples with probability --mixed-alpha", "jsd", _gkd,
-            source="student", student_probability=lambda args: args.mixed_alpha,
+            "imitkd", "ImitKD: forward KL on random batches of a buffer of the student's own samples", "fkl",
+            source="student", student_probability=lambda args: 1.0, reference="DistiLLM --type mixed-fkl --mixed-alpha 1.0",
+        ),
+        Method(
+            "gkd", "GKD: generalised JSD (--gkd-beta) on random buffer batches of student samples with probability --mixed-alpha",
+            "jsd", _gkd, source="student", student_probability=lambda args: args.mixed_alpha, reference="DistiLLM --type mixed-jsd",
         ),
         Method("distillm", "DistiLLM: skew reverse KL on adaptively student-generated batches", "srkl", _skew, source="adaptive"),
         Method("adaptive-srkl", "DistiLLM with skew reverse KL", "srkl", _skew, source="adaptive", reference="DistiLLM --type adaptive-srkl"),
         Method("adaptive-sfkl", "DistiLLM with skew forward KL", "sfkl", _skew, source="adaptive", reference="DistiLLM --type adaptive-sfkl"),
         # POCL's tempered losses: the divergence at --kd-temperature (POCL's --temperature-kld). POCL
         # chained one launcher per curriculum stage; --curriculum pocl runs all stages in one run.
-        Method("tfkl", "POCL tempered forward KL", "fkl", reference="POCL --type tfkl"),
+        Method("tfkl", "POCL tempered forward KL", "fkl", reference="POCL --type tfkl", temperature_squared=True),
         Method("trkl", "POCL tempered reverse KL", "rkl", reference="POCL --type trkl"),
-        Method("tjsd", "POCL tempered Jensen-Shannon divergence", "jsd", _jsd, reference="POCL --type tjsd"),
+        Method("tjsd", "POCL tempered Jensen-Shannon divergence", "jsd", _jsd, reference="POCL --type tjsd", temperature_squared=True),
         Method("ttvd", "POCL tempered total variation distance", "tvd", reference="POCL --type ttvd"),
         Method("tsfkl", "POCL tempered skew forward KL", "sfkl", _skew, reference="POCL --type tsfkl"),
-        Method("tsrkl", "POCL tempered skew reverse KL", "srkl", _skew, reference="POCL --type tsrkl"),
+        Method("tsrkl", "POCL tempered skew reverse KL", "srkl", _skew, reference="POCL --type tsrkl", temperature_squared=True),
     )
 }
 

@@ -1,4 +1,5 @@
-"""The training objective: (1 - kd_ratio) * CE + kd_ratio * D(teacher || student) [+ lm_coef * LM].
+"""The training objective: (1 - kd_ratio) * CE + kd_ratio * s * D(teacher || student) [+ lm_coef * LM],
+with s = T^2 for the POCL types that scale their tempered divergence (`temperature_squared`), else 1.
 
 Computed through `abkd.fused.fused_linear_divergence` from the final hidden states and the LM
 heads, so full-vocabulary logits never exist; models without an accessible head fall back to
@@ -35,6 +36,8 @@ class Objective:
     chunk_size: int = DEFAULT_CHUNK_SIZE
     # ZeRO-3 partitions the head weight across ranks; only the model's own forward gathers it.
     partitioned_parameters: bool = False
+    # POCL's tfkl, tsrkl and tjsd multiply the divergence by T^2 (POCL pocl/losses.py).
+    temperature_squared: bool = False
 
     def __post_init__(self):
         self.student_split = split_head(self.student)
@@ -70,10 +73,25 @@ class Objective:
         with torch.no_grad():
             return final_hidden_states(self.teacher_split, batch["input_ids"], batch["attention_mask"])
 
+    @property
+    def kd_scale(self) -> float:
+        """The factor s on the divergence: T^2 for POCL's tfkl/tsrkl/tjsd, else 1."""
+        return self.temperature**2 if self.temperature_squared and self.divergence is not None else 1.0
+
     def _loss(self, batch: dict[str, Tensor]) -> FusedLossOutput:
+        scale = self.kd_scale
+        if scale == 1.0:
+            return self._unscaled_loss(batch, self.kd_ratio)
+        # (1 - r) CE + r s D = c [(1 - r') CE + r' D] with c = 1 - r + r s and r' = r s / c, so
+        # the fused pass (whose kd_ratio lies in [0, 1]) computes the scaled loss exactly.
+        total = 1.0 - self.kd_ratio + self.kd_ratio * scale
+        out = self._unscaled_loss(batch, self.kd_ratio * scale / total)
+        return FusedLossOutput(out.loss * total, out.kd * scale, out.ce)
+
+    def _unscaled_loss(self, batch: dict[str, Tensor], kd_ratio: float) -> FusedLossOutput:
         labels = batch["labels"]
         if not self.fused:
-            return self._full_logits_loss(batch)
+            return self._full_logits_loss(batch, kd_ratio)
         hidden = final_hidden_states(self.student_split, batch["input_ids"], batch["attention_mask"])
         teacher = {}
         if self.divergence is not None:
@@ -84,7 +102,7 @@ class Objective:
             self.student_split.weight[: self.vocab],
             student_bias=_head_bias(self.student_split, self.vocab),
             labels=labels,
-            kd_ratio=self.kd_ratio if self.divergence is not None else None,
+            kd_ratio=kd_ratio if self.divergence is not None else None,
             chunk_size=self.chunk_size,
             temperature=self.temperature,
             ignore_index=IGNORE_INDEX,
@@ -102,7 +120,7 @@ class Objective:
             labels=batch["labels"], chunk_size=self.chunk_size, ignore_index=IGNORE_INDEX,
         ).loss
 
-    def _full_logits_loss(self, batch: dict[str, Tensor]) -> FusedLossOutput:
+    def _full_logits_loss(self, batch: dict[str, Tensor], kd_ratio: float) -> FusedLossOutput:
         labels = batch["labels"]
         student_logits = self.student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits[..., : self.vocab]
         ce = F.cross_entropy(student_logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
@@ -113,7 +131,7 @@ class Objective:
                 teacher_logits = self.teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits[..., : self.vocab]
             per_token = divergence(self.divergence, student_logits, teacher_logits, temperature=self.temperature, **self.params)
             kd = masked_mean(per_token, labels != IGNORE_INDEX)
-        loss = (1 - self.kd_ratio) * ce + self.kd_ratio * kd
+        loss = (1 - kd_ratio) * ce + kd_ratio * kd
         return FusedLossOutput(loss, kd.detach(), ce.detach())
 
 

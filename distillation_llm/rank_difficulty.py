@@ -5,7 +5,7 @@
 
 For every training example the student (1) generates a response (greedy by default) and is scored
 by ROUGE-L against the references, and (2) is scored by its mean LM loss on the reference
-response. `abkd.pocl.reciprocal_rank_fusion` fuses the two ranks. Writes `ranking.jsonl`
+response (its first max-length - max-prompt-length tokens, EOS left out, as POCL). `abkd.pocl.reciprocal_rank_fusion` fuses the two ranks. Writes `ranking.jsonl`
 (easy to hard: id, both signals, both ranks, fused score) and `ranking.meta.json`, which names
 the dataset and the checkpoint; a ranking whose meta matches is reused instead of recomputed.
 """
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from abkd.pocl import reciprocal_rank_fusion
+from abkd.pocl import RANK_TIES, reciprocal_rank_fusion
 from abkd.sampling import batches
 from distillation_llm.data import IGNORE_INDEX, InstructionCollator, load_processed
 from distillation_llm.generation import GenerationSettings, add_generation_args, generate, settings_from_args
@@ -47,13 +47,27 @@ def checkpoint_fingerprint(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def scored_row(row: dict, eos_token_id: int, max_response_length: int, score_eos: bool = False) -> dict:
+    """The prompt and the response tokens the ranking loss scores. As POCL's
+    tools/generate_data_main.py: the response without its EOS (POCL tokenises the output alone,
+    and masks pad = EOS), cut to its first `max_response_length` tokens (max_length -
+    max_prompt_length, 256). `score_eos` keeps the EOS instead."""
+    response = list(row["response_ids"])
+    if response and response[-1] == eos_token_id and not score_eos:
+        response = response[:-1]
+    return {"prompt_ids": list(row["prompt_ids"]), "response_ids": response[:max_response_length]}
+
+
 @torch.no_grad()
-def example_losses(model, dataset, collate, batch_size: int, device) -> list[float]:
-    """Mean token cross-entropy of the model on each example's reference response."""
+def example_losses(model, rows, collate, batch_size: int, device, pad_token_id: int | None = None) -> list[float]:
+    """Mean token cross-entropy of the model on each row's response (`scored_row`); targets equal
+    to `pad_token_id` are masked, as POCL masks its pad (= EOS for GPT-2) labels."""
     model.eval()
     losses = []
-    for index in tqdm(batches(range(len(dataset)), batch_size), desc="loss", leave=False):
-        batch = {k: v.to(device) for k, v in collate([dataset[i] for i in index]).items()}
+    for index in tqdm(batches(range(len(rows)), batch_size), desc="loss", leave=False):
+        batch = {k: v.to(device) for k, v in collate([rows[i] for i in index]).items()}
+        if pad_token_id is not None:
+            batch["labels"] = batch["labels"].masked_fill(batch["labels"] == pad_token_id, IGNORE_INDEX)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
         per_token = F.cross_entropy(logits.transpose(1, 2), batch["labels"], ignore_index=IGNORE_INDEX, reduction="none")
         counts = (batch["labels"] != IGNORE_INDEX).sum(-1).clamp(min=1)
@@ -68,6 +82,8 @@ def ranking_meta(args, data_meta: dict, settings: GenerationSettings, size: int)
         "model": str(Path(args.model_path).resolve()),
         "model_fingerprint": checkpoint_fingerprint(args.model_path),
         "rrf_k": args.rrf_k,
+        "rank_ties": args.rank_ties,
+        "score_eos": args.score_eos,
         "seed": args.seed,
         "generation": vars(settings),
         "max_prompt_length": args.max_prompt_length,
@@ -95,8 +111,10 @@ def rank(args: argparse.Namespace) -> Path:
         batch_size=args.batch_size, max_prompt_length=args.max_prompt_length,
     )
     rouge = [max_over_references(rouge_l, text, row["references"]) for text, row in zip(output.texts, train)]
-    losses = example_losses(model, train, InstructionCollator(tokenizer.pad_token_id, args.max_length), args.batch_size, device)
-    ranked = reciprocal_rank_fusion(train["id"], rouge, losses, k=args.rrf_k)
+    rows = [scored_row(row, tokenizer.eos_token_id, args.max_length - args.max_prompt_length, args.score_eos) for row in train]
+    pad = None if args.score_eos and tokenizer.pad_token_id == tokenizer.eos_token_id else tokenizer.pad_token_id
+    losses = example_losses(model, rows, InstructionCollator(tokenizer.pad_token_id, args.max_length), args.batch_size, device, pad)
+    ranked = reciprocal_rank_fusion(train["id"], rouge, losses, k=args.rrf_k, ties=args.rank_ties)
 
     ranking.parent.mkdir(parents=True, exist_ok=True)
     staging = ranking.with_name(f".{ranking.name}.tmp")
@@ -135,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     ranker.add_argument("--data-dir", required=True, help="processed dataset whose train split is ranked")
     ranker.add_argument("--ranking", required=True, help="output ranking.jsonl; its meta goes beside it as ranking.meta.json")
     ranker.add_argument("--rrf-k", type=float, default=60.0, help="reciprocal-rank-fusion constant k")
+    ranker.add_argument("--rank-ties", choices=RANK_TIES, default="sequential",
+        help="sequential: ranks 1, 2, 3, ... after stable sorts, ties broken by order (POCL's tools/rank.py); mean: tied values share their mean rank")
+    ranker.add_argument("--score-eos", action="store_true", help="count the response's EOS in the ranking loss (POCL leaves it out)")
     ranker.add_argument("--batch-size", type=int, default=16, help="examples per generation and loss batch")
     ranker.add_argument("--max-prompt-length", type=int, default=256, help="prompts longer than this are truncated from the left for generation")
     ranker.add_argument("--max-length", type=int, default=512, help="prompt + response tokens for the loss")

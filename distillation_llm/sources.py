@@ -6,8 +6,8 @@ A source turns the dataset rows of one micro-batch into the collated batch that 
 - `DatasetSource`: the rows as they are (SFT, word-level KD, SeqKD on teacher-generated data).
 - `StudentGeneratedSource`: with probability `threshold` (1 for ImitKD, lambda for GKD, DistiLLM's
   adaptive threshold), the responses are replaced by the student's own samples (student-generated
-  outputs, SGO), either freshly generated or, with probability `replay_ratio`, replayed from a
-  buffer of earlier generations (DistiLLM's off-policy replay).
+  outputs, SGO), either freshly generated or replayed from a buffer of earlier generations
+  (DistiLLM's off-policy replay; its GKD and ImitKD also train on random buffer batches).
 
 Sources keep their state (buffer, threshold) in `state_dict()`, saved per rank in checkpoints.
 """
@@ -36,6 +36,8 @@ class DatasetSource:
     def on_validation(self, valid_loss: float) -> str | None:
         return None
 
+    needs_initial_validation = False
+
     def state_dict(self) -> dict:
         return {}
 
@@ -44,33 +46,43 @@ class DatasetSource:
 
 
 class AdaptiveThreshold:
-    """DistiLLM's adaptive SGO probability (Ko et al. 2024, sec. 3.2): starts at `initial` and rises
-    by `step` (capped at 1) whenever the validation loss gets worse by more than `loss_eps`."""
+    """DistiLLM's adaptive SGO probability (Ko et al. 2024, sec. 3.2), as its finetune.py does it.
+
+    The first validation loss (DistiLLM evaluates at step 0, before any update) is the reference.
+    The probability starts at `initial` and rises by `step` (capped at 1) at each validation whose
+    loss is at least the reference plus `loss_eps` (`>=`); only such an increase moves the
+    reference to the new loss, so it is the loss at the last increase, not the previous validation.
+    """
 
     def __init__(self, initial: float, loss_eps: float, step: float = 0.1):
         if not 0.0 <= initial <= 1.0:
             raise ValueError(f"--init-threshold must lie in [0, 1], got {initial}")
         self.value, self.loss_eps, self.step = initial, loss_eps, step
-        self.previous_loss: float | None = None
+        self.reference_loss: float | None = None
 
     def update(self, valid_loss: float) -> float:
-        if self.previous_loss is not None and valid_loss > self.previous_loss + self.loss_eps:
+        if self.reference_loss is None:
+            self.reference_loss = valid_loss
+        elif valid_loss >= self.reference_loss + self.loss_eps:
             self.value = min(1.0, self.value + self.step)
-        self.previous_loss = valid_loss
+            self.reference_loss = valid_loss
         return self.value
 
     def state_dict(self) -> dict:
-        return {"value": self.value, "previous_loss": self.previous_loss}
+        return {"value": self.value, "reference_loss": self.reference_loss}
 
     def load_state_dict(self, state: dict) -> None:
-        self.value, self.previous_loss = float(state["value"]), state["previous_loss"]
+        self.value, self.reference_loss = float(state["value"]), state["reference_loss"]
 
 
-def replay_ratio(schedule: str, progress: float, constant: float = 0.5) -> float:
-    """Probability that an SGO batch is replayed rather than freshly generated, at training
-    `progress` in [0, 1]: fixed, rising from 0 to 1, or falling from 1 to 0."""
+def fresh_share(schedule: str, progress: float) -> float:
+    """DistiLLM's `--replay-ratio`: the share of student-generated batches that are freshly
+    generated rather than replayed from the buffer, at training `progress` in (0, 1]. The
+    reference multiplies it by the threshold (`samp_threshold` in its finetune.py): "constant"
+    0.5, "increasing" progress, "decreasing" (its default) 1 - progress, so that with
+    "decreasing" replay takes a growing share of the student-generated batches."""
     if schedule == "constant":
-        return constant
+        return 0.5
     if schedule == "increasing":
         return progress
     if schedule == "decreasing":
@@ -83,8 +95,14 @@ class StudentGeneratedSource:
     DistiLLM's `AdaptiveThreshold`, whose state is saved with the source's).
 
     `model` is the student being trained (generation switches it to eval mode and back).
-    `capacity` > 0 keeps a FIFO replay buffer of generated rows; `replay` gives the probability,
-    as a function of training progress, of drawing an SGO batch from it instead of generating.
+    `capacity` > 0 keeps a FIFO buffer of the generated rows, used one of two ways, as DistiLLM's
+    finetune.py does:
+    - `fresh` given (its adaptive-* types): a student-generated batch is freshly generated with
+      probability `fresh(progress)` (`fresh_share`) and otherwise replayed from the buffer, but
+      replay starts only once the buffer is full; until then every such batch is generated.
+    - `fresh` None (its mixed-* types, i.e. GKD and ImitKD): every generation goes into the buffer
+      and the batch trained on is a random draw of rows from it.
+    `capacity` 0 trains on each fresh generation itself.
     """
 
     def __init__(
@@ -97,12 +115,14 @@ class StudentGeneratedSource:
         max_prompt_length: int,
         threshold: float | AdaptiveThreshold,
         capacity: int = 0,
-        replay: Callable[[float], float] = lambda progress: 0.0,
+        fresh: Callable[[float], float] | None = None,
         seed: int = 0,
     ):
+        if capacity < 0:
+            raise ValueError(f"--capacity must be >= 0, got {capacity}")
         self.collate, self.model, self.tokenizer, self.settings = collate, model, tokenizer, settings
-        self.max_prompt_length, self.threshold, self.replay = max_prompt_length, threshold, replay
-        self.buffer: deque[dict] = deque(maxlen=capacity) if capacity > 0 else deque(maxlen=0)
+        self.max_prompt_length, self.threshold, self.fresh, self.capacity = max_prompt_length, threshold, fresh, capacity
+        self.buffer: deque[dict] = deque(maxlen=capacity)
         self.rng = random.Random(seed)
         self.counts = {"dataset": 0, "generated": 0, "replayed": 0}
         self.calls = 0
@@ -112,10 +132,14 @@ class StudentGeneratedSource:
         return self.threshold.value if isinstance(self.threshold, AdaptiveThreshold) else self.threshold
 
     def choose(self, batch_size: int, progress: float) -> str:
-        """The origin of the next batch: dataset, generated or replayed."""
-        if self.rng.random() >= self.probability:
+        """The origin of the next batch: dataset, generated or replayed. One uniform draw decides,
+        as in the reference: below threshold x fresh share, generate; below the threshold, replay
+        if the buffer is full (else generate); otherwise the dataset batch."""
+        draw, probability = self.rng.random(), self.probability
+        if draw >= probability:
             return "dataset"
-        if len(self.buffer) >= batch_size and self.rng.random() < self.replay(progress):
+        full = self.capacity > 0 and len(self.buffer) >= self.capacity
+        if self.fresh is not None and full and draw >= probability * self.fresh(progress):
             return "replayed"
         return "generated"
 
@@ -127,14 +151,22 @@ class StudentGeneratedSource:
         elif origin == "generated":
             rows = self._generate(rows)
             self.buffer.extend(rows)
+            if self.fresh is None and self.capacity > 0:
+                rows = self.rng.sample(list(self.buffer), len(rows))
         return self.collate(rows)
 
     def on_validation(self, valid_loss: float) -> str | None:
-        """Adapt DistiLLM's threshold to a new validation loss; returns a line for the log."""
+        """Adapt DistiLLM's threshold to a new validation loss (the first one, at step 0, is its
+        reference); returns a line for the log."""
         if not isinstance(self.threshold, AdaptiveThreshold):
             return None
         self.threshold.update(valid_loss)
         return f"student-generated batch probability {self.threshold.value:.2f}; batches so far {self.counts}"
+
+    @property
+    def needs_initial_validation(self) -> bool:
+        """DistiLLM's threshold takes its reference loss from a validation before training."""
+        return isinstance(self.threshold, AdaptiveThreshold) and self.threshold.reference_loss is None
 
     def _generate(self, rows: Sequence[dict]) -> list[dict]:
         self.calls += 1

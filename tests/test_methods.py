@@ -296,3 +296,75 @@ def test_between_safe_and_refused_warns(alpha, beta):
 
     message = check_ab_params(alpha, beta)
     assert message is not None and f"below {ab_resolution(alpha, beta):.2g}" in message
+
+
+# ---------------------------------------------------------------------------------------------
+# POCL's tempered losses (POCL pocl/losses.py): tem_forward_kl, tem_skewed_reverse_kl and
+# tem_js_distance end in `distil_loss * temperature_kld ** 2`; tem_reverse_kl,
+# tem_skewed_forward_kl and tem_tv_distance do not.
+# ---------------------------------------------------------------------------------------------
+
+
+def _pocl_reference(kind, student_logits, teacher_logits, mask, temperature, lam):
+    """POCL's formulas, transcribed: token means over `mask` of its per-position sums."""
+    log_q = F.log_softmax(student_logits / temperature, -1)
+    log_p = F.log_softmax(teacher_logits / temperature, -1)
+    q, p = log_q.exp(), log_p.exp()
+
+    def mean(x):
+        return (x * mask).sum() / mask.sum()
+
+    if kind == "tfkl":  # -sum p log q: the cross-entropy, KL + H(p), times T^2
+        return mean(-(p * log_q).sum(-1)) * temperature**2
+    if kind == "trkl":
+        return mean((q * (log_q - log_p)).sum(-1))
+    if kind == "tsfkl":  # mixed = lam p + (1 - lam) q
+        return mean(-(p * torch.log(lam * p + (1 - lam) * q)).sum(-1))
+    log_m = torch.log((1 - lam) * p + lam * q)
+    if kind == "tsrkl":
+        return mean((q * (log_q - log_m)).sum(-1)) * temperature**2
+    if kind == "tjsd":
+        return (lam * mean((q * (log_q - log_m)).sum(-1)) + (1 - lam) * mean((p * (log_p - log_m)).sum(-1))) * temperature**2
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("kind", ["tfkl", "tsrkl", "tjsd", "trkl", "tsfkl"])
+def test_pocl_tempered_losses_scale_by_t_squared_as_pocl(kind, fused, tiny_gpt2_dir, tiny_gpt2_teacher_dir, tiny_tokenizer):
+    method = METHODS[kind]
+    assert method.temperature_squared == (kind in ("tfkl", "tsrkl", "tjsd"))
+    described = method.describe(SimpleNamespace(kd_ratio=0.5, kd_temperature=2.0, curriculum="none", student_gen=None, skew_alpha=0.1, jsd_lam=0.9))
+    assert ("* T^2," in described) == method.temperature_squared
+    lam, temperature, kd_ratio = 0.9, 2.0, 0.5
+    params = {} if method.divergence in ("fkl", "rkl") else {"lam": lam}  # our lam is POCL's in each mixture
+    student, teacher = load_causal_lm(tiny_gpt2_dir).eval(), load_causal_lm(tiny_gpt2_teacher_dir).eval()
+    objective = Objective(
+        student, teacher, method.divergence, params, kd_ratio=kd_ratio, temperature=temperature, vocab=len(tiny_tokenizer),
+        partitioned_parameters=not fused, temperature_squared=method.temperature_squared,
+    )
+    batch = _batch(tiny_tokenizer)
+    out = objective(batch)
+    vocab = len(tiny_tokenizer)  # the common vocabulary; the tiny models pad their heads
+    student_logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[..., :vocab].float()
+    with torch.no_grad():
+        teacher_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[..., :vocab].float()
+    mask = (batch["labels"] != -100).float()
+    reference = _pocl_reference(kind, student_logits, teacher_logits, mask, temperature, lam)
+    ce = F.cross_entropy(student_logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100)
+    if kind in ("tfkl", "tsfkl"):  # ours is the KL: POCL's cross-entropy less (T^2 x) the teacher's entropy, same gradient
+        log_p = F.log_softmax(teacher_logits / temperature, -1)
+        entropy = ((-(log_p.exp() * log_p).sum(-1)) * mask).sum() / mask.sum() * (temperature**2 if kind == "tfkl" else 1.0)
+        torch.testing.assert_close(out.kd, (reference - entropy).detach(), rtol=1e-4, atol=1e-5)
+    else:
+        torch.testing.assert_close(out.kd, reference.detach(), rtol=1e-4, atol=1e-5)
+    # The weighted total and its gradient are POCL's (1 - kd_ratio) CE + kd_ratio x distil_loss.
+    expected = (1 - kd_ratio) * ce + kd_ratio * reference
+    student.zero_grad()
+    out.loss.backward()
+    ours = student.get_output_embeddings().weight.grad.clone()
+    student.zero_grad()
+    expected.backward()
+    theirs = student.get_output_embeddings().weight.grad
+    torch.testing.assert_close(ours, theirs, rtol=1e-3, atol=1e-6)
+    if kind not in ("tfkl", "tsfkl"):
+        torch.testing.assert_close(out.loss, expected.detach(), rtol=1e-4, atol=1e-5)

@@ -1,6 +1,7 @@
 """POCL ranking (reciprocal rank fusion) and the Baby Step scheduler on hand-checkable examples."""
 
 import pytest
+import torch
 
 from abkd.pocl import BabyStepScheduler, fractional_ranks, reciprocal_rank_fusion
 
@@ -15,7 +16,7 @@ def test_reciprocal_rank_fusion_by_hand():
     ids = [10, 11, 12, 13]
     rouge = [0.9, 0.1, 0.5, 0.5]  # ranks (higher easier): 1, 4, 2.5, 2.5
     loss = [1.0, 3.0, 0.5, 2.0]  # ranks (lower easier):  2, 4, 1, 3
-    ranked = reciprocal_rank_fusion(ids, rouge, loss, k=60)
+    ranked = reciprocal_rank_fusion(ids, rouge, loss, k=60, ties="mean")
     expected = {
         10: 1 / 61 + 1 / 62,
         11: 1 / 64 + 1 / 64,
@@ -28,9 +29,30 @@ def test_reciprocal_rank_fusion_by_hand():
     assert {e.id: (e.rank_rouge, e.rank_loss) for e in ranked} == {10: (1, 2), 11: (4, 4), 12: (2.5, 1), 13: (2.5, 3)}
 
 
+def test_sequential_ranks_follow_pocl_rank_py():
+    # POCL tools/rank.py: sorted(by Rouge_L, reverse=True) -> ranks 1..N; that list sorted by
+    # lm_loss -> ranks 1..N; that list sorted by the score, reverse=True. Python sorts are stable.
+    ids = [10, 11, 12, 13]
+    rouge = [0.9, 0.1, 0.5, 0.5]  # by ROUGE-L: 10, 12, 13 (12 before 13: data order), 11
+    loss = [1.0, 3.0, 0.5, 0.5]  # that list by loss: 12, 13 (12 first: ROUGE-L order), 10, 11
+    ranked = reciprocal_rank_fusion(ids, rouge, loss, k=60)
+    assert {e.id: (e.rank_rouge, e.rank_loss) for e in ranked} == {10: (1, 3), 11: (4, 4), 12: (2, 1), 13: (3, 2)}
+    assert [e.id for e in ranked] == [12, 10, 13, 11]  # 1/61+1/62 > 1/61+1/63 > 1/62+1/63 > 2/64
+    assert ranked[0].score == pytest.approx(1 / 61 + 1 / 62, rel=1e-12)
+    # Equal scores keep the loss-sorted order (the last stable sort's input), not the id order.
+    swapped = reciprocal_rank_fusion([1, 2], [0.4, 0.2], [0.5, 0.3], k=60)
+    assert [e.id for e in swapped] == [2, 1] and swapped[0].score == swapped[1].score
+    assert [e.id for e in reciprocal_rank_fusion([1, 2], [0.4, 0.2], [0.5, 0.3], k=60, ties="mean")] == [1, 2]
+    # Tied values: the example that comes first in the data gets the better rank.
+    ordered = reciprocal_rank_fusion([20, 10], [0.3, 0.3], [1.0, 1.0], k=60)
+    assert [(e.id, e.rank_rouge, e.rank_loss) for e in ordered] == [(20, 1, 1), (10, 2, 2)]
+    with pytest.raises(ValueError, match="valid: sequential, mean"):
+        reciprocal_rank_fusion([1], [0.1], [0.2], ties="dense")
+
+
 def test_rrf_k_changes_the_balance_and_ties_are_deterministic():
-    # With k = 0 the top rank of one signal dominates; equal scores keep id order.
-    ranked = reciprocal_rank_fusion([5, 3], [0.2, 0.2], [1.0, 1.0], k=0)
+    # With k = 0 the top rank of one signal dominates; with mean ranks equal scores keep id order.
+    ranked = reciprocal_rank_fusion([5, 3], [0.2, 0.2], [1.0, 1.0], k=0, ties="mean")
     assert [e.id for e in ranked] == [3, 5]
     with pytest.raises(ValueError, match="same length"):
         reciprocal_rank_fusion([1, 2], [0.1], [0.2, 0.3])
@@ -81,3 +103,32 @@ def test_bad_configuration_is_a_clear_error():
         BabyStepScheduler([1, 2, 3], num_stages=4)
     with pytest.raises(ValueError, match="--stage-patience"):
         BabyStepScheduler([1, 2, 3], num_stages=1, patience=0)
+
+
+def test_ranking_loss_scores_the_response_as_pocl(tiny_gpt2_dir, tiny_tokenizer):
+    # POCL tools/generate_data_main.py: output ids cut to max_length - max_prompt_length (256),
+    # labels equal to pad (= EOS for GPT-2) masked, so the EOS is never scored.
+    import torch.nn.functional as F
+
+    from distillation_llm.data import InstructionCollator
+    from distillation_llm.models import load_causal_lm
+    from distillation_llm.rank_difficulty import example_losses, scored_row
+
+    eos = tiny_tokenizer.eos_token_id
+    prompt = tiny_tokenizer("Describe the sea.")["input_ids"]
+    long_answer = tiny_tokenizer(" The sea is wide and deep and blue." * 40)["input_ids"]
+    assert len(long_answer) > 256
+    row = {"id": 0, "prompt_ids": prompt, "response_ids": long_answer + [eos]}
+    assert scored_row(row, eos, 256)["response_ids"] == long_answer[:256]
+    short = {"id": 1, "prompt_ids": prompt, "response_ids": long_answer[:5] + [eos]}
+    assert scored_row(short, eos, 256)["response_ids"] == long_answer[:5]
+    assert scored_row(short, eos, 256, score_eos=True)["response_ids"] == long_answer[:5] + [eos]
+
+    model = load_causal_lm(tiny_gpt2_dir)
+    collate = InstructionCollator(tiny_tokenizer.pad_token_id, 512)
+    [loss] = example_losses(model, [scored_row(short, eos, 256)], collate, 1, torch.device("cpu"), tiny_tokenizer.pad_token_id)
+    ids = torch.tensor([prompt + long_answer[:5]])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0].float()
+    by_hand = F.cross_entropy(logits[len(prompt) - 1 : -1], ids[0, len(prompt) :])
+    assert loss == pytest.approx(by_hand.item(), rel=1e-5)

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from distillation_llm import finetune
 from distillation_llm.data import InstructionCollator
 from distillation_llm.generation import GenerationSettings
-from distillation_llm.sources import AdaptiveThreshold, StudentGeneratedSource, replay_ratio
+from distillation_llm.sources import AdaptiveThreshold, StudentGeneratedSource, fresh_share
 
 
 @pytest.fixture(scope="module")
@@ -46,43 +46,134 @@ def _changed(before, after):
 
 
 def test_threshold_follows_the_distillm_rule():
-    threshold = AdaptiveThreshold(initial=0.2, loss_eps=0.1)
-    scripted = [(2.00, 0.2), (2.05, 0.2), (2.30, 0.3), (2.20, 0.3), (2.31, 0.4), (2.31, 0.4)]
-    for loss, expected in scripted:  # rises only when the loss worsens by more than eps
+    # DistiLLM finetune.py: prev = evaluate(step 0); at each evaluation, if curr >= prev + eps the
+    # threshold rises by 0.1 and prev = curr; otherwise prev stays (the loss at the last increase).
+    # Binary-exact losses and eps, so that ">=" is tested at equality.
+    threshold = AdaptiveThreshold(initial=0.2, loss_eps=0.25)
+    scripted = [
+        (2.0, 0.2),  # step 0: the reference, no change
+        (2.125, 0.2),  # below 2.0 + 0.25
+        (2.25, 0.3),  # equal to 2.0 + 0.25: ">=" raises (a strict ">" would not); reference 2.25
+        (2.0, 0.3),  # better: the reference stays 2.25
+        (2.375, 0.3),  # 2.375 >= 2.0 + 0.25 (previous validation) but < 2.25 + 0.25 (last increase)
+        (2.5, 0.4),  # 2.25 + 0.25: raises; reference 2.5
+    ]
+    for loss, expected in scripted:
         assert threshold.update(loss) == pytest.approx(expected)
+    assert threshold.reference_loss == 2.5
     capped = AdaptiveThreshold(initial=0.95, loss_eps=0.0)
     capped.update(1.0), capped.update(2.0), capped.update(3.0)
     assert capped.value == 1.0
-    restored = AdaptiveThreshold(0.0, 0.1)
+    restored = AdaptiveThreshold(0.0, 0.25)
     restored.load_state_dict(threshold.state_dict())
-    assert restored.update(2.5) == pytest.approx(0.5)
+    assert restored.update(2.625) == pytest.approx(0.4) and restored.update(2.75) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="--init-threshold"):
         AdaptiveThreshold(1.5, 0.1)
 
 
-def test_replay_ratio_schedules():
-    assert [replay_ratio("constant", p) for p in (0.0, 0.5, 1.0)] == [0.5, 0.5, 0.5]
-    assert [replay_ratio("increasing", p) for p in (0.0, 0.25, 1.0)] == [0.0, 0.25, 1.0]
-    assert [replay_ratio("decreasing", p) for p in (0.0, 0.25, 1.0)] == [1.0, 0.75, 0.0]
+def test_fresh_share_schedules():
+    # DistiLLM's samp_threshold / adaptive_threshold: constant 0.5, increasing step/T, decreasing 1 - step/T.
+    assert [fresh_share("constant", p) for p in (0.0, 0.5, 1.0)] == [0.5, 0.5, 0.5]
+    assert [fresh_share("increasing", p) for p in (0.0, 0.25, 1.0)] == [0.0, 0.25, 1.0]
+    assert [fresh_share("decreasing", p) for p in (0.0, 0.25, 1.0)] == [1.0, 0.75, 0.0]
     with pytest.raises(ValueError, match="valid: constant, increasing, decreasing"):
-        replay_ratio("cosine", 0.5)
+        fresh_share("cosine", 0.5)
 
 
-@pytest.mark.parametrize("probability", [0.0, 0.3, 0.8, 1.0])
-def test_batch_origins_follow_the_threshold(probability):
-    source = StudentGeneratedSource(
+def _source(threshold, capacity, fresh, seed=1):
+    return StudentGeneratedSource(
         InstructionCollator(0, 16), model=None, tokenizer=None, settings=GenerationSettings(), max_prompt_length=8,
-        threshold=probability, capacity=50, replay=lambda progress: 0.25, seed=1,
+        threshold=threshold, capacity=capacity, fresh=fresh, seed=seed,
     )
-    empty = [source.choose(4, 0.0) for _ in range(4000)]
-    assert "replayed" not in empty  # nothing to replay yet
-    assert empty.count("dataset") / 4000 == pytest.approx(1 - probability, abs=0.03)
+
+
+def test_one_draw_decides_the_origin_as_in_distillm():
+    # threshold 0.8, "decreasing" at progress 0.25: samp_threshold = 0.8 x 0.75 = 0.6. A draw r
+    # generates if r < 0.6, or if r < 0.8 while the buffer is not full; replays if 0.6 <= r < 0.8
+    # with a full buffer; else takes the dataset batch.
+    source = _source(0.8, capacity=3, fresh=lambda progress: fresh_share("decreasing", progress))
+    draws = iter([0.9, 0.5, 0.7, 0.7, 0.7, 0.5, 0.85, 0.65])
+    source.rng.random = lambda: next(draws)
+    assert [source.choose(2, 0.25) for _ in range(3)] == ["dataset", "generated", "generated"]
+    source.buffer.extend({"id": i, "prompt_ids": [1], "response_ids": [2]} for i in range(2))
+    assert source.choose(2, 0.25) == "generated"  # 0.7, but 2 of 3: replay waits for a full buffer
+    source.buffer.append({"id": 2, "prompt_ids": [1], "response_ids": [2]})
+    assert [source.choose(2, 0.25) for _ in range(3)] == ["replayed", "generated", "dataset"]
+    assert source.choose(2, 0.25) == "replayed"
+
+
+@pytest.mark.parametrize("probability", [0.3, 1.0])
+def test_replay_share_grows_with_decreasing(probability):
+    source = _source(probability, capacity=10, fresh=lambda progress: fresh_share("decreasing", progress))
     source.buffer.extend({"id": i, "prompt_ids": [1], "response_ids": [2]} for i in range(10))
-    full = [source.choose(4, 0.0) for _ in range(4000)]
-    student = [origin for origin in full if origin != "dataset"]
-    assert len(student) / 4000 == pytest.approx(probability, abs=0.03)
-    if student:
-        assert student.count("replayed") / len(student) == pytest.approx(0.25, abs=0.05)
+    for progress in (0.2, 0.8):
+        origins = [source.choose(4, progress) for _ in range(4000)]
+        student = [origin for origin in origins if origin != "dataset"]
+        assert len(student) / 4000 == pytest.approx(probability, abs=0.03)
+        assert student.count("replayed") / len(student) == pytest.approx(progress, abs=0.05)
+
+
+def _fake_generation(monkeypatch, responses):
+    """sources.generate returning `responses` (continuations without EOS, as generation.py does)."""
+    from types import SimpleNamespace
+
+    from distillation_llm import sources
+
+    calls = iter(responses)
+    monkeypatch.setattr(sources, "generate", lambda model, tokenizer, prompts, settings, **kwargs: SimpleNamespace(token_ids=next(calls)))
+
+
+def test_gkd_and_imitkd_train_on_random_buffer_batches(monkeypatch):
+    # DistiLLM's mixed-* types: move_to_memory(generation), then train on replay_buffer.sample().
+    _fake_generation(monkeypatch, [[[5], [6]], [[7], [8]], [[9], [10]]])
+    tokenizer = type("Tokenizer", (), {"eos_token_id": 0})()
+    rows = [{"id": 0, "prompt_ids": [1], "response_ids": [3]}, {"id": 1, "prompt_ids": [2], "response_ids": [3]}]
+    source = StudentGeneratedSource(
+        InstructionCollator(0, 16), None, tokenizer, GenerationSettings(max_new_tokens=4), max_prompt_length=8, threshold=1.0, capacity=4, seed=0,
+    )
+    trained = [source(rows)["input_ids"][:, 1].tolist() for _ in range(3)]
+    assert sorted(trained[0]) == [5, 6]  # the buffer holds just this generation
+    assert [row["response_ids"][0] for row in source.buffer] == [7, 8, 9, 10]  # FIFO of capacity 4
+    drawn = {token for batch in trained[1:] for token in batch}
+    assert drawn <= {5, 6, 7, 8, 9, 10} and drawn - {7, 8, 9, 10} <= {5, 6}
+    assert source.counts == {"dataset": 0, "generated": 3, "replayed": 0}
+
+    _fake_generation(monkeypatch, [[[5], [6]], [[7], [8]]])
+    fresh_only = StudentGeneratedSource(
+        InstructionCollator(0, 16), None, tokenizer, GenerationSettings(max_new_tokens=4), max_prompt_length=8, threshold=1.0, capacity=0,
+    )
+    assert [fresh_only(rows)["input_ids"][:, 1].tolist() for _ in range(2)] == [[5, 6], [7, 8]]
+
+
+def test_student_generated_labels_are_next_tokens_on_real_token_ids(monkeypatch, tiny_tokenizer):
+    # Row 12 of the reference comparison: DistiLLM's SampleGenerator writes the response ids at
+    # their own positions (no_model_batch[i, len(prompt):len(prompt + response)] = response) and
+    # its loss does not shift logits, and it strips pad = EOS. Our dataset batches (like the
+    # reference's own dataset collate) put at position t the token t + 1. A student sample must be
+    # trained exactly like a dataset row with the same response, EOS included.
+    prompt = tiny_tokenizer("Name a colour.")["input_ids"]
+    answer = tiny_tokenizer(" Red, like a fox.")["input_ids"]
+    eos = tiny_tokenizer.eos_token_id
+    row = {"id": 0, "prompt_ids": prompt, "response_ids": answer + [eos]}
+    collate = InstructionCollator(tiny_tokenizer.pad_token_id, 64)
+    _fake_generation(monkeypatch, [[answer]])
+    source = StudentGeneratedSource(collate, None, tiny_tokenizer, GenerationSettings(max_new_tokens=32), max_prompt_length=48, threshold=1.0)
+    generated = source([{"id": 0, "prompt_ids": prompt, "response_ids": [eos]}])
+    from_data = collate([row])
+    for key in ("input_ids", "attention_mask", "labels"):
+        assert torch.equal(generated[key], from_data[key])
+    input_ids, labels = generated["input_ids"][0], generated["labels"][0]
+    targets = labels != -100
+    positions = targets.nonzero().flatten()
+    assert positions[0] == len(prompt) - 1  # the last prompt token predicts the first answer token
+    assert torch.equal(labels[positions[:-1]], input_ids[positions[:-1] + 1])  # next token everywhere
+    assert tiny_tokenizer.decode(labels[targets]) == " Red, like a fox." + tiny_tokenizer.eos_token
+    # The reference's layout: the label at each response position is the token already read
+    # there, so its CE asks the model to copy its input (and it never sees the EOS).
+    reference = torch.full_like(input_ids, -100)
+    reference[len(prompt) : len(prompt) + len(answer)] = torch.tensor(answer)
+    span = reference != -100
+    assert torch.equal(reference[span], input_ids[span])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,9 +213,9 @@ def test_distillm_resume_restores_buffer_and_threshold(tmp_path, processed_dir, 
     interrupted = tmp_path / "interrupted"
     finetune.main(_argv(interrupted, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, *common, "--stop-after-iters", 3))
     saved = torch.load(interrupted / "checkpoints" / "step3" / "rank_state_0.pt", weights_only=True)["rank_state"]["source"]
-    # loss-eps -1 makes every evaluation after the first (which sets the reference) count as
-    # "worse": three evaluations raised the threshold twice.
-    assert saved["threshold"]["value"] == pytest.approx(0.8)
+    # loss-eps -1 makes every evaluation after the one at step 0 (which sets the reference) count
+    # as "worse": the evaluations at steps 1, 2 and 3 raised the threshold three times.
+    assert saved["threshold"]["value"] == pytest.approx(0.9)
     finetune.main(_argv(interrupted, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, *common, "--resume"))
     full = torch.load(tmp_path / "full" / "checkpoints" / "step6" / "rank_state_0.pt", weights_only=True)["rank_state"]["source"]
     resumed = torch.load(interrupted / "checkpoints" / "step6" / "rank_state_0.pt", weights_only=True)["rank_state"]["source"]
