@@ -62,14 +62,14 @@ AB_ALPHA=${AB_ALPHA:-0.2}
 AB_BETA=${AB_BETA:-0.7}
 # GKD: the student's samples with probability MIXED_ALPHA (lambda); the JSD mixes GKD_BETA of the teacher
 MIXED_ALPHA=0.5
-GKD_BETA=0.5
+GKD_BETA=0.1  # lambda = 1 - beta = 0.9, DistiLLM's mixed-jsd
 # DistiLLM's published recipe: the student-generated share starts at INIT_THRESHOLD and rises by 0.1 when the
 # validation loss (once an epoch) worsens by more than LOSS_EPS; CAPACITY generations per process in the replay buffer
 SKEW_ALPHA=0.1
 INIT_THRESHOLD=0.0
 LOSS_EPS=0.1
 CAPACITY=1000
-REPLAY_RATIO=constant
+REPLAY_RATIO=decreasing  # DistiLLM's default: the fresh-generation share falls, replay grows
 # SeqKD teacher generation (sampling at temperature 1, as MiniLLM/DistiLLM); the dataset's fingerprint, so
 # the seqkd launchers of a family and tools/generate_data_seqkd.sh must agree on it
 GEN_MAX_NEW_TOKENS=256

@@ -324,9 +324,9 @@ def test_method_and_family_settings(dry_runs):
         else:
             assert args.ab_alpha is None and args.ab_beta is None
         if method == "gkd":
-            assert (args.mixed_alpha, args.gkd_beta) == (0.5, 0.5)
+            assert (args.mixed_alpha, args.gkd_beta) == (0.5, 0.1)
         if method == "distillm":
-            assert (args.skew_alpha, args.init_threshold, args.loss_eps, args.capacity, args.replay_ratio) == (0.1, 0.0, 0.1, 1000, "constant")
+            assert (args.skew_alpha, args.init_threshold, args.loss_eps, args.capacity, args.replay_ratio) == (0.1, 0.0, 0.1, 1000, "decreasing")
         assert args.eval_gen and args.eval_interval == -1, "best/ by dev ROUGE-L, validated once an epoch (as the references)"
         assert args.num_workers == 0 or method not in ("imitkd", "gkd", "distillm")
 
