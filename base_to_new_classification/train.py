@@ -5,7 +5,8 @@
         --teacher-ckpt results/teacher/oxford_pets/seed1/teacher_prompts.pt --distill ab --ab_alpha 0.8 --ab_beta 0.2 \
         --save results/promptkd/oxford_pets/ab/seed10 --seed 10
 
-The teacher (deep text + vision prompts, from `train_teacher`) and both encoders are frozen. The
+The teacher (deep text + vision prompts, from `train_teacher` or one of PromptKD's published PromptSRC
+teachers, converted at load time by `promptsrc_checkpoint`) and both encoders are frozen. The
 student learns deep vision prompts and a projector on the training images of all classes (base
 and new), minimising kd_ratio * D(teacher || student) against the teacher's class text features,
 computed once, with the reduction of ABKD's PromptKD trainer for each term
@@ -42,6 +43,7 @@ from abkd.classification import PRECISIONS, PROMPTKD_LOSSES, PromptKDLoss, autoc
 from abkd.run import Run, atomic_save
 from abkd.sampling import GlobalBatchSampler
 from abkd.schedules import build_scheduler
+from base_to_new_classification import promptsrc_checkpoint
 from base_to_new_classification.clip_prompts import (
     StudentPromptLearner,
     TeacherPromptLearner,
@@ -132,7 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     models = parser.add_argument_group("models")
     models.add_argument("--teacher-model-path", required=True, help="local Hugging Face directory of the teacher CLIP (ViT-L/14) with its tokenizer")
     models.add_argument("--student-model-path", required=True, help="local Hugging Face directory of the student CLIP (ViT-B/16)")
-    models.add_argument("--teacher-ckpt", required=True, help="teacher prompt checkpoint written by train_teacher (teacher_prompts.pt)")
+    models.add_argument("--teacher-ckpt", required=True,
+                        help="teacher prompts: train_teacher's teacher_prompts.pt, or a PromptKD/PromptSRC teacher "
+                             "(model-best.pth.tar / model.pth.tar-<epoch>, or the <Dataset>/ or VLPromptLearner/ directory holding it)")
     models.add_argument("--final-model", choices=("last", "best_val"), default="last",
                         help="model reported: the last epoch's, or (the reference's) the epoch with the best base-class test accuracy")
     models.add_argument("--n-ctx-vision", type=int, default=4, help="student vision prompt tokens per layer")
@@ -224,14 +228,41 @@ def fit(run: Run, module: torch.nn.Module, objective, train_set: ImageDataset, o
 # ---------------------------------------------------------------------------------------------
 
 
-def load_teacher(path: str | Path, clip, tokenizer, dataset) -> TeacherPromptLearner:
-    """The teacher prompt learner from a `train_teacher` checkpoint, checked against `dataset`."""
+def load_teacher(path: str | Path, clip, tokenizer, dataset, log=print) -> TeacherPromptLearner:
+    """The frozen teacher prompt learner from --teacher-ckpt, checked against `dataset` and `clip`.
+
+    Either a `train_teacher` checkpoint (teacher_prompts.pt) or one of PromptKD's published
+    PromptSRC teachers (a Dassl file or its directory), converted by `promptsrc_checkpoint`.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--teacher-ckpt {path}: no such file (train one with python -m base_to_new_classification.train_teacher)")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != TEACHER_FORMAT:
-        raise ValueError(f"--teacher-ckpt {path}: not a teacher prompt checkpoint written by train_teacher")
+    if not path.exists():
+        raise FileNotFoundError(
+            f"--teacher-ckpt {path}: no such file or directory (train one with python -m base_to_new_classification.train_teacher, "
+            "or download PromptKD's PromptSRC teachers: see base_to_new_classification/README.md)"
+        )
+    path = promptsrc_checkpoint.find_checkpoint(path)
+    checkpoint = promptsrc_checkpoint.safe_load(path)
+    if promptsrc_checkpoint.is_promptsrc(checkpoint):
+        prompt_config, prompts = promptsrc_checkpoint.convert(checkpoint["state_dict"], clip, dataset.num_classes, dataset.num_base, path)
+        log(f"teacher: PromptSRC checkpoint {path} (epoch {checkpoint.get('epoch')}), converted: {prompt_config}")
+    elif isinstance(checkpoint, dict) and checkpoint.get("format") == TEACHER_FORMAT:
+        _check_teacher_classes(checkpoint, dataset, path)
+        prompt_config, prompts = checkpoint["prompt_config"], checkpoint["prompts"]
+        log(f"teacher: train_teacher checkpoint {path} ({checkpoint['dataset']})")
+    else:
+        raise ValueError(
+            f"--teacher-ckpt {path}: neither a teacher prompt checkpoint written by train_teacher nor a PromptSRC "
+            f"checkpoint (a Dassl file whose state_dict holds '{promptsrc_checkpoint.TEXT_CTX}')"
+        )
+    teacher = TeacherPromptLearner(clip, tokenizer, dataset.classnames, **prompt_config)
+    try:
+        teacher.load_state_dict(prompts)
+    except RuntimeError as error:
+        raise ValueError(f"--teacher-ckpt {path} does not fit --teacher-model-path (was it trained with another CLIP?): {error}") from None
+    return teacher.eval().requires_grad_(False)
+
+
+def _check_teacher_classes(checkpoint: dict, dataset, path: Path) -> None:
     if checkpoint["num_classes"] != dataset.num_classes:
         raise ValueError(
             f"--teacher-ckpt {path} was trained on '{checkpoint['dataset']}' with {checkpoint['num_classes']} classes, "
@@ -243,12 +274,6 @@ def load_teacher(path: str | Path, clip, tokenizer, dataset) -> TeacherPromptLea
             f"--teacher-ckpt {path}: class {differ} is '{checkpoint['classnames'][differ]}' in the checkpoint "
             f"but '{dataset.classnames[differ]}' in --dataset {dataset.name}"
         )
-    teacher = TeacherPromptLearner(clip, tokenizer, dataset.classnames, **checkpoint["prompt_config"])
-    try:
-        teacher.load_state_dict(checkpoint["prompts"])
-    except RuntimeError as error:
-        raise ValueError(f"--teacher-ckpt {path} does not fit --teacher-model-path (was it trained with another CLIP?): {error}") from None
-    return teacher.eval().requires_grad_(False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,7 +289,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     data = load_dataset(args.dataset, args.root)
     teacher_clip = load_frozen_clip(args.teacher_model_path, "--teacher-model-path", device)
     tokenizer = load_tokenizer(args.teacher_model_path, "--teacher-model-path")
-    teacher = load_teacher(args.teacher_ckpt, teacher_clip, tokenizer, data).to(device)
+    teacher = load_teacher(args.teacher_ckpt, teacher_clip, tokenizer, data, run.log.info).to(device)
     student_clip = load_frozen_clip(args.student_model_path, "--student-model-path", device)
     size = student_clip.config.vision_config.image_size
     if teacher_clip.config.vision_config.image_size != size:
