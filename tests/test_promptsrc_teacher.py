@@ -228,3 +228,83 @@ def test_deep_prompts_must_be_contiguous(tmp_path):
     state = {template.format(1): torch.zeros(2, 8), template.format(3): torch.zeros(2, 8)}
     with pytest.raises(TeacherCheckpointError, match=re.escape(f"{tmp_path}: missing key '{template.format(2)}' (expected shape [2, 8])")):
         _deep_prompts(state, template, 2, 8, 4, tmp_path)
+
+
+def _ivlp_blocks(state, prefix, x, deep_key, n_ctx, heads, text, mask=None):
+    """PromptSRC's `Transformer` of `ResidualAttentionBlock_IVLP`s on x [L, N, D] (clip/model.py)."""
+    layer = 0
+    while f"{prefix}.transformer.resblocks.{layer}.ln_1.weight" in state:
+        p = f"{prefix}.transformer.resblocks.{layer}."
+        w = {k[len(p):]: v.float() for k, v in state.items() if k.startswith(p)}
+        if layer > 0 and deep_key.format(layer) in state:
+            ctx = state[deep_key.format(layer)].float().expand(x.shape[1], -1, -1).permute(1, 0, 2)
+            x = torch.cat([x[:1], ctx, x[1 + n_ctx:]]) if text else torch.cat([x[:-n_ctx], ctx])
+        width = x.shape[-1]
+        h = torch.nn.functional.layer_norm(x, (width,), w["ln_1.weight"], w["ln_1.bias"], 1e-5)
+        h, _ = torch.nn.functional.multi_head_attention_forward(
+            h, h, h, width, heads, w["attn.in_proj_weight"], w["attn.in_proj_bias"], None, None, False, 0.0,
+            w["attn.out_proj.weight"], w["attn.out_proj.bias"], need_weights=False, attn_mask=mask)
+        x = x + h
+        h = torch.nn.functional.layer_norm(x, (width,), w["ln_2.weight"], w["ln_2.bias"], 1e-5)
+        h = torch.nn.functional.linear(h, w["mlp.c_fc.weight"], w["mlp.c_fc.bias"])
+        x = x + torch.nn.functional.linear(h * torch.sigmoid(1.702 * h), w["mlp.c_proj.weight"], w["mlp.c_proj.bias"])
+        layer += 1
+    return x
+
+
+def test_converted_teacher_computes_promptsrc_features(setup):
+    """PromptSRC's forward (clip/model.py VisionTransformer, TextEncoder with prompt_learner's
+    [prefix, ctx, suffix]), written from their code on the OpenAI-layout file, against our
+    converted teacher: the prompts sit at the same positions in every layer."""
+    clip = setup.clip
+    state = OrderedDict((k, v.float()) for k, v in promptsrc_state_dict(clip, 2, seed=5).items())
+    for key, value in openai_layout(clip).items():  # PREC fp32: compare without float16 rounding
+        state[key] = value.float()
+    vision = clip.vision_model
+    state["image_encoder.conv1.weight"] = vision.embeddings.patch_embedding.weight.detach().clone()
+    for encoder, layers in (("image_encoder", vision.encoder.layers), ("text_encoder", clip.text_model.encoder.layers)):
+        for i, layer in enumerate(layers):
+            attn = layer.self_attn
+            state[f"{encoder}.transformer.resblocks.{i}.attn.in_proj_weight"] = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]).detach()
+            state[f"{encoder}.transformer.resblocks.{i}.attn.in_proj_bias"] = torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]).detach()
+            for ours, theirs in (("out_proj", "attn.out_proj"), ("fc1", "mlp.c_fc"), ("fc2", "mlp.c_proj")):
+                module = attn.out_proj if ours == "out_proj" else getattr(layer.mlp, ours)
+                state[f"{encoder}.transformer.resblocks.{i}.{theirs}.weight"] = module.weight.detach().clone()
+                state[f"{encoder}.transformer.resblocks.{i}.{theirs}.bias"] = module.bias.detach().clone()
+    state["image_encoder.proj"] = clip.visual_projection.weight.detach().t().clone()
+    state["text_encoder.text_projection"] = clip.text_projection.weight.detach().t().clone()
+    path = Path(setup.base) / "fp32" / "model.pth.tar-1"
+    path.parent.mkdir(exist_ok=True)
+    torch.save({"state_dict": state, "epoch": 1}, path)
+    teacher = load(setup, path)
+    heads = clip.config.vision_config.num_attention_heads
+
+    # Image: [CLS, patches] + positions, VPT appended, ln_pre, blocks, ln_post(CLS) @ proj.
+    pixels = torch.randn(3, 3, 32, 32)
+    x = torch.nn.functional.conv2d(pixels, state["image_encoder.conv1.weight"], stride=8).flatten(2).permute(0, 2, 1)
+    x = torch.cat([state["image_encoder.class_embedding"].expand(3, 1, -1), x], dim=1) + state["image_encoder.positional_embedding"]
+    x = torch.cat([x, state["image_encoder.VPT"].expand(3, -1, -1)], dim=1)
+    x = torch.nn.functional.layer_norm(x, (32,), state["image_encoder.ln_pre.weight"], state["image_encoder.ln_pre.bias"], 1e-5)
+    x = _ivlp_blocks(state, "image_encoder", x.permute(1, 0, 2), VISION_DEEP_KEY, N_CTX, heads, text=False).permute(1, 0, 2)
+    x = torch.nn.functional.layer_norm(x[:, 0], (32,), state["image_encoder.ln_post.weight"], state["image_encoder.ln_post.bias"], 1e-5)
+    theirs = x @ state["image_encoder.proj"]
+    with torch.no_grad():
+        torch.testing.assert_close(teacher.image_features(pixels), theirs / theirs.norm(dim=-1, keepdim=True), rtol=1e-5, atol=1e-5)
+
+    # Text: "X X <name>." embedded; [prefix, ctx, suffix] + positions, causal blocks, ln_final at EOT @ projection.
+    ids = setup.tokenizer(["a " * N_CTX + name.replace("_", " ") + "." for name in CLASSES], padding="max_length", max_length=24,
+                          return_tensors="pt").input_ids
+    embedded = clip.text_model.embeddings.token_embedding(ids).detach()
+    x = torch.cat([embedded[:, :1], state["prompt_learner.ctx"].expand(len(CLASSES), -1, -1), embedded[:, 1 + N_CTX:]], dim=1)
+    x = x + state["text_encoder.positional_embedding"]
+    mask = torch.full((24, 24), float("-inf")).triu(1)
+    x = _ivlp_blocks(state, "text_encoder", x.permute(1, 0, 2), TEXT_DEEP_KEY, N_CTX, heads, text=True, mask=mask).permute(1, 0, 2)
+    x = torch.nn.functional.layer_norm(x, (32,), state["text_encoder.ln_final.weight"], state["text_encoder.ln_final.bias"], 1e-5)
+    eot = (ids == setup.tokenizer.eos_token_id).int().argmax(dim=-1)
+    theirs = x[torch.arange(len(CLASSES)), eot] @ state["text_encoder.text_projection"]
+    with torch.no_grad():
+        torch.testing.assert_close(teacher.text_features(), theirs / theirs.norm(dim=-1, keepdim=True), rtol=1e-5, atol=1e-5)
+
+
+VISION_DEEP_KEY = "image_encoder.transformer.resblocks.{}.VPT_shallow"
+TEXT_DEEP_KEY = "text_encoder.transformer.resblocks.{}.VPT_shallow"
