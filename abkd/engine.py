@@ -182,6 +182,18 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def seed_micro_batch(seed: int, step: int, index: int) -> None:
+    """Seed torch (CPU and every CUDA device) for the forward and backward pass of global
+    micro-batch `index` of optimizer step `step` (index m * world + rank, as GlobalBatchSampler
+    slices a global batch).
+
+    The dropout masks are then a function of (seed, step, index) alone: 2 processes x 1
+    accumulation step draw exactly the masks of 1 process x 2, and a resumed run those of the
+    uninterrupted one, whatever ran in between (validation, generation)."""
+    digest = hashlib.sha256(f"{seed}:{step}:{index}".encode()).digest()
+    torch.manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
 @contextlib.contextmanager
 def preserved_rng() -> Iterator[None]:
     """Run the block without touching the training random streams (Python, NumPy, torch CPU and

@@ -234,12 +234,15 @@ def train(run: Run, engine, objective: Objective, data: TrainingData, source, lm
     engine.module.train()  # dropout on from the first step, resumed or not
     while state["step"] < stop_at:
         started, sums, tokens = time.perf_counter(), defaultdict(float), 0
-        for _ in range(args.gradient_accumulation_steps):
+        for micro in range(args.gradient_accumulation_steps):
             # Loading (a DataLoader draws a seed when iterated) and the student's samples
-            # (generation reseeds torch) leave the random streams of the training step alone.
+            # (generation reseeds torch) leave the random streams alone, and the dropout masks
+            # are drawn from a seed of (step, global micro-batch): the same for any layout of
+            # processes and accumulation, and after --resume.
             with E.preserved_rng():
                 batch = to_device(source(next(micro_batches), progress=state["step"] / total_steps), device)
                 lm_batch = to_device(next(lm_batches), device) if lm_batches else None
+            E.seed_micro_batch(args.seed, state["step"], micro * E.world_size() + E.rank())
             loss, parts = objective.forward_train(batch, lm_batch)
             engine.backward(loss)
             engine.step()

@@ -139,6 +139,25 @@ def test_validation_and_generation_leave_the_training_rng_alone(tmp_path, proces
     assert torch.equal(torch.get_rng_state(), before)
 
 
+def test_dropout_masks_do_not_depend_on_the_process_layout(tmp_path, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir):
+    """With dropout on, 2 processes x 1 accumulation step train exactly as 1 process x 2: each
+    micro-batch's masks come from (seed, step, global micro-batch index)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    common = _argv(tmp_path / "x", processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, "--type", "kd", "--total-iters", 2, "--batch-size", 2)
+    common = common[: common.index("--save")] + common[common.index("--save") + 2 : common.index("--gradient-accumulation-steps")] + common[common.index("--lr") :]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), "-m", "distillation_llm.finetune"]
+    two = subprocess.run([*launch, *common, "--save", str(tmp_path / "two"), "--gradient-accumulation-steps", "1"],
+                         cwd=REPO, env=_subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    _finetune([*common, "--save", str(tmp_path / "one"), "--gradient-accumulation-steps", "2"])
+    assert "world size 2" in (tmp_path / "two" / "log.txt").read_text()
+    assert _max_difference(_weights(tmp_path / "two" / "2"), _weights(tmp_path / "one" / "2")) < 1e-6
+
+
 # ---------------------------------------------------------------------------------------------
 # kill -9 inside a save, then --resume.
 # ---------------------------------------------------------------------------------------------
