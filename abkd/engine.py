@@ -378,7 +378,7 @@ def usable_checkpoint(root: str | Path, warn=logger.warning) -> str | None:
     tag, problems = decision[0]
     if tag is None and problems:
         raise RuntimeError(f"no usable checkpoint in {root}: " + "; ".join(problems))
-    for problem in problems:
+    for problem in problems if is_main_process() else []:
         warn(f"warning: {problem}; falling back to an older checkpoint")
     return tag
 

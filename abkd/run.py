@@ -175,6 +175,12 @@ def acquire_lock(save_dir: Path, warn: Callable[[str], None]) -> Path:
                         f"wait for it, stop it, or give another --save") from None
                 warn(f"warning: taking over the lock {path} of process {pid}, which is no longer running")
             elif holder is None:
+                try:
+                    if time.time() - path.stat().st_mtime < 5:  # another run is writing it now
+                        time.sleep(0.1)
+                        continue
+                except FileNotFoundError:
+                    continue
                 warn(f"warning: replacing the unreadable lock {path}")
             path.unlink(missing_ok=True)
             continue

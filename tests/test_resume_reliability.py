@@ -114,6 +114,24 @@ def test_stop_and_resume_with_dropout_equals_the_uninterrupted_run(mode, tmp_pat
             assert counts["generated"] > 0, counts
 
 
+def test_every_training_step_runs_the_student_in_train_mode(monkeypatch, tmp_path, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir):
+    """From the first step, after each validation with generation, and after --resume."""
+    from distillation_llm.objective import Objective
+
+    modes = []
+    forward_train = Objective.forward_train
+
+    def recording(self, *args, **kwargs):
+        modes.append(all(module.training for module in self.student.modules()))
+        return forward_train(self, *args, **kwargs)
+
+    monkeypatch.setattr(Objective, "forward_train", recording)
+    extra = ("--type", "gkd", "--do-valid", "--eval-interval", 1, "--eval-gen", "--max-new-tokens", 4, "--total-iters", 3)
+    finetune.main(_argv(tmp_path / "run", processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, *extra, "--stop-after-iters", 2))
+    finetune.main(_argv(tmp_path / "run", processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, *extra, "--resume"))
+    assert modes == [True] * 6
+
+
 def test_validation_and_generation_leave_the_training_rng_alone(tmp_path, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir):
     """Generation reseeds torch; validating must still leave the training stream where it was."""
     from distillation_llm.arguments import parse_args
