@@ -5,19 +5,28 @@ The same command runs as one CPU process (`python -m ...`), under `torchrun`, or
 chosen automatically.
 
 Checkpoints are atomic: DeepSpeed writes into `<root>/.incomplete/<tag>/`, which is renamed to
-`<root>/<tag>/` only once every rank has finished, and only then does `<root>/latest` (written to
-a temporary file and renamed) point at it. A run killed mid-save leaves at most an `.incomplete`
-directory that nothing reads.
+`<root>/<tag>/` only once every rank has finished and rank 0 has listed the size and SHA-256 of
+every file in its `manifest.json`; only then does `<root>/latest` (written to a temporary file and
+renamed) point at it. A run killed mid-save leaves at most an `.incomplete` directory that nothing
+reads. Loading verifies the manifest and falls back, with a warning naming the bad file, to the
+newest checkpoint that is whole (a disk filled up, a file truncated by a copy). Every file is read
+with `torch.load(weights_only=True)`: DeepSpeed's own loader unpickles anything, so the engine's
+loader is swapped for one that allows only tensors, plain containers and the few DeepSpeed value
+types its optimizer state holds.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import os
 import random
 import shutil
 import socket
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +37,10 @@ logger = logging.getLogger(__name__)
 
 LATEST = "latest"
 INCOMPLETE = ".incomplete"
+MANIFEST = "manifest.json"
+# Test hook: seconds to sleep between the phases of a save, so that a test can kill the process
+# at a chosen point inside it (tests/test_resume_reliability.py).
+PAUSE_ENV = "ABKD_CHECKPOINT_PAUSE"
 
 
 def _free_port() -> int:
@@ -169,9 +182,59 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def seed_micro_batch(seed: int, step: int, index: int) -> None:
+    """Seed torch (CPU and every CUDA device) for the forward and backward pass of global
+    micro-batch `index` of optimizer step `step` (index m * world + rank, as GlobalBatchSampler
+    slices a global batch).
+
+    The dropout masks are then a function of (seed, step, index) alone: 2 processes x 1
+    accumulation step draw exactly the masks of 1 process x 2, and a resumed run those of the
+    uninterrupted one, whatever ran in between (validation, generation)."""
+    digest = hashlib.sha256(f"{seed}:{step}:{index}".encode()).digest()
+    torch.manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+@contextlib.contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Run the block without touching the training random streams (Python, NumPy, torch CPU and
+    CUDA): whatever it draws, or reseeds, is undone on exit.
+
+    Validation, generation (which reseeds torch to make its samples reproducible) and data loading
+    (a DataLoader draws a base seed from torch's global generator each time it is iterated) run
+    inside it, so dropout masks depend only on the training steps taken: a run resumed mid-epoch
+    or one validating more often draws the same masks as the uninterrupted run.
+    """
+    state = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)
+
+
 # ---------------------------------------------------------------------------------------------
 # Atomic, resumable checkpoints.
 # ---------------------------------------------------------------------------------------------
+
+
+def _pause(phase: str) -> None:
+    seconds = float(os.environ.get(PAUSE_ENV, "0") or 0)
+    if seconds > 0:
+        time.sleep(seconds)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: Path) -> None:
+    """`manifest.json`: the size and SHA-256 of every file of a checkpoint directory."""
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
+    entries = {str(p.relative_to(directory)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+    (directory / MANIFEST).write_text(json.dumps({"files": entries}, indent=1, sort_keys=True) + "\n")
 
 
 def save_checkpoint(engine, root: str | Path, tag: str, client_state: dict, keep_last: int | None = None, rank_state: dict | None = None) -> Path:
@@ -180,30 +243,46 @@ def save_checkpoint(engine, root: str | Path, tag: str, client_state: dict, keep
     `client_state` (rank 0's) holds plain Python values. Each rank's RNG state, and its
     `rank_state` (per-rank objects such as a replay buffer; plain values and tensors, loaded with
     weights_only), are saved beside it. With `keep_last`, older complete checkpoints are deleted
-    after the new one is in place.
+    after the new one is in place (each renamed away first, so none is ever seen half deleted).
     """
     root = Path(root)
     staging = root / INCOMPLETE
     if is_main_process() and (staging / tag).exists():
         shutil.rmtree(staging / tag)
     barrier()
+    _pause("staged")
     engine.save_checkpoint(str(staging), tag=tag, client_state=client_state, save_latest=False)
+    _pause("engine saved")
     torch.save({"rng": rng_state(), "rank_state": rank_state or {}}, staging / tag / f"rank_state_{rank()}.pt")
     barrier()
     final = root / tag
     if is_main_process():
+        write_manifest(staging / tag)
+        _pause("manifest written")
         if final.exists():
-            shutil.rmtree(final)
+            _remove(final)
         os.replace(staging / tag, final)
+        _pause("renamed")
         pointer = root / f".{LATEST}.tmp"
         pointer.write_text(tag)
         os.replace(pointer, root / LATEST)
+        _pause("latest written")
         if keep_last:
             for old in sorted(complete_checkpoints(root), key=lambda p: p.stat().st_mtime)[:-keep_last]:
                 if old != final:
-                    shutil.rmtree(old)
+                    _remove(old)
+                    _pause("pruned")
     barrier()
     return final
+
+
+def _remove(directory: Path) -> None:
+    """Rename into the staging area, then delete: a kill part-way leaves nothing that looks complete."""
+    trash = directory.parent / INCOMPLETE / f"{directory.name}.deleting"
+    trash.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(trash, ignore_errors=True)
+    os.replace(directory, trash)
+    shutil.rmtree(trash)
 
 
 def complete_checkpoints(root: str | Path) -> list[Path]:
@@ -223,10 +302,104 @@ def latest_checkpoint(root: str | Path) -> str | None:
     return tag
 
 
+def _safe_globals() -> list:
+    """The value types DeepSpeed pickles into its optimizer files (loss scaler, ZeRO stage, the
+    fragment addresses of ZeRO partitions): rebuilt from their fields, no code runs."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def safe_load(path: str | Path, map_location=None) -> Any:
+    """`torch.load(weights_only=True)` that accepts DeepSpeed's checkpoint files."""
+    with torch.serialization.safe_globals(_safe_globals()):
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def verify_checkpoint(directory: str | Path) -> str | None:
+    """None if the checkpoint is whole, else what is wrong, naming the file.
+
+    With a manifest, every listed file must be there with its size and SHA-256. A checkpoint
+    written before manifests existed is checked by loading every file (weights_only)."""
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST
+    if not manifest_path.is_file():
+        files = sorted(p for p in directory.rglob("*.pt") if p.is_file())
+        if not files:
+            return f"{directory} holds no checkpoint files"
+        for path in files:
+            try:
+                safe_load(path, map_location="cpu")
+            except Exception as error:  # any failure to read means the file is unusable
+                return f"{path} is unreadable ({type(error).__name__}: {str(error).splitlines()[0][:200]})"
+        return None
+    try:
+        entries = json.loads(manifest_path.read_text())["files"]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        return f"{manifest_path} is unreadable ({error})"
+    for name, entry in entries.items():
+        path = directory / name
+        if not path.is_file():
+            return f"{path} is missing"
+        size = path.stat().st_size
+        if size != entry["bytes"]:
+            return f"{path} has {size} bytes, {entry['bytes']} were written (truncated?)"
+        if _sha256(path) != entry["sha256"]:
+            return f"{path} does not match its SHA-256 in {manifest_path} (corrupted)"
+    return None
+
+
+def usable_checkpoint(root: str | Path, warn=logger.warning) -> str | None:
+    """The tag of the newest whole checkpoint under `root` (the one `latest` names first, then the
+    others newest first), or None if there is none. Each checkpoint passed over is reported through
+    `warn`. Raises if checkpoints exist but none is whole: starting over would silently throw the
+    run away. Decided on rank 0 and broadcast, so every rank loads the same one (collective)."""
+
+    def choose() -> tuple[str | None, list[str]]:
+        root_ = Path(root)
+        candidates = sorted(complete_checkpoints(root_), key=lambda p: p.stat().st_mtime, reverse=True)
+        pointer = root_ / LATEST
+        if pointer.is_file():
+            named = root_ / pointer.read_text().strip()
+            candidates = [named] * named.is_dir() + [p for p in candidates if p != named]
+        problems = []
+        for candidate in candidates:
+            problem = verify_checkpoint(candidate)
+            if problem is None:
+                return candidate.name, problems
+            problems.append(f"checkpoint {candidate.name} is unusable: {problem}")
+        return None, problems
+
+    decision = [choose() if is_main_process() else None]
+    if world_size() > 1:
+        torch.distributed.broadcast_object_list(decision, src=0)
+    tag, problems = decision[0]
+    if tag is None and problems:
+        raise RuntimeError(f"no usable checkpoint in {root}: " + "; ".join(problems))
+    for problem in problems if is_main_process() else []:
+        warn(f"warning: {problem}; falling back to an older checkpoint")
+    return tag
+
+
+@contextlib.contextmanager
+def _weights_only_loading(engine) -> Iterator[None]:
+    checkpoint_engine = engine.checkpoint_engine
+    original = checkpoint_engine.load
+    checkpoint_engine.load = lambda path, map_location=None: safe_load(path, map_location)
+    try:
+        yield
+    finally:
+        checkpoint_engine.load = original
+
+
 def load_checkpoint(engine, root: str | Path, tag: str) -> dict:
     """Restore engine (model, optimizer, scheduler) and this rank's RNG; returns the client state,
-    with this rank's own `rank_state` (as saved by `save_checkpoint`) under the key "rank_state"."""
-    _, client_state = engine.load_checkpoint(str(root), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True)
+    with this rank's own `rank_state` (as saved by `save_checkpoint`) under the key "rank_state".
+    Every file is read with weights_only=True."""
+    with _weights_only_loading(engine):
+        _, client_state = engine.load_checkpoint(str(root), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True)
     if client_state is None:
         raise RuntimeError(f"could not load DeepSpeed checkpoint {Path(root) / tag}")
     rank_file = Path(root) / tag / f"rank_state_{rank()}.pt"

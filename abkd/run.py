@@ -24,8 +24,24 @@ statistics follow its own shard of the data. At every epoch end, before evaluati
 the buffer's dtype): one model is evaluated and saved. A mid-epoch stop saves each rank's own
 buffers instead, so resuming does not change them.
 
+One writer per run. `Run.start` takes `<save>/run.lock` (pid, host, process start time) and
+`close` releases it: a second run on the same --save is refused while the first is alive, and the
+lock of a run that was killed is taken over with a warning.
+
+Resuming checks the arguments. With --resume, the new arguments are compared with the run's
+`args.json` (plus the changes recorded since): a difference in anything that shapes the training
+trajectory (method, divergence parameters, batch sizes, learning rate and schedule, seed, data,
+models, lengths, ...) is refused with the list of differences. `--resume-with-changes` allows the
+changes in RESUMABLE_CHANGES (a longer run, other eval/save/log intervals, ...) and appends each
+to `<save>/args_history.jsonl`; args.json keeps the arguments the run was started with. The
+per-invocation flags in PER_INVOCATION (--resume, --stop-after-*) are never compared.
+
+Random streams. Data loading runs inside `engine.preserved_rng`, so a resumed run, which starts
+its data iterator mid-epoch, draws the same dropout masks as the uninterrupted one.
+
 The arguments read from `args`: seed, save, resume, epochs, keep_checkpoints, log_interval, and
-where the command line has them stop_after_iters, stop_after_epochs and report_to.
+where the command line has them resume_with_changes, stop_after_iters, stop_after_epochs and
+report_to.
 """
 
 from __future__ import annotations
@@ -33,6 +49,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -49,6 +66,25 @@ from abkd.runlog import RunLog
 from abkd.sampling import GlobalBatchSampler
 
 CHECKPOINTS = "checkpoints"
+LOCK = "run.lock"
+HISTORY = "args_history.jsonl"
+
+# Flags of one invocation, never compared when resuming (--save: a run directory may be moved).
+PER_INVOCATION = frozenset({"save", "resume", "resume_with_changes", "stop_after_iters", "stop_after_epochs", "local_rank", "deepspeed"})
+# Changes --resume-with-changes allows: the trajectory up to the checkpoint is kept and the steps
+# after it are those of the longer run (for a cosine or linear schedule, its new length).
+RESUMABLE_CHANGES = frozenset({
+    "epochs", "total_iters", "eval_interval", "save_interval", "save_freq", "log_interval", "keep_checkpoints",
+    "report_to", "num_workers", "eval_batch_size", "ckpt_name", "teacher_ckpt_name", "peft_name", "teacher_peft_name",
+})
+
+
+class RunLocked(RuntimeError):
+    """Another live process writes to this --save."""
+
+
+class ResumeMismatch(ValueError):
+    """--resume with arguments that would change the run's trajectory."""
 
 Objective = Callable[[Any], tuple[Tensor, dict[str, Tensor]]]
 
@@ -95,6 +131,131 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return totals.tolist()
 
 
+def _process_start(pid: int) -> str | None:
+    """The start time of process `pid` (Linux /proc), to tell a live run from a reused pid."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int, started: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, owned by someone else
+    return started is None or _process_start(pid) in (None, started)
+
+
+def acquire_lock(save_dir: Path, warn: Callable[[str], None]) -> Path:
+    """Create `<save>/run.lock` for this process, or raise RunLocked if a live run holds it. The
+    lock of a dead process (or of an earlier run of this same process) is taken over, with a
+    warning."""
+    path = save_dir / LOCK
+    mine = {"pid": os.getpid(), "host": socket.gethostname(), "started": _process_start(os.getpid())}
+    while True:
+        try:
+            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = json.loads(path.read_text())
+                pid, host = int(holder["pid"]), holder.get("host")
+            except (OSError, ValueError, KeyError, TypeError):
+                holder, pid, host = None, None, None  # being written, or garbage from a crash
+            if holder is not None and pid != os.getpid():
+                if host != mine["host"]:
+                    raise RunLocked(
+                        f"--save {save_dir} is in use by process {pid} on host {host} (lock {path}); "
+                        f"if that run is dead, delete {path}") from None
+                if _alive(pid, holder.get("started")):
+                    raise RunLocked(
+                        f"--save {save_dir} is in use by process {pid} (lock {path}): one run writes to a directory at a time; "
+                        f"wait for it, stop it, or give another --save") from None
+                warn(f"warning: taking over the lock {path} of process {pid}, which is no longer running")
+            elif holder is None:
+                try:
+                    if time.time() - path.stat().st_mtime < 5:  # another run is writing it now
+                        time.sleep(0.1)
+                        continue
+                except FileNotFoundError:
+                    continue
+                warn(f"warning: replacing the unreadable lock {path}")
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(json.dumps(mine) + "\n")
+        return path
+
+
+def release_lock(path: Path) -> None:
+    try:
+        holder = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if holder.get("pid") == os.getpid():
+        path.unlink(missing_ok=True)
+
+
+def _plain(record: dict) -> dict:
+    """The record as args.json stores it (JSON values), so that old and new compare alike."""
+    return json.loads(json.dumps(record, sort_keys=True, default=str))
+
+
+def recorded_args(save_dir: Path) -> dict | None:
+    """The run's arguments: args.json with the changes of args_history.jsonl applied in order."""
+    path = save_dir / "args.json"
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    history = save_dir / HISTORY
+    if history.is_file():
+        for line in history.read_text().splitlines():
+            if line.strip():
+                record.update({key: change["new"] for key, change in json.loads(line)["changes"].items()})
+    return record
+
+
+def resume_changes(old: dict, new: dict, allow_changes: bool) -> dict[str, dict]:
+    """The differences between the recorded and the new arguments, {key: {"old", "new"}}; raises
+    ResumeMismatch listing those that are not allowed."""
+    old, new = _plain(old), _plain(new)
+    missing = object()
+    changes = {
+        key: {"old": old.get(key), "new": new.get(key)}
+        for key in sorted(set(old) | set(new))
+        if key not in PER_INVOCATION and old.get(key, missing) != new.get(key, missing)
+    }
+    refused = {key: change for key, change in changes.items() if not (allow_changes and key in RESUMABLE_CHANGES)}
+    if refused:
+        lines = "\n".join(f"  --{key.replace('_', '-')}: {change['old']!r} in the run, {change['new']!r} now" for key, change in refused.items())
+        allowed = sorted(set(changes) & RESUMABLE_CHANGES)
+        hint = (f" --resume-with-changes accepts only {', '.join(sorted(RESUMABLE_CHANGES))}." if allow_changes
+                else " (--resume-with-changes would allow: " + ", ".join(allowed) + ")" if allowed else "")
+        raise ResumeMismatch(
+            f"--resume: these arguments differ from the run's args.json and would change its training trajectory:\n{lines}\n"
+            f"Resume with the run's arguments, or start a new run in another --save.{hint}")
+    return changes
+
+
+def _collective(action: Callable[[], Any]) -> Any:
+    """Run `action` on rank 0 and return its result on every rank; an exception it raises is
+    raised on every rank (so none waits for the others at a barrier)."""
+    outcome = [None]
+    if E.is_main_process():
+        try:
+            outcome = [(action(), None)]
+        except Exception as error:  # re-raised below, on every rank
+            outcome = [(None, error)]
+    if E.world_size() > 1:
+        torch.distributed.broadcast_object_list(outcome, src=0)
+    result, error = outcome[0]
+    if error is not None:
+        raise error
+    return result
+
+
 @dataclass
 class Run:
     """The state of one training run and the steps of its lifecycle (see the module docstring)."""
@@ -107,23 +268,49 @@ class Run:
     sums: dict[str, float] = field(default_factory=lambda: defaultdict(float))  # this rank's sums of the epoch's parts
     lr: float = 0.0  # learning rate of the last step
     history: list[dict[str, float]] = field(default_factory=list)  # epoch metrics of this invocation
+    lock: Path | None = None  # rank 0's <save>/run.lock
 
     @classmethod
     def start(cls, args: argparse.Namespace, record: dict | None = None) -> Run:
-        """Distributed init, seeding, the output directory (refused if it is a file), the resolved
-        arguments in `<save>/args.json` (`record` where the command line resolves more than its
-        flags, else `vars(args)`), and the log (collective)."""
+        """Distributed init, seeding, the output directory (refused if it is a file) and its lock,
+        the resolved arguments (`record` where the command line resolves more than its flags, else
+        `vars(args)`): written to `<save>/args.json` by a new run, checked against it by --resume
+        (see the module docstring), and the log (collective)."""
         save_dir = Path(args.save)
         if save_dir.exists() and not save_dir.is_dir():
             raise NotADirectoryError(f"--save {save_dir} is a file; give a directory for the run's outputs")
+        if getattr(args, "resume_with_changes", False):
+            args.resume = True
+        record = vars(args) if record is None else record
         device = E.init_distributed()
         E.set_seed(args.seed)
-        if E.is_main_process():
+        notes: list[str] = []
+
+        def prepare() -> Path:
             save_dir.mkdir(parents=True, exist_ok=True)
-            (save_dir / "args.json").write_text(json.dumps(vars(args) if record is None else record, indent=2, sort_keys=True, default=str) + "\n")
-        E.barrier()
+            lock = acquire_lock(save_dir, notes.append)
+            try:
+                previous = recorded_args(save_dir) if args.resume else None
+                if previous is None:
+                    (save_dir / "args.json").write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+                    return lock
+                changes = resume_changes(previous, record, getattr(args, "resume_with_changes", False))
+                if changes:
+                    entry = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "changes": changes}
+                    with (save_dir / HISTORY).open("a") as handle:
+                        handle.write(json.dumps(entry, sort_keys=True) + "\n")
+                    notes.extend(f"--resume-with-changes: --{key.replace('_', '-')} {change['old']!r} -> {change['new']!r} "
+                                 f"(recorded in {save_dir / HISTORY})" for key, change in changes.items())
+            except BaseException:
+                release_lock(lock)
+                raise
+            return lock
+
+        lock = _collective(prepare)
         log = RunLog(save_dir, enabled=E.is_main_process(), tensorboard=getattr(args, "report_to", "none") == "tensorboard")
-        return cls(args, save_dir, device, log)
+        for note in notes:
+            log.info(note)
+        return cls(args, save_dir, device, log, lock=lock if E.is_main_process() else None)
 
     @property
     def checkpoints(self) -> Path:
@@ -134,7 +321,7 @@ class Run:
         and this rank's RNG, sums and buffers. Returns the caller's own `rank_state` ({} if none)."""
         if not self.args.resume:
             return {}
-        tag = E.latest_checkpoint(self.checkpoints)
+        tag = E.usable_checkpoint(self.checkpoints, warn=self._warn)
         if tag is None:
             self.log.info(f"--resume: no checkpoint in {self.checkpoints} yet, starting from scratch")
             return {}
@@ -151,6 +338,10 @@ class Run:
                 buffers[name].copy_(value)
         self.log.info(f"resumed from {tag}: step {self.state['step']}, epoch {self.state['epoch']} (+{self.state['step_in_epoch']} steps)")
         return rank_state
+
+    def _warn(self, message: str) -> None:
+        E.logger.warning(message)
+        self.log.info(message)
 
     def save(self, engine, tag: str, rank_state: dict | None = None) -> Path:
         """Resumable checkpoint `<save>/checkpoints/<tag>` (collective, atomic), keeping the last
@@ -176,7 +367,12 @@ class Run:
         """Optimizer steps on `batches` until they run out or step `stop_at` is reached."""
         engine.train()
         state = self.state
-        for batch in batches:
+        batches = iter(batches)
+        while True:
+            with E.preserved_rng():  # data loading draws no training randomness
+                batch = next(batches, None)
+            if batch is None:
+                return
             boundary = engine.is_gradient_accumulation_boundary()
             self.lr = engine.get_lr()[0]
             loss, parts = objective(batch)
@@ -244,3 +440,6 @@ class Run:
 
     def close(self) -> None:
         self.log.close()
+        if self.lock is not None:
+            release_lock(self.lock)
+            self.lock = None

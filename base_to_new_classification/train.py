@@ -106,6 +106,7 @@ def add_common_args(parser: argparse.ArgumentParser, lr: float = 0.005) -> None:
     run.add_argument("--save", required=True, help="output directory: args.json, log.txt, results.json, checkpoints/")
     run.add_argument("--seed", type=int, default=1, help="seed of prompt initialisation, data order and augmentation")
     run.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in <save>/checkpoints")
+    run.add_argument("--resume-with-changes", action="store_true", help="with --resume: accept a longer run or other eval/save/log intervals, logged in <save>/args_history.jsonl")
     run.add_argument("--stop-after-iters", type=int, default=None, help="stop this invocation after N optimizer steps with a resumable checkpoint")
     run.add_argument("--stop-after-epochs", type=int, default=None, help="stop this invocation after N epochs with a resumable checkpoint")
     run.add_argument("--keep-checkpoints", type=int, default=2, help="resumable checkpoints to keep (one is written per epoch)")

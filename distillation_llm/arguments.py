@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--save", required=True, help="output directory: args.json, log.txt, <step>/ models, best/, checkpoints/")
     run.add_argument("--seed", type=int, default=10, help="random seed for initialisation, data order and dropout")
     run.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in <save>/checkpoints")
+    run.add_argument("--resume-with-changes", action="store_true", help="with --resume: accept a longer run or other eval/save/log intervals, logged in <save>/args_history.jsonl")
     run.add_argument("--stop-after-iters", type=int, default=None, help="stop this invocation after N optimizer steps with a resumable checkpoint (for time-limited jobs)")
     run.add_argument("--keep-checkpoints", type=int, default=2, help="resumable DeepSpeed checkpoints to keep (models in <step>/ are all kept)")
     run.add_argument("--report-to", choices=("none", "tensorboard"), default="none", help="also log metrics to TensorBoard under <save>/tensorboard")

@@ -116,8 +116,11 @@ def save_model(engine, tokenizer, directory: Path) -> None:
 
 
 @torch.no_grad()
+@E.preserved_rng()
 def validate(engine, objective: Objective, valid_set, collate, tokenizer, args, device) -> dict[str, float]:
-    """Token-mean validation CE (and divergence) of the student over the whole dev split."""
+    """Token-mean validation CE (and divergence) of the student over the whole dev split; the
+    student is back in train mode afterwards, and the training random streams are untouched
+    (generation reseeds torch), so validating does not change the training trajectory."""
     engine.module.eval()
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # ce sum, kd sum, tokens
     for index in batches(shard_indices(len(valid_set), E.world_size(), E.rank()), args.eval_batch_size):
@@ -230,11 +233,19 @@ def train(run: Run, engine, objective: Objective, data: TrainingData, source, lm
     stop_at = run.stop_point(data.sampler.steps_per_epoch, total_steps)
     micro_batches = data.micro_batches(state)
     bar = tqdm(total=total_steps, initial=state["step"], desc="train", disable=not E.is_main_process(), dynamic_ncols=True)
+    engine.module.train()  # dropout on from the first step, resumed or not
     while state["step"] < stop_at:
         started, sums, tokens = time.perf_counter(), defaultdict(float), 0
-        for _ in range(args.gradient_accumulation_steps):
-            batch = to_device(source(next(micro_batches), progress=(state["step"] + 1) / total_steps), device)
-            loss, parts = objective.forward_train(batch, to_device(next(lm_batches), device) if lm_batches else None)
+        for micro in range(args.gradient_accumulation_steps):
+            # Loading (a DataLoader draws a seed when iterated) and the student's samples
+            # (generation reseeds torch) leave the random streams alone, and the dropout masks
+            # are drawn from a seed of (step, global micro-batch): the same for any layout of
+            # processes and accumulation, and after --resume.
+            with E.preserved_rng():
+                batch = to_device(source(next(micro_batches), progress=(state["step"] + 1) / total_steps), device)
+                lm_batch = to_device(next(lm_batches), device) if lm_batches else None
+            E.seed_micro_batch(args.seed, state["step"], micro * E.world_size() + E.rank())
+            loss, parts = objective.forward_train(batch, lm_batch)
             engine.backward(loss)
             engine.step()
             for key, value in {"loss": loss, **parts}.items():

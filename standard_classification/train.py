@@ -61,6 +61,7 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--save", help="output directory (default: under save/, named after the models)")
     run.add_argument("--save-freq", "--save_freq", type=int, default=40, help="write ckpt_epoch_<n>.pth every this many epochs (and at the last)")
     run.add_argument("--resume", action="store_true", help="continue from the last resumable checkpoint in <save>/checkpoints")
+    run.add_argument("--resume-with-changes", action="store_true", help="with --resume: accept a longer run or other eval/save/log intervals, logged in <save>/args_history.jsonl")
     run.add_argument("--stop-after-epochs", type=int, help="end cleanly after this many epochs in this invocation (continue with --resume)")
     run.add_argument("--stop-after-iters", type=int, help="end cleanly after this many optimizer steps in this invocation (continue with --resume)")
     run.add_argument("--keep-checkpoints", type=int, default=1, help="resumable checkpoints to keep in <save>/checkpoints (one is written per epoch)")

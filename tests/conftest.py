@@ -76,8 +76,8 @@ def _model_dir(tmp_path_factory, tokenizer, kind, name, **kwargs) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_gpt2_dir(tmp_path_factory, tiny_tokenizer) -> Path:
-    """The student: a 2-layer GPT-2."""
-    return _model_dir(tmp_path_factory, tiny_tokenizer, "gpt2", "gpt2-student", hidden_size=32, num_layers=2, num_heads=2, seed=1)
+    """The student: a 2-layer GPT-2 with dropout 0.1, like a real one (train/eval-mode and RNG bugs show)."""
+    return _model_dir(tmp_path_factory, tiny_tokenizer, "gpt2", "gpt2-student", hidden_size=32, num_layers=2, num_heads=2, dropout=0.1, seed=1)
 
 
 @pytest.fixture(scope="session")
@@ -85,13 +85,13 @@ def tiny_gpt2_teacher_dir(tmp_path_factory, tiny_tokenizer) -> Path:
     """A wider GPT-2 teacher whose vocabulary is padded to a multiple of 64, like gpt2's 50304."""
     vocab = (len(tiny_tokenizer) + 63) // 64 * 64
     return _model_dir(
-        tmp_path_factory, tiny_tokenizer, "gpt2", "gpt2-teacher", hidden_size=48, num_layers=2, num_heads=4, vocab_size=vocab, seed=2
+        tmp_path_factory, tiny_tokenizer, "gpt2", "gpt2-teacher", hidden_size=48, num_layers=2, num_heads=4, vocab_size=vocab, dropout=0.1, seed=2
     )
 
 
 @pytest.fixture(scope="session")
 def tiny_opt_dir(tmp_path_factory, tiny_tokenizer) -> Path:
-    return _model_dir(tmp_path_factory, tiny_tokenizer, "opt", "opt", hidden_size=32, num_layers=2, num_heads=2, seed=3)
+    return _model_dir(tmp_path_factory, tiny_tokenizer, "opt", "opt", hidden_size=32, num_layers=2, num_heads=2, dropout=0.1, seed=3)
 
 
 @pytest.fixture(scope="session")

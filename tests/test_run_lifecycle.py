@@ -66,7 +66,7 @@ def run_args(save, **overrides) -> argparse.Namespace:
     return argparse.Namespace(**{**defaults, **overrides})
 
 
-def fit_tiny(save, **overrides):
+def fit_tiny(save, zero_stage: int = 0, **overrides):
     """22 examples in batches of 4: 5 full steps and one of 2 per epoch (drop_last=False)."""
     run = Run.start(run_args(save, **overrides))
     generator = torch.Generator().manual_seed(0)
@@ -76,7 +76,10 @@ def fit_tiny(save, **overrides):
     sampler = GlobalBatchSampler(len(inputs), 4, 1, E.world_size(), E.rank(), seed=0, drop_last=False)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     scheduler = build_step_decay_scheduler(optimizer, steps_per_epoch=sampler.steps_per_epoch, decay_epochs=[1], rate=0.5)
-    engine = E.initialize(model, optimizer, scheduler, E.load_deepspeed_config(None, micro_batch_size=4, gradient_accumulation_steps=1))
+    config = E.load_deepspeed_config(None, micro_batch_size=4, gradient_accumulation_steps=1)
+    if zero_stage:  # the optimizer state in its own zero_pp_rank_* files
+        config.update(zero_optimization={"stage": zero_stage}, zero_allow_untested_optimizer=True)
+    engine = E.initialize(model, optimizer, scheduler, config)
     run.resume(engine)
 
     def objective(batch):
