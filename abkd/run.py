@@ -217,15 +217,24 @@ def recorded_args(save_dir: Path) -> dict | None:
     return record
 
 
-def resume_changes(old: dict, new: dict, allow_changes: bool) -> dict[str, dict]:
+def parser_defaults(parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """{dest: default} of every option of `parser` (for `Run.start(defaults=...)`)."""
+    return {action.dest: action.default for action in parser._actions if action.dest != argparse.SUPPRESS and action.dest != "help"}
+
+
+def resume_changes(old: dict, new: dict, allow_changes: bool, defaults: dict | None = None) -> dict[str, dict]:
     """The differences between the recorded and the new arguments, {key: {"old", "new"}}; raises
-    ResumeMismatch listing those that are not allowed."""
+    ResumeMismatch listing those that are not allowed. A flag the run's args.json does not know
+    (added to the CLI after the run started) counts as unchanged while it keeps its default
+    (`defaults`, from `parser_defaults`)."""
     old, new = _plain(old), _plain(new)
+    defaults = _plain(defaults or {})
     missing = object()
     changes = {
         key: {"old": old.get(key), "new": new.get(key)}
         for key in sorted(set(old) | set(new))
         if key not in PER_INVOCATION and old.get(key, missing) != new.get(key, missing)
+        and not (key not in old and key in defaults and new.get(key) == defaults[key])
     }
     refused = {key: change for key, change in changes.items() if not (allow_changes and key in RESUMABLE_CHANGES)}
     if refused:
@@ -271,11 +280,12 @@ class Run:
     lock: Path | None = None  # rank 0's <save>/run.lock
 
     @classmethod
-    def start(cls, args: argparse.Namespace, record: dict | None = None) -> Run:
+    def start(cls, args: argparse.Namespace, record: dict | None = None, defaults: dict | None = None) -> Run:
         """Distributed init, seeding, the output directory (refused if it is a file) and its lock,
         the resolved arguments (`record` where the command line resolves more than its flags, else
         `vars(args)`): written to `<save>/args.json` by a new run, checked against it by --resume
-        (see the module docstring), and the log (collective)."""
+        (see the module docstring; `defaults` = `parser_defaults(parser)` lets flags newer than the
+        run keep their defaults), and the log (collective)."""
         save_dir = Path(args.save)
         if save_dir.exists() and not save_dir.is_dir():
             raise NotADirectoryError(f"--save {save_dir} is a file; give a directory for the run's outputs")
@@ -294,7 +304,7 @@ class Run:
                 if previous is None:
                     (save_dir / "args.json").write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
                     return lock
-                changes = resume_changes(previous, record, getattr(args, "resume_with_changes", False))
+                changes = resume_changes(previous, record, getattr(args, "resume_with_changes", False), defaults)
                 if changes:
                     entry = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "changes": changes}
                     with (save_dir / HISTORY).open("a") as handle:

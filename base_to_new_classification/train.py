@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader
 
 from abkd import engine as E
 from abkd.classification import PRECISIONS, PROMPTKD_LOSSES, PromptKDLoss, autocast_context, fp32_deepspeed_config
-from abkd.run import Run, atomic_save
+from abkd.run import Run, atomic_save, parser_defaults
 from abkd.sampling import GlobalBatchSampler
 from abkd.schedules import build_scheduler
 from base_to_new_classification import promptsrc_checkpoint
@@ -284,7 +284,7 @@ def _check_teacher_classes(checkpoint: dict, dataset, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
-    run = Run.start(args)
+    run = Run.start(args, defaults=parser_defaults(build_parser()))
     device = run.device
 
     data = load_dataset(args.dataset, args.root)

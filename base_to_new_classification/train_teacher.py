@@ -16,7 +16,7 @@ import argparse
 import torch
 
 from abkd import engine as E
-from abkd.run import Run, atomic_save
+from abkd.run import Run, atomic_save, parser_defaults
 from base_to_new_classification.clip_prompts import TeacherPromptLearner, load_frozen_clip, load_tokenizer
 from base_to_new_classification.datasets import ImageDataset, few_shot, load_dataset
 from base_to_new_classification.evaluate import evaluate
@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
-    run = Run.start(args)
+    run = Run.start(args, defaults=parser_defaults(build_parser()))
     device, log, save_dir = run.device, run.log, run.save_dir
 
     data = load_dataset(args.dataset, args.root)

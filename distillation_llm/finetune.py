@@ -25,11 +25,11 @@ from tqdm import tqdm
 
 from abkd import engine as E
 from abkd.pocl import BabyStepScheduler
-from abkd.run import Run
+from abkd.run import Run, parser_defaults
 from abkd.runlog import RunLog
 from abkd.sampling import GlobalBatchSampler, batches, shard_indices
 from abkd.schedules import build_scheduler
-from distillation_llm.arguments import args_record, parse_args, reference_notes
+from distillation_llm.arguments import args_record, build_parser, parse_args, reference_notes
 from distillation_llm.checks import check_startup
 from distillation_llm.data import InstructionCollator, LMCollator, load_processed
 from distillation_llm.generation import GenerationSettings
@@ -295,7 +295,7 @@ def train(run: Run, engine, objective: Objective, data: TrainingData, source, lm
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    run = Run.start(args, record=args_record(args))
+    run = Run.start(args, record=args_record(args), defaults=parser_defaults(build_parser()))
     device, log = run.device, run.log
 
     ds_config = E.load_deepspeed_config(

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from abkd.classification import DISTILL_LOSSES, build_distill_loss
-from abkd.run import Run
+from abkd.run import Run, parser_defaults
 from standard_classification.data import load_cifar100
 from standard_classification.models import build_model, model_dict
 from standard_classification.train import add_training_args, resolve_training_args, train
@@ -134,7 +134,7 @@ def load_teacher(path: str | Path, name: str, num_classes: int) -> torch.nn.Modu
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    run = Run.start(args)
+    run = Run.start(args, defaults=parser_defaults(build_parser()))
     train_set, test_set = load_cifar100(args.data_folder, "train"), load_cifar100(args.data_folder, "test")
     teacher = load_teacher(args.teacher_ckpt, args.teacher_model, len(train_set.classes))
     student = build_model(args.model, num_classes=len(train_set.classes))

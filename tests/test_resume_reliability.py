@@ -384,6 +384,19 @@ def test_lifecycle_resume_checks_arguments(tmp_path):
     assert "--resume-with-changes: --epochs 2 -> 3" in (save / "log.txt").read_text()
 
 
+def test_flags_newer_than_the_run_count_as_unchanged_at_their_default():
+    """A run whose args.json predates a flag resumes while the flag keeps its default; a
+    non-default value of that flag is a change like any other."""
+    from abkd.run import resume_changes
+
+    old = {"seed": 3, "lr": 0.1}
+    assert resume_changes(old, {"seed": 3, "lr": 0.1, "new_flag": 6}, False, defaults={"new_flag": 6}) == {}
+    with pytest.raises(ResumeMismatch, match="--new-flag: None in the run, 0 now"):
+        resume_changes(old, {"seed": 3, "lr": 0.1, "new_flag": 0}, False, defaults={"new_flag": 6})
+    with pytest.raises(ResumeMismatch, match="--new-flag"):  # without the parser's defaults: a change
+        resume_changes(old, {"seed": 3, "lr": 0.1, "new_flag": 6}, False)
+
+
 # ---------------------------------------------------------------------------------------------
 # One writer per --save.
 # ---------------------------------------------------------------------------------------------
