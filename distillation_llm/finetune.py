@@ -118,23 +118,24 @@ def save_model(engine, tokenizer, directory: Path) -> None:
 @torch.no_grad()
 @E.preserved_rng()
 def validate(engine, objective: Objective, valid_set, collate, tokenizer, args, device) -> dict[str, float]:
-    """Token-mean validation CE (and divergence) of the student over the whole dev split; the
-    student is back in train mode afterwards, and the training random streams are untouched
-    (generation reseeds torch), so validating does not change the training trajectory."""
+    """Validation CE (and divergence) of the student over the whole dev split, as DistiLLM's
+    `evaluate` computes it: the mean over batches of each batch's token mean (so a short batch
+    weighs as much as a full one). The student is back in train mode afterwards, and the training
+    random streams are untouched (generation reseeds torch), so validating does not change the
+    training trajectory."""
     engine.module.eval()
-    totals = torch.zeros(3, dtype=torch.float64, device=device)  # ce sum, kd sum, tokens
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # sum of batch means (ce, kd), batches
     for index in batches(shard_indices(len(valid_set), E.world_size(), E.rank()), args.eval_batch_size):
         batch = to_device(collate([valid_set[i] for i in index]), device)
         out = objective(batch)
-        tokens = (batch["labels"] != -100).sum()
-        totals += torch.stack([out.ce.double() * tokens, out.kd.double() * tokens, tokens.double()])
+        totals += torch.stack([out.ce.double(), out.kd.double(), totals.new_ones(())])
     if torch.distributed.is_initialized():
         torch.distributed.all_reduce(totals)
     engine.module.train()
-    tokens = max(totals[2].item(), 1.0)
-    metrics = {"valid_loss": totals[0].item() / tokens}
+    count = max(totals[2].item(), 1.0)
+    metrics = {"valid_loss": totals[0].item() / count}
     if objective.divergence is not None:
-        metrics["valid_kd"] = totals[1].item() / tokens
+        metrics["valid_kd"] = totals[1].item() / count
     if args.eval_gen:
         metrics.update(generation_metrics(engine.module, tokenizer, valid_set, args, device))
     return metrics

@@ -176,7 +176,7 @@ pocl_args() {
     esac
     run_module distillation_llm.rank_difficulty rank --model-path "${CKPT}" --data-dir "${DATA_DIR}" --ranking "${RANKING}" \
         --rrf-k "${RRF_K}" --max-prompt-length "${MAX_PROMPT_LENGTH}" --max-length "${MAX_LENGTH}" \
-        --batch-size "${EVAL_BATCH_SIZE}" --seed "${SEED}" --do-sample --temperature 0.01 --top-k 0 --top-p 1.0 --max-new-tokens 256
+        --batch-size "${EVAL_BATCH_SIZE}" --seed "${SEED}" --do-sample --temperature 0.01 --top-k 0 --top-p 1.0 --max-new-tokens 256 --no-repeat-ngram-size 6
     args+=(--curriculum pocl --ranking "${RANKING}" --num-stages "${NUM_STAGES}" --stage-epochs "${STAGE_EPOCHS}"
            --kd-temperature-start "${KD_TEMPERATURE_START}" --kd-temperature-end "${KD_TEMPERATURE_END}"
            --kd-ratio-start "${KD_RATIO_START}" --kd-ratio-end "${KD_RATIO_END}")

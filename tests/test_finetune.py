@@ -228,3 +228,28 @@ def test_eval_gen_scores_rouge_and_selects_by_it(tmp_path, processed_dir, tiny_g
     rouges = {int(line.split("valid step ")[1].split()[0]): float(line.split("rougeL ")[1].split()[0]) for line in valid_lines}
     assert best["rougeL"] == pytest.approx(max(rouges.values()), abs=1e-3)
     assert "new best rougeL" in (save / "log.txt").read_text()
+
+
+def test_validation_loss_is_the_mean_of_batch_means_as_distillm():
+    """DistiLLM's `evaluate` averages each batch's token mean over batches: batches [1, 2] and
+    [6] give (1.5 + 6) / 2 = 3.75, not the token mean 3."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from distillation_llm import finetune
+
+    class Module(torch.nn.Module):
+        pass
+
+    def objective(batch):
+        return SimpleNamespace(ce=batch["values"].mean(), kd=batch["values"].mean() * 0)
+
+    objective.divergence = None
+    engine = SimpleNamespace(module=Module())
+    metrics = finetune.validate(
+        engine, objective, [1.0, 2.0, 6.0], lambda rows: {"values": torch.tensor(rows)}, None,
+        SimpleNamespace(eval_batch_size=2, eval_gen=False), torch.device("cpu"),
+    )
+    assert metrics == {"valid_loss": 3.75}
+    assert engine.module.training

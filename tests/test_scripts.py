@@ -589,9 +589,11 @@ def test_pocl_launcher_ranks_then_trains_the_curriculum(script, divergence, tmp_
     assert (args.ab_alpha is not None) == (divergence == "ab")
     assert (args.lr, args.batch_size, args.stage_epochs, args.lr_min) == (1e-4, 16, 8, 1e-7), "POCL's t0-t3 scripts"
     assert args.jsd_lam == (0.9 if divergence == "jsd" else 0.1), "POCL's JSD mixes 0.9 of the student"
-    # POCL ranks with the pretrained student (not the SFT init), sampling at temperature 0.01, 256 new tokens.
+    # POCL ranks with the pretrained student (not the SFT init), sampling at temperature 0.01, 256 new tokens,
+    # with its generation default of no repeated 6-gram (POCL arguments.py --no-repeat-ngram-size 6).
     assert Path(rank_args.model_path).parent.name == "checkpoints"
     assert (rank_args.do_sample, rank_args.temperature, rank_args.top_k, rank_args.top_p, rank_args.max_new_tokens) == (True, 0.01, 0, 1.0, 256)
+    assert rank_args.no_repeat_ngram_size == 6
 
 
 def test_only_pocl_launchers_take_a_type(tmp_path):
