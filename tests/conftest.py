@@ -22,6 +22,20 @@ _WORDS = (
 ).split()
 
 
+def multiprocess_env(processes: int, **extra: str) -> dict[str, str]:
+    """Environment for a `torchrun --nproc_per_node <processes>` test: gloo on CPU unless this
+    machine has a GPU for every process (on a one-GPU machine rank 1 would be handed `cuda:1`),
+    one intra-op thread per process, and none of the distributed variables of in-process runs."""
+    import torch
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **extra}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    if torch.cuda.device_count() < processes:
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
+
+
 def tiny_corpus(n: int = 300, seed: int = 0) -> list[str]:
     """Text in the shape of instruction data, for training the test tokenizer."""
     from distillation_llm.instructions import PROMPT_NO_INPUT, PROMPT_WITH_INPUT

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import multiprocess_env
 
 from abkd.classification import DISTILL_LOSSES, LogitDistillation, build_distill_loss, fp32_deepspeed_config, standardize
 from abkd.losses import divergence
@@ -399,7 +400,7 @@ def test_two_processes_under_torchrun(cifar_dir, teacher_path, tmp_path):
     command = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2", "-m", "standard_classification.train_student",
                "--teacher-ckpt", str(teacher_path), "--model", "resnet8", "--distill", "dkd", "--data-folder", str(cifar_dir),
                "--epochs", "1", "--save", str(save), *FAST, "--batch-size", "6"]
-    result = subprocess.run(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(command, cwd=REPO, env=multiprocess_env(2), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     log = (save / "log.txt").read_text()
     assert "world size 2" in log and "5 steps per epoch of 12" in log  # 60 images, 6 per rank per step

@@ -1,14 +1,14 @@
 """End-to-end runs of distillation_llm.finetune on tiny models through the real DeepSpeed engine."""
 
 import json
-import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_instruction_jsonl
+from conftest import multiprocess_env, write_instruction_jsonl
 from safetensors.torch import load_file
 
 from distillation_llm import finetune
@@ -128,11 +128,12 @@ def test_checkpoint_killed_mid_save_is_never_taken_as_complete(tmp_path, process
 def test_two_processes_equal_one_process_with_double_accumulation(tmp_path, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir):
     common = _argv(tmp_path / "x", processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, "--type", "rkl", "--total-iters", 3, "--batch-size", 2)
     common = common[: common.index("--save")] + common[common.index("--save") + 2 :]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):  # set by the in-process runs
-        env.pop(key, None)
+    env = multiprocess_env(2, PYTHONUNBUFFERED="1")
+    with socket.socket() as sock:  # a free port, not a fixed one another job may hold
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     two = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
          "-m", "distillation_llm.finetune", *common, "--save", str(tmp_path / "two"), "--gradient-accumulation-steps", "1"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )

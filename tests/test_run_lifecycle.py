@@ -4,7 +4,6 @@ classification command lines (every reference spelling parses to what the canoni
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import multiprocess_env
 from torch import nn
 
 from abkd import engine as E
@@ -152,7 +152,7 @@ def test_batch_norm_statistics_are_averaged_over_two_processes(tmp_path):
         torch.distributed.destroy_process_group()
     """))
     command = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2", str(script)]
-    result = subprocess.run(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(command, cwd=REPO, env=multiprocess_env(2), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     for rank in range(2):
         buffers = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
