@@ -413,7 +413,7 @@ def test_peft_adapter_is_merged(tmp_path, tiny_gpt2_dir, tiny_tokenizer):
     write_instruction_jsonl(data / "dolly" / "valid.jsonl", 3)
     E.main([
         "--model-path", str(tiny_gpt2_dir), "--peft-path", str(adapter), "--data-dir", str(data), "--eval-sets", "dolly",
-        "--seeds", "1", "--no-do-sample", "--max-new-tokens", "5", "--save", str(tmp_path / "out"), "--no-progress",
+        "--dtype", "float32", "--seeds", "1", "--no-do-sample", "--max-new-tokens", "5", "--save", str(tmp_path / "out"), "--no-progress",
     ])
     answers = _answers(tmp_path / "out" / "adapter" / "dolly" / "seed1" / "answers.jsonl")
     merged = lora.merge_and_unload()
