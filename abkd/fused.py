@@ -142,6 +142,26 @@ def _use_compile(compile: bool | None, chunk_elements: int, device_type: str) ->
     return chunk_elements >= COMPILE_MIN_ELEMENTS and _compiler_works(device_type)
 
 
+@functools.cache
+def _fp32_output_matmul(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether `torch.addmm(acc, a, b, out_dtype=float32, out=acc)` works for `dtype` operands on
+    `device` (a CUDA kernel: cuBLAS multiplies bf16/fp16 on tensor cores and accumulates in fp32).
+    Checked once per device against float32 maths; where it is missing (CPU, older torch) the head
+    gradient is accumulated by an fp32 matmul instead, which is exact but slow on GPUs."""
+    if device.type != "cuda":
+        return False
+    try:
+        generator = torch.Generator(device=device).manual_seed(0)
+        left = torch.randn(64, 96, device=device, dtype=dtype, generator=generator)
+        right = torch.randn(96, 48, device=device, dtype=dtype, generator=generator)
+        accumulator = torch.ones(64, 48, device=device)
+        torch.addmm(accumulator, left, right, out_dtype=torch.float32, out=accumulator)
+        return bool(torch.allclose(accumulator, 1.0 + left.float() @ right.float(), rtol=1e-3, atol=1e-3))
+    except (RuntimeError, TypeError, NotImplementedError) as error:
+        logger.warning("no fp32-output %s matmul on %s (%s): the fused loss accumulates the head gradient in fp32 matmuls", dtype, device, error)
+        return False
+
+
 def _take_rows(selection: slice | Tensor, tensor: Tensor) -> Tensor:
     return tensor[selection] if isinstance(selection, slice) else tensor.index_select(0, selection)
 
@@ -226,14 +246,20 @@ class _FusedLinearLoss(torch.autograd.Function):
             kd_total += (kd_values * chunk_kd_mask).sum()
             if labels is not None:
                 ce_total += (ce_values * chunk_ce_mask).sum()
+            # The gradient matmuls run in the head's precision (tensor cores for bf16/fp16).
+            low_precision_grad = grad_logits.to(student_weight.dtype) if student_weight.dtype != compute_dtype else grad_logits
             if grad_hidden is not None:
-                grad_rows = grad_logits.to(student_weight.dtype) @ student_weight
+                grad_rows = low_precision_grad @ student_weight
                 if contiguous:
                     grad_hidden[selection] = grad_rows
                 else:
                     grad_hidden.index_copy_(0, selection, grad_rows)
             if grad_weight is not None:
-                grad_weight.addmm_(grad_logits.T, hidden.to(compute_dtype))
+                if student_weight.dtype != compute_dtype and _fp32_output_matmul(student_weight.device, student_weight.dtype):
+                    # bf16/fp16 x bf16/fp16 on tensor cores, added into the fp32 accumulator by cuBLAS.
+                    torch.addmm(grad_weight, low_precision_grad.T, hidden, out_dtype=compute_dtype, out=grad_weight)
+                else:
+                    grad_weight.addmm_(grad_logits.T, hidden.to(compute_dtype))
             if grad_bias is not None:
                 grad_bias += grad_logits.sum(0)
         del buffer
