@@ -296,8 +296,6 @@ def test_without_labels_the_output_is_the_divergence_alone():
 def test_bfloat16_on_cuda_accumulates_the_head_gradient_in_float32():
     """On CUDA the bf16 head gradient is multiplied on tensor cores and accumulated in fp32
     (`_fp32_output_matmul`); same documented tolerance as on CPU against float64 maths."""
-    from abkd.fused import _fp32_output_matmul
-
     device = torch.device("cuda")
     hidden, weight, _, teacher_hidden, teacher_weight, _ = (t.detach() if t.is_floating_point() else t for t in _inputs(seed=2))
     hidden = hidden.bfloat16().to(device).requires_grad_()
@@ -308,7 +306,6 @@ def test_bfloat16_on_cuda_accumulates_the_head_gradient_in_float32():
     expected = masked_mean(divergence("ab", reference_hidden @ reference_weight.T, teacher_logits.double(), alpha=0.2, beta=0.7))
     expected_grads = _grads(expected, (reference_hidden, reference_weight))
     fused = fused_linear_divergence("ab", hidden, weight, teacher_logits=teacher_logits, chunk_size=16, alpha=0.2, beta=0.7).loss
-    assert _fp32_output_matmul(device, torch.bfloat16) in (True, False)  # probed without raising
     torch.testing.assert_close(fused.double(), expected, rtol=2e-2, atol=1e-4)
     for got, want in zip(_grads(fused, (hidden, weight)), expected_grads):
         assert got.dtype == torch.bfloat16
