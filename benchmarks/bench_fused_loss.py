@@ -9,6 +9,7 @@ repetitions, which is robust to other jobs sharing the cores.
 
     python benchmarks/bench_fused_loss.py                       # the full table (about 15 min on 2 cores)
     python benchmarks/bench_fused_loss.py --tokens 1024 --reps 2
+    python benchmarks/bench_fused_loss.py --device cuda --json fused.json   # the three H200 shapes, bf16
 
 Rows: the naive path (`divergence` then `masked_mean` on full logits, autograd backward); the
 fused path at several chunk sizes (compiled) and once eager; the bare matmul floor (student
@@ -113,6 +114,99 @@ def worker(impl: str, tokens: int, chunk_size: int, reps: int) -> dict:
     }
 
 
+# The shapes measured on an H200 (shared/gpu/README.md): N x H x V of GPT-2, Llama-3 8B, Qwen2.5 1.5B.
+CUDA_PRESETS = {"gpt2": (8192, 768, 50257), "llama3": (8192, 4096, 128256), "qwen2.5": (16384, 2048, 151936)}
+
+
+def cuda_rows(preset: str, impls: list[str], reps: int) -> list[dict]:
+    """Each implementation in this process on CUDA, bf16 hidden states and heads, teacher as
+    hidden states + head: median of `reps` forward+backward timed with CUDA events after one
+    warm-up (compilation), peak = torch.cuda.max_memory_allocated above the inputs."""
+    import torch
+
+    from abkd.fused import fused_linear_divergence
+    from abkd.losses import divergence, masked_mean
+
+    tokens, hidden_size, vocab = CUDA_PRESETS[preset]
+    device, dtype = torch.device("cuda"), torch.bfloat16
+    generator = torch.Generator(device=device).manual_seed(0)
+
+    def randn(*shape, scale):
+        return (torch.randn(*shape, device=device, generator=generator) * scale).to(dtype)
+
+    student_hidden = randn(tokens, hidden_size, scale=0.5).requires_grad_()
+    student_weight = randn(vocab, hidden_size, scale=0.05).requires_grad_()
+    teacher_hidden, teacher_weight = randn(tokens, hidden_size, scale=0.5), randn(vocab, hidden_size, scale=0.05)
+    labels = torch.randint(0, vocab, (tokens,), device=device, generator=generator)
+
+    def naive():
+        teacher_logits = teacher_hidden @ teacher_weight.T
+        masked_mean(divergence("ab", student_hidden @ student_weight.T, teacher_logits, alpha=ALPHA, beta=BETA)).backward()
+
+    def fused():
+        fused_linear_divergence("ab", student_hidden, student_weight, teacher_hidden=teacher_hidden, teacher_weight=teacher_weight,
+                                alpha=ALPHA, beta=BETA).loss.backward()
+
+    def floor():  # the four bf16 matmuls: student and teacher logits, grad of hidden, grad of head
+        with torch.no_grad():
+            logits = student_hidden @ student_weight.T
+            _ = teacher_hidden @ teacher_weight.T
+            _ = logits @ student_weight
+            _ = logits.T @ student_hidden
+
+    steps = {"naive": naive, "fused": fused, "matmul-floor": floor}
+    if "liger-jsd" in impls and _liger_available():
+        from liger_kernel.chunked_loss import LigerFusedLinearJSDLoss
+
+        liger = LigerFusedLinearJSDLoss(weight_hard_loss=0.0, weight_soft_loss=1.0, beta=0.5, compiled=True)
+        steps["liger-jsd"] = lambda: liger(student_hidden, student_weight, teacher_hidden, teacher_weight, labels).backward()
+    rows = []
+    for impl in impls:
+        if impl not in steps:
+            continue
+        try:
+            student_hidden.grad = student_weight.grad = None
+            steps[impl]()  # warm-up, compilation
+            torch.cuda.synchronize()
+            student_hidden.grad = student_weight.grad = None
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            times = []
+            for _ in range(reps):
+                student_hidden.grad = student_weight.grad = None
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                steps[impl]()
+                end.record()
+                torch.cuda.synchronize()
+                times.append(start.elapsed_time(end))
+            rows.append({"preset": preset, "impl": impl, "ms": statistics.median(times), "peak_gib": (torch.cuda.max_memory_allocated() - base) / 2**30})
+        except Exception as error:  # e.g. out of memory for the naive path: report, go on
+            rows.append({"preset": preset, "impl": impl, "error": f"{type(error).__name__}: {str(error)[:80]}"})
+            torch.cuda.empty_cache()
+    return rows
+
+
+def cuda_main(presets: list[str], impls: list[str], reps: int, json_path: str | None) -> None:
+    import torch
+
+    rows = [row for preset in presets for row in cuda_rows(preset, impls, reps)]
+    print(f"\n{torch.cuda.get_device_name()}, bf16, ab(alpha={ALPHA}, beta={BETA}), forward+backward, median of {reps}")
+    print("| N x H x V | implementation | ms | peak GiB | vs floor |")
+    print("|---|---|---:|---:|---:|")
+    floors = {row["preset"]: row["ms"] for row in rows if row["impl"] == "matmul-floor" and "ms" in row}
+    for row in rows:
+        shape = " x ".join(map(str, CUDA_PRESETS[row["preset"]]))
+        if "error" in row:
+            print(f"| {shape} | {row['impl']} | {row['error']} | | |")
+            continue
+        ratio = f"{row['ms'] / floors[row['preset']]:.2f}x" if row["preset"] in floors else "-"
+        print(f"| {shape} | {row['impl']} | {row['ms']:.1f} | {row['peak_gib']:.2f} | {ratio} |")
+    if json_path:
+        with open(json_path, "w") as handle:
+            json.dump(rows, handle, indent=2)
+
+
 def _run_worker(impl: str, tokens: int, chunk: int, reps: int) -> dict | str:
     command = [sys.executable, __file__, "--worker", impl, "--tokens", str(tokens), "--chunk-sizes", str(chunk), "--reps", str(reps)]
     proc = subprocess.run(command, capture_output=True, text=True)
@@ -134,11 +228,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokens", default="1024,2048,4096,8192", help="comma-separated token counts N")
     parser.add_argument("--chunk-sizes", default="256,512,1024", help="comma-separated fused chunk sizes")
-    parser.add_argument("--reps", type=int, default=3, help="timed repetitions per row (the best is reported)")
+    parser.add_argument("--reps", type=int, default=None, help="timed repetitions per row (CPU: 3, the best is reported; CUDA: 5, the median)")
     parser.add_argument("--max-naive-gib", type=float, default=18.0, help="skip naive runs projected above this memory")
     parser.add_argument("--rows", default="naive,matmul-floor,fused,fused-eager,liger-jsd", help="comma-separated implementations to run")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cpu: the table above, each row in a fresh process; cuda: the --presets")
+    parser.add_argument("--presets", default=",".join(CUDA_PRESETS), help=f"with --device cuda: comma-separated subset of {', '.join(CUDA_PRESETS)}")
+    parser.add_argument("--json", help="with --device cuda: also write the rows to this JSON file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.device == "cuda":
+        cuda_main(args.presets.split(","), args.rows.split(","), args.reps or 5, args.json)
+        return
+    args.reps = args.reps or 3
     token_counts = [int(n) for n in args.tokens.split(",")]
     chunks = [int(c) for c in args.chunk_sizes.split(",")]
 
