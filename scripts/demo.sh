@@ -27,7 +27,7 @@ while [[ $# -gt 0 ]]; do
         --quick) QUICK=1; shift ;;
         --all) ALL=1; shift ;;
         --out) OUT="$(mkdir -p "$2" && cd "$2" && pwd)"; shift 2 ;;
-        -h|--help) sed -n '2,19p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        -h|--help) sed -n '2,18p' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) echo "scripts/demo.sh: unknown argument '$1' (valid: --quick, --all, --out DIR)" >&2; exit 2 ;;
     esac
 done
