@@ -53,9 +53,13 @@ from distillation_llm.sources import AdaptiveThreshold, DatasetSource, StudentGe
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: no weight decay on biases and normalisation weights (1-D parameters)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    """AdamW groups: no weight decay on biases and normalisation weights (1-D parameters). A
+    ZeRO-3-partitioned parameter (a POCL stage's new engine) keeps its full shape in `ds_shape`."""
+    def ndim(p: torch.nn.Parameter) -> int:
+        return len(getattr(p, "ds_shape", p.shape))
+
+    decay = [p for p in model.parameters() if p.requires_grad and ndim(p) >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and ndim(p) < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return [group for group in groups if group["params"]]  # LoRA has no 1-D trainable parameters
 

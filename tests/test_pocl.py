@@ -198,3 +198,37 @@ def test_each_stage_is_its_own_run_from_the_previous_selection(tmp_path, monkeyp
     full_weights, resumed = load_file(full / "36" / "model.safetensors"), load_file(interrupted / "36" / "model.safetensors")
     for name in full_weights:
         torch.testing.assert_close(resumed[name], full_weights[name], rtol=1e-6, atol=1e-7)
+
+
+def test_stage_engines_under_zero3(tmp_path, monkeypatch, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, ranking):
+    """ZeRO-3 partitions the student: the next stage's engine is built on the partitioned model
+    (same AdamW groups, the selected weights gathered in), and --resume at the boundary is exact."""
+    from pathlib import Path
+
+    import deepspeed
+
+    monkeypatch.setattr(finetune, "validate", lambda engine, *args, **kwargs: {"valid_loss": 1.0 + engine.global_steps, "valid_kd": 0.0})
+    starts = []
+    real_initialize = finetune.E.initialize
+
+    def recording_initialize(model, *args, **kwargs):
+        with deepspeed.zero.GatheredParameters(list(model.parameters())) if hasattr(next(model.parameters()), "ds_id") else torch.no_grad():
+            starts.append({name: value.detach().clone() for name, value in model.state_dict().items()})
+        return real_initialize(model, *args, **kwargs)
+
+    monkeypatch.setattr(finetune.E, "initialize", recording_initialize)
+    config = Path(finetune.__file__).resolve().parents[1] / "configs" / "deepspeed" / "ds_config_zero3.json"
+    extra = ["--do-valid", "--eval-interval", 2, "--num-stages", 2, "--deepspeed_config", config]  # stages of 9 and 18 steps
+    full = tmp_path / "full"
+    finetune.main(_argv(full, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, ranking, *extra))
+    assert len(starts) == 2
+    selected, final = load_file(full / "2" / "model.safetensors"), load_file(full / "27" / "model.safetensors")
+    for name in selected:
+        torch.testing.assert_close(starts[1][name], selected[name], rtol=0, atol=0)
+    assert any(not torch.equal(final[name], selected[name]) for name in selected)
+    interrupted = tmp_path / "interrupted"
+    finetune.main(_argv(interrupted, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, ranking, *extra, "--stop-after-iters", 9))
+    finetune.main(_argv(interrupted, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, ranking, *extra, "--resume"))
+    resumed = load_file(interrupted / "27" / "model.safetensors")
+    for name in final:
+        torch.testing.assert_close(resumed[name], final[name], rtol=1e-6, atol=1e-7)
