@@ -14,6 +14,10 @@ Baby Step: stage s = 0..S-1 trains on the easiest ceil((s + 1) / S * N) examples
 temperature and kd-ratio rising linearly from their start to their end values over the stages.
 A stage ends after a fixed number of epochs, or earlier when the validation loss has not improved
 for `patience` evaluations.
+
+As POCL's one-launcher-per-stage scripts do, the trainer (distillation_llm/finetune.py) runs each
+stage as its own run: a fresh optimizer and a learning-rate schedule over the stage's own epochs
+(`stage_epochs` times its size), starting from the previous stage's selected checkpoint.
 """
 
 from __future__ import annotations

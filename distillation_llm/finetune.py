@@ -5,16 +5,28 @@
 
 Runs as one process (`python`), under `torchrun`, or under the `deepspeed` launcher. See
 `distillation_llm/arguments.py` for every flag. Outputs in `--save`: args.json, log.txt,
-<step>/ (Hugging Face model + tokenizer), best/ (by validation loss), checkpoints/ (resumable).
+<step>/ (Hugging Face model + tokenizer), best/ (the best validated model of the whole run, by the
+selection metric: dev ROUGE-L with --eval-gen, else validation loss), checkpoints/ (resumable).
+
+POCL (--curriculum pocl) runs its Baby Step stages as POCL's per-stage launchers do, in one
+resumable command: each stage trains with a fresh AdamW and a learning-rate schedule (warm-up,
+then --lr-decay-style down to --lr-min) over the stage's own --stage-epochs, starting from the
+previous stage's selected model: its best within that stage by the selection metric (with
+--do-valid), else its last step. Each stage's selection is copied to best_stage<k>/ (k = 1..S);
+best_stage<S>/ is what POCL's last launcher selects, and best/ stays the best over all stages.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
+import gc
 import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,22 +40,26 @@ from abkd.pocl import BabyStepScheduler
 from abkd.run import Run, parser_defaults
 from abkd.runlog import RunLog
 from abkd.sampling import GlobalBatchSampler, batches, shard_indices
-from abkd.schedules import build_scheduler
+from abkd.schedules import build_scheduler, lr_multiplier
 from distillation_llm.arguments import args_record, build_parser, parse_args, reference_notes
 from distillation_llm.checks import check_startup
 from distillation_llm.data import InstructionCollator, LMCollator, load_processed
 from distillation_llm.generation import GenerationSettings
 from distillation_llm.methods import lookup
-from distillation_llm.models import add_lora, check_shared_vocabulary, enable_gradient_checkpointing, load_causal_lm, load_lora, load_tokenizer, merge_lora
+from distillation_llm.models import ADAPTER_WEIGHTS, add_lora, check_shared_vocabulary, enable_gradient_checkpointing, load_causal_lm, load_lora, load_tokenizer, merge_lora
 from distillation_llm.objective import Objective
 from distillation_llm.rank_difficulty import load_ranking
 from distillation_llm.sources import AdaptiveThreshold, DatasetSource, StudentGeneratedSource, fresh_share
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: no weight decay on biases and normalisation weights (1-D parameters)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    """AdamW groups: no weight decay on biases and normalisation weights (1-D parameters). A
+    ZeRO-3-partitioned parameter (a POCL stage's new engine) keeps its full shape in `ds_shape`."""
+    def ndim(p: torch.nn.Parameter) -> int:
+        return len(getattr(p, "ds_shape", p.shape))
+
+    decay = [p for p in model.parameters() if p.requires_grad and ndim(p) >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and ndim(p) < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return [group for group in groups if group["params"]]  # LoRA has no 1-D trainable parameters
 
@@ -90,11 +106,73 @@ class TrainingData:
     def total_steps(self) -> int:
         if self.curriculum is None:
             return self.args.total_iters or self.args.epochs * self.sampler.steps_per_epoch
-        planned = sum(
-            self.curriculum.stage_epochs * self._sampler(self.curriculum.size(stage)).steps_per_epoch
-            for stage in range(self.curriculum.num_stages)
-        )
+        planned = sum(self.stage_steps(stage) for stage in range(self.curriculum.num_stages))
         return min(planned, self.args.total_iters) if self.args.total_iters else planned
+
+    def stage_steps(self, stage: int) -> int:
+        """Optimizer steps of POCL stage `stage` run for all its --stage-epochs (its schedule's length)."""
+        return self.curriculum.stage_epochs * self._sampler(self.curriculum.size(stage)).steps_per_epoch
+
+
+class Engines:
+    """The DeepSpeed engine of the student: one for the run, or with POCL one per stage. A stage
+    starts a fresh AdamW and learning-rate schedule, as POCL's one-launcher-per-stage runs do;
+    with ZeRO the optimizer holds the fp32 master weights, so the stage's engine is built anew on
+    the student (after its selected weights are loaded) and the previous one is released."""
+
+    def __init__(self, student: torch.nn.Module, args, ds_config: dict):
+        self.student, self.args, self.ds_config = student, args, ds_config
+        self.engine = None
+
+    def schedule(self, total: int) -> Callable[[int], float]:
+        args = self.args
+        return functools.partial(lr_multiplier, warmup=args.warmup_iters, total=total, style=args.lr_decay_style, min_ratio=args.lr_min / args.lr)
+
+    def build(self, schedule_steps: int):
+        """A new engine: fresh AdamW, the learning-rate schedule over `schedule_steps` steps."""
+        if self.engine is not None:
+            if callable(getattr(self.engine, "destroy", None)):
+                self.engine.destroy()
+            self.engine = None
+            gc.collect()
+        args = self.args
+        optimizer = torch.optim.AdamW(param_groups(self.student, args.weight_decay), lr=args.lr)
+        scheduler = build_scheduler(optimizer, warmup=args.warmup_iters, total=schedule_steps, style=args.lr_decay_style, min_ratio=args.lr_min / args.lr)
+        self.engine = E.initialize(self.student, optimizer, scheduler, self.ds_config)
+        return self.engine
+
+    def set_schedule_steps(self, schedule_steps: int) -> None:
+        """Re-target the schedule of a resumed engine (whose step count the checkpoint restored) to
+        the length of the stage it resumes in."""
+        scheduler = self.engine.lr_scheduler
+        scheduler.lr_lambdas = [self.schedule(schedule_steps) for _ in scheduler.lr_lambdas]
+
+
+def load_saved_weights(module: torch.nn.Module, directory: Path) -> None:
+    """Load the model `save_model` wrote to `directory` into `module` (the full model, or the LoRA
+    adapters of a PEFT student), on every rank."""
+    from safetensors.torch import load_file
+
+    context = contextlib.nullcontext()
+    if hasattr(next(module.parameters()), "ds_id"):  # ZeRO-3: every rank loads the same file
+        import deepspeed
+
+        context = deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=0)
+    with context, torch.no_grad():
+        if (directory / ADAPTER_WEIGHTS[0]).is_file():
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(module, load_file(directory / ADAPTER_WEIGHTS[0]))
+            return
+        if (directory / "model.safetensors.index.json").is_file():
+            from transformers.modeling_utils import load_sharded_checkpoint
+
+            load_sharded_checkpoint(module, directory, strict=False)
+            return
+        missing, unexpected = module.load_state_dict(load_file(directory / "model.safetensors"), strict=False)
+        tied = {name for name, _ in module.named_parameters(remove_duplicate=False)} - {name for name, _ in module.named_parameters()}
+        if unexpected or set(missing) - tied:
+            raise ValueError(f"{directory} does not hold this student's weights (missing {sorted(set(missing) - tied)[:5]}, unexpected {unexpected[:5]})")
 
 
 def save_model(engine, tokenizer, directory: Path) -> None:
@@ -169,20 +247,45 @@ def selection(metrics: dict[str, float], args) -> tuple[str, float]:
     return "valid_loss", metrics["valid_loss"]
 
 
+def copy_model(save_dir: Path, step: int, name: str, record: dict) -> None:
+    """Copy the model saved at `step` to `<save>/<name>/` (atomically), with `record` as <name>.json."""
+    if E.is_main_process():
+        staging = save_dir / f".{name}.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(save_dir / str(step), staging)
+        (staging / f"{name}.json").write_text(json.dumps({"step": step, **record}, indent=2))
+        shutil.rmtree(save_dir / name, ignore_errors=True)
+        os.replace(staging, save_dir / name)
+    E.barrier()
+
+
 def record_best(save_dir: Path, step: int, metrics: dict, state: dict, args, log: RunLog) -> None:
-    """Copy the model saved at `step` to best/ if it is the best so far by the selection metric."""
+    """Copy the model saved at `step` to best/ if it is the best so far by the selection metric;
+    with POCL also remember the best of the current stage (`stage_best_*`)."""
     metric, value = selection(metrics, args)
+    if "stage_best_step" in state and (state["stage_best_metric"] is None or value < state["stage_best_metric"]):
+        state["stage_best_metric"], state["stage_best_step"], state["stage_best_record"] = value, step, {"metric": metric, **metrics}
     if state["best_metric"] is not None and value >= state["best_metric"]:
         return
     state["best_metric"], state["best_step"] = value, step
-    if E.is_main_process():
-        staging = save_dir / ".best.tmp"
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(save_dir / str(step), staging)
-        (staging / "best.json").write_text(json.dumps({"step": step, **metrics}, indent=2))
-        shutil.rmtree(save_dir / "best", ignore_errors=True)
-        os.replace(staging, save_dir / "best")
+    copy_model(save_dir, step, "best", metrics)
     log.info(f"new best {metric} {metrics[metric]:.4f} at step {step}: copied to {save_dir / 'best'}")
+
+
+def end_stage(save_dir: Path, stage: int, state: dict, log: RunLog) -> int:
+    """The finished POCL stage's selected step, as POCL selects a launcher's output: its best
+    validated model by the selection metric (copied to best_stage<stage+1>/), or without validation
+    its last step. Recorded in `state["stage_selected"]`; the stage-best tracking is reset."""
+    step, record = state["stage_best_step"], state["stage_best_record"]
+    if step is None:
+        step, record = state["step"], {"metric": None}
+        log.info(f"stage {stage + 1}: no validation, continuing from its last step {step}")
+    else:
+        copy_model(save_dir, step, f"best_stage{stage + 1}", record)
+        log.info(f"stage {stage + 1}: selected step {step} by {record['metric']} {record[record['metric']]:.4f}: copied to {save_dir / f'best_stage{stage + 1}'}")
+    state["stage_selected"].append({"stage": stage + 1, "step": step, **record})
+    state["stage_best_metric"], state["stage_best_step"], state["stage_best_record"] = None, None, None
+    return step
 
 
 def build_source(args, collate, student, tokenizer):
@@ -226,10 +329,15 @@ def load_student(args, device: torch.device) -> torch.nn.Module:
     return student.train()  # from_pretrained returns eval mode: dropout and checkpointing would be off
 
 
-def train(run: Run, engine, objective: Objective, data: TrainingData, source, lm_batches, valid_set, collate, tokenizer, total_steps: int) -> None:
+def train(run: Run, engines: Engines, objective: Objective, data: TrainingData, source, lm_batches, valid_set, collate, tokenizer, total_steps: int) -> None:
     """Optimizer steps from `run.state` to the stop point, with validation, the curriculum's stage
-    changes and model files and resumable checkpoints at --save-interval."""
+    changes (each stage from the previous one's selected model, with a new engine) and model files
+    and resumable checkpoints at --save-interval."""
     args, state, log, device, save_dir = run.args, run.state, run.log, run.device, run.save_dir
+    engine = engines.engine
+
+    def save_due(step: int, epoch_end: bool, stop_at: int) -> bool:
+        return (args.save_interval > 0 and step % args.save_interval == 0) or (args.save_interval == -1 and epoch_end) or step == stop_at
     curriculum = data.curriculum
     stop_at = run.stop_point(data.sampler.steps_per_epoch, total_steps)
     micro_batches = data.micro_batches(state)
@@ -277,13 +385,22 @@ def train(run: Run, engine, objective: Objective, data: TrainingData, source, lm
             if not epoch_end:  # converged mid-epoch: the new stage starts a fresh epoch
                 state["epoch"] += 1
                 state["step_in_epoch"] = 0
+            if save_due(step, epoch_end, stop_at) and not (save_dir / str(step)).is_dir():
+                save_model(engine, tokenizer, save_dir / str(step))  # the model as trained, before the next stage's
+            selected = end_stage(save_dir, curriculum.stage - 1, state, log)
             if curriculum.finished:
                 stop_at = step
                 log.info(f"curriculum finished after {curriculum.num_stages} stages at step {step}")
             else:
+                if selected != step:
+                    load_saved_weights(engine.module, save_dir / str(selected))
+                del engine
+                engine = engines.build(data.stage_steps(curriculum.stage))
                 apply_stage(curriculum, objective, data, log)
+                log.info(f"stage {curriculum.stage + 1} starts from step {selected}'s model with a fresh AdamW and a {args.lr_decay_style} "
+                         f"learning-rate schedule over its {data.stage_steps(curriculum.stage)} steps")
                 micro_batches = data.micro_batches(state)
-        if (args.save_interval > 0 and step % args.save_interval == 0) or (args.save_interval == -1 and epoch_end) or step == stop_at:
+        if save_due(step, epoch_end, stop_at):
             if not (save_dir / str(step)).is_dir():
                 save_model(engine, tokenizer, save_dir / str(step))
             state["curriculum"] = curriculum.state_dict() if curriculum is not None else None
@@ -359,33 +476,35 @@ def main(argv: list[str] | None = None) -> None:
         lm_batches = forever(DataLoader(lm_data["train"], batch_sampler=lm_sampler, collate_fn=LMCollator()), lm_sampler, lm_state)
 
     total_steps = data.total_steps()
-    optimizer = torch.optim.AdamW(param_groups(student, args.weight_decay), lr=args.lr)
-    scheduler = build_scheduler(optimizer, warmup=args.warmup_iters, total=total_steps, style=args.lr_decay_style, min_ratio=args.lr_min / args.lr)
-    engine = E.initialize(student, optimizer, scheduler, ds_config)
+    engines = Engines(student, args, ds_config)
+    engines.build(total_steps if curriculum is None else data.stage_steps(0))
     objective = Objective(
-        engine.module, teacher, method.divergence, method.params(args), args.kd_ratio, args.kd_temperature, vocab,
+        student, teacher, method.divergence, method.params(args), args.kd_ratio, args.kd_temperature, vocab,
         lm_coef=args.lm_coef, temperature_squared=method.temperature_squared, partitioned_parameters=zero_stage == 3, **({"chunk_size": args.chunk_size} if args.chunk_size else {}),
     )
 
-    source = build_source(args, collate, engine.module, tokenizer)
+    source = build_source(args, collate, student, tokenizer)
     run.state.update(best_metric=None, best_step=None, curriculum=None)
-    rank_state = run.resume(engine)
+    if curriculum is not None:
+        run.state.update(stage_best_metric=None, stage_best_step=None, stage_best_record=None, stage_selected=[])
+    rank_state = run.resume(engines.engine)
     if "source" in rank_state:
         source.load_state_dict(rank_state["source"])
     if curriculum is not None:
         if run.state["curriculum"] is not None:
             curriculum.load_state_dict(run.state["curriculum"])
+            engines.set_schedule_steps(data.stage_steps(min(curriculum.stage, curriculum.num_stages - 1)))
         apply_stage(curriculum, objective, data, log)
 
     if args.do_train and source.needs_initial_validation:  # DistiLLM's step-0 reference loss
-        metrics = validate(engine, objective, valid_set, collate, tokenizer, argparse.Namespace(**{**vars(args), "eval_gen": False}), device)
+        metrics = validate(engines.engine, objective, valid_set, collate, tokenizer, argparse.Namespace(**{**vars(args), "eval_gen": False}), device)
         log.metrics(0, metrics, prefix="valid")
         log.info(source.on_validation(metrics["valid_loss"]))
     if args.do_train:
         log.info(f"training {total_steps} steps ({data.sampler.steps_per_epoch} per epoch, global batch {data.sampler.global_batch})")
-        train(run, engine, objective, data, source, lm_batches, valid_set, collate, tokenizer, total_steps)
+        train(run, engines, objective, data, source, lm_batches, valid_set, collate, tokenizer, total_steps)
     elif args.do_valid:
-        log.metrics(run.state["step"], validate(engine, objective, valid_set, collate, tokenizer, args, device), prefix="valid")
+        log.metrics(run.state["step"], validate(engines.engine, objective, valid_set, collate, tokenizer, args, device), prefix="valid")
     run.close()
 
 

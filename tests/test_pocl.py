@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from distillation_llm import finetune
 from distillation_llm import rank_difficulty as curriculum_cli
@@ -119,3 +120,115 @@ def test_ranking_for_another_dataset_is_refused(tmp_path, processed_dir, tiny_gp
     other.with_suffix(".meta.json").write_text(json.dumps({**meta, "dataset_fingerprint": "something else"}))
     with pytest.raises(ValueError, match="was made for .* not for --data-dir"):
         finetune.main(_argv(tmp_path / "x", processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, other))
+
+
+def test_each_stage_is_its_own_run_from_the_previous_selection(tmp_path, monkeypatch, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, ranking):
+    """POCL's launchers t0..t3: each stage starts from the previous stage's selected checkpoint
+    (its best validation, here not its last step), with a fresh AdamW and a cosine schedule from
+    the peak lr to --lr-min over the stage's own steps; and --resume right after a stage boundary
+    continues exactly."""
+    from abkd.schedules import lr_multiplier
+
+    # Scripted validation: within a stage the loss grows with the engine's own step count, so each
+    # stage selects its first validation (steps 2, 8, 20), never its last step (6, 18, 36).
+    def scripted_validate(engine, *args, **kwargs):
+        return {"valid_loss": 1.0 + engine.global_steps, "valid_kd": 0.0}
+
+    monkeypatch.setattr(finetune, "validate", scripted_validate)
+    starts = []  # the student's weights each time an engine is built
+    real_initialize = finetune.E.initialize
+
+    def recording_initialize(model, *args, **kwargs):
+        starts.append({name: value.detach().clone() for name, value in model.state_dict().items()})
+        return real_initialize(model, *args, **kwargs)
+
+    monkeypatch.setattr(finetune.E, "initialize", recording_initialize)
+    steps = []  # (optimizer, lr of the step, AdamW's step count after it)
+
+    def record_step(optimizer, args, kwargs):
+        if isinstance(optimizer, torch.optim.AdamW):
+            first = optimizer.param_groups[0]["params"][0]
+            record = (optimizer, optimizer.param_groups[0]["lr"], int(optimizer.state[first]["step"]))
+            if not steps or steps[-1][0] is not optimizer or steps[-1][2] != record[2]:  # ZeRO steps one group at a time
+                steps.append(record)
+
+    hook = register_optimizer_step_post_hook(record_step)
+    lr, lr_min = 5e-3, 5e-4
+    extra = ["--do-valid", "--eval-interval", 2, "--lr-decay-style", "cosine", "--lr-min", lr_min, "--save-interval", -1]
+    try:
+        full = tmp_path / "full"
+        finetune.main(_argv(full, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, ranking, *extra))
+        full_steps, steps[:] = steps[:], []
+
+        # Fresh optimizer and schedule per stage: 6, 12, 18 steps, AdamW's count restarting at 1, the
+        # lr at each stage's first step the peak, then cosine towards --lr-min at the stage's end.
+        optimizers = list(dict.fromkeys(optimizer for optimizer, _, _ in full_steps))
+        assert len(optimizers) == 3
+        for optimizer, length in zip(optimizers, (6, 12, 18)):
+            stage = [(step_lr, count) for o, step_lr, count in full_steps if o is optimizer]
+            assert [count for _, count in stage] == list(range(1, length + 1))
+            expected = [lr * lr_multiplier(i, warmup=0, total=length, style="cosine", min_ratio=lr_min / lr) for i in range(length)]
+            assert [step_lr for step_lr, _ in stage] == pytest.approx(expected, rel=1e-6)
+            assert stage[0][0] == pytest.approx(lr)
+            assert lr * lr_multiplier(length, warmup=0, total=length, style="cosine", min_ratio=lr_min / lr) == pytest.approx(lr_min)
+
+        # Stage 2 starts from stage 1's selection (step 2), not its last step (6); stage 3 from step 8.
+        assert len(starts) == 3
+        for start, selected, last in zip(starts[1:], (2, 8), (6, 18)):
+            saved, final = load_file(full / str(selected) / "model.safetensors"), load_file(full / str(last) / "model.safetensors")
+            for name in saved:
+                torch.testing.assert_close(start[name], saved[name], rtol=0, atol=0)
+            assert any(not torch.equal(saved[name], final[name]) for name in saved)
+        for k, selected in enumerate((2, 8, 20), start=1):
+            assert json.loads((full / f"best_stage{k}" / f"best_stage{k}.json").read_text())["step"] == selected
+        assert json.loads((full / "best" / "best.json").read_text())["step"] == 2  # best/ is the best over all stages
+        assert "stage 2 starts from step 2's model with a fresh AdamW" in (full / "log.txt").read_text()
+
+        # Stopped exactly at the end of stage 1, then resumed: the same steps, lrs and weights.
+        starts.clear()
+        interrupted = tmp_path / "interrupted"
+        finetune.main(_argv(interrupted, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, ranking, *extra, "--stop-after-iters", 6))
+        steps.clear()
+        finetune.main(_argv(interrupted, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, ranking, *extra, "--resume"))
+        assert [(step_lr, count) for _, step_lr, count in steps] == [(step_lr, count) for _, step_lr, count in full_steps[6:]]
+    finally:
+        hook.remove()
+    for k in (1, 2, 3):
+        assert json.loads((interrupted / f"best_stage{k}" / f"best_stage{k}.json").read_text())["step"] == (2, 8, 20)[k - 1]
+    full_weights, resumed = load_file(full / "36" / "model.safetensors"), load_file(interrupted / "36" / "model.safetensors")
+    for name in full_weights:
+        torch.testing.assert_close(resumed[name], full_weights[name], rtol=1e-6, atol=1e-7)
+
+
+def test_stage_engines_under_zero3(tmp_path, monkeypatch, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, ranking):
+    """ZeRO-3 partitions the student: the next stage's engine is built on the partitioned model
+    (same AdamW groups, the selected weights gathered in), and --resume at the boundary is exact."""
+    from pathlib import Path
+
+    import deepspeed
+
+    monkeypatch.setattr(finetune, "validate", lambda engine, *args, **kwargs: {"valid_loss": 1.0 + engine.global_steps, "valid_kd": 0.0})
+    starts = []
+    real_initialize = finetune.E.initialize
+
+    def recording_initialize(model, *args, **kwargs):
+        with deepspeed.zero.GatheredParameters(list(model.parameters())) if hasattr(next(model.parameters()), "ds_id") else torch.no_grad():
+            starts.append({name: value.detach().clone() for name, value in model.state_dict().items()})
+        return real_initialize(model, *args, **kwargs)
+
+    monkeypatch.setattr(finetune.E, "initialize", recording_initialize)
+    config = Path(finetune.__file__).resolve().parents[1] / "configs" / "deepspeed" / "ds_config_zero3.json"
+    extra = ["--do-valid", "--eval-interval", 2, "--num-stages", 2, "--deepspeed_config", config]  # stages of 9 and 18 steps
+    full = tmp_path / "full"
+    finetune.main(_argv(full, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, ranking, *extra))
+    assert len(starts) == 2
+    selected, final = load_file(full / "2" / "model.safetensors"), load_file(full / "27" / "model.safetensors")
+    for name in selected:
+        torch.testing.assert_close(starts[1][name], selected[name], rtol=0, atol=0)
+    assert any(not torch.equal(final[name], selected[name]) for name in selected)
+    interrupted = tmp_path / "interrupted"
+    finetune.main(_argv(interrupted, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, ranking, *extra, "--stop-after-iters", 9))
+    finetune.main(_argv(interrupted, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, ranking, *extra, "--resume"))
+    resumed = load_file(interrupted / "27" / "model.safetensors")
+    for name in final:
+        torch.testing.assert_close(resumed[name], final[name], rtol=1e-6, atol=1e-7)
