@@ -10,7 +10,8 @@ is easier; its LM loss on the reference, lower is easier). Each signal gives a r
 sorted descending, orders the data from easy to hard. Ranks are numbered 1, 2, 3, ... after
 stable sorts, as POCL does (ties broken by order); tied values may share their mean rank instead.
 
-Baby Step: stage s = 0..S-1 trains on the easiest ceil((s + 1) / S * N) examples, with the KD
+Baby Step: stage s = 0..S-2 trains on the easiest (s + 1) * floor(N / S) examples and the last
+stage on all N (POCL's tools/rank.py), with the KD
 temperature and kd-ratio rising linearly from their start to their end values over the stages.
 A stage ends after a fixed number of epochs, or earlier when the validation loss has not improved
 for `patience` evaluations.
@@ -22,7 +23,6 @@ stage as its own run: a fresh optimizer and a learning-rate schedule over the st
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -140,7 +140,12 @@ class BabyStepScheduler:
         return (stage + 1) / self.num_stages
 
     def size(self, stage: int | None = None) -> int:
-        return math.ceil(self.fraction(stage) * len(self.ranked_ids))
+        """Examples in `stage`: (s + 1) * floor(N / S) for s < S - 1 and all N in the last stage,
+        as POCL's `tools/rank.py` splits the ranked data."""
+        stage = self.stage if stage is None else stage
+        if stage >= self.num_stages - 1:
+            return len(self.ranked_ids)
+        return (stage + 1) * (len(self.ranked_ids) // self.num_stages)
 
     def temperature(self, stage: int | None = None) -> float:
         return _linear(*self.temperature_range, self.stage if stage is None else stage, self.num_stages)

@@ -26,9 +26,8 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch

@@ -76,7 +76,7 @@ def test_stages_see_only_their_fraction_and_resume_mid_curriculum(tmp_path, monk
     RecordingCollator.seen = []
     finetune.main(_argv(tmp_path / "full", processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, ranking))
 
-    # Stage sizes ceil(72 (s+1)/3) = 24, 48, 72 examples -> 6, 12, 18 steps of 4 examples.
+    # Stage sizes (s+1) * floor(72/3) = 24, 48, then all 72 examples -> 6, 12, 18 steps of 4 examples.
     seen = RecordingCollator.seen
     RecordingCollator.seen = []
     assert len(seen) == 36
