@@ -122,6 +122,16 @@ METHODS: dict[str, Method] = {
         Method("distillm", "DistiLLM: skew reverse KL on adaptively student-generated batches", "srkl", _skew, source="adaptive"),
         Method("adaptive-srkl", "DistiLLM with skew reverse KL", "srkl", _skew, source="adaptive", reference="DistiLLM --type adaptive-srkl"),
         Method("adaptive-sfkl", "DistiLLM with skew forward KL", "sfkl", _skew, source="adaptive", reference="DistiLLM --type adaptive-sfkl"),
+        # DistiLLM's own names for the same methods, so its launch commands carry over unchanged.
+        Method("lm", "supervised fine-tuning (DistiLLM's name for sft)", reference="DistiLLM --type lm"),
+        Method(
+            "mixed-fkl", "forward KL on random buffer batches of student samples with probability --mixed-alpha (ImitKD at 1.0)", "fkl",
+            source="student", student_probability=lambda args: args.mixed_alpha, reference="DistiLLM --type mixed-fkl",
+        ),
+        Method(
+            "mixed-jsd", "generalised JSD (--gkd-beta) on random buffer batches of student samples with probability --mixed-alpha (GKD)",
+            "jsd", _gkd, source="student", student_probability=lambda args: args.mixed_alpha, reference="DistiLLM --type mixed-jsd",
+        ),
         # POCL's tempered losses: the divergence at --kd-temperature (POCL's --temperature-kld). POCL
         # chained one launcher per curriculum stage; --curriculum pocl runs all stages in one run.
         Method("tfkl", "POCL tempered forward KL", "fkl", reference="POCL --type tfkl", temperature_squared=True),

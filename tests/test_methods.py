@@ -50,7 +50,20 @@ EXPECTED = {
     # POCL's tempered losses (POCL finetune.py get_distil_loss): the divergence at --temperature-kld.
     "tfkl": ("fkl", "dataset"), "trkl": ("rkl", "dataset"), "tjsd": ("jsd", "dataset"), "ttvd": ("tvd", "dataset"),
     "tsfkl": ("sfkl", "dataset"), "tsrkl": ("srkl", "dataset"),
+    # DistiLLM's own names (DistiLLM finetune.py): lm = SFT, mixed-fkl = ImitKD's path, mixed-jsd = GKD's.
+    "lm": (None, "dataset"), "mixed-fkl": ("fkl", "student"), "mixed-jsd": ("jsd", "student"),
 }
+
+
+def test_distillm_type_names_train_what_distillm_trains(processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir):
+    """DistiLLM's `--type mixed-jsd --mixed-alpha a` is our GKD and `mixed-fkl --mixed-alpha 1.0`
+    our ImitKD: same divergence parameters and the same probability of student samples."""
+    args = _parse(processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, "--type", "mixed-jsd", "--mixed-alpha", "0.3")
+    assert METHODS["mixed-jsd"].params(args) == METHODS["gkd"].params(args) == {"lam": pytest.approx(0.9)}
+    assert METHODS["mixed-jsd"].student_probability(args) == 0.3 == METHODS["gkd"].student_probability(args)
+    args = _parse(processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, "--type", "mixed-fkl", "--mixed-alpha", "1.0")
+    assert METHODS["mixed-fkl"].student_probability(args) == 1.0 == METHODS["imitkd"].student_probability(args)
+    assert METHODS["lm"].divergence is None and METHODS["lm"].source == "dataset"
 
 
 def test_every_type_has_its_divergence_and_source():
