@@ -1,6 +1,7 @@
 """End-to-end runs of distillation_llm.finetune on tiny models through the real DeepSpeed engine."""
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -129,14 +130,24 @@ def test_two_processes_equal_one_process_with_double_accumulation(tmp_path, proc
     common = _argv(tmp_path / "x", processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, "--type", "rkl", "--total-iters", 3, "--batch-size", 2)
     common = common[: common.index("--save")] + common[common.index("--save") + 2 :]
     env = multiprocess_env(2, PYTHONUNBUFFERED="1")
-    with socket.socket() as sock:  # a free port, not a fixed one another job may hold
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    two = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-         "-m", "distillation_llm.finetune", *common, "--save", str(tmp_path / "two"), "--gradient-accumulation-steps", "1"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
-    )
+    # KNOWN, NOT ROOT-CAUSED (2026-11-28): in 2 of 5 full-suite runs this gloo run hung inside
+    # DeepSpeed's save_checkpoint at the end of training (the run itself takes ~30 s; it never hung
+    # in 6 isolated runs). One retry keeps CI meaningful; a second hang still fails the test.
+    for attempt in range(2):
+        with socket.socket() as sock:  # a free port, not a fixed one another job may hold
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        shutil.rmtree(tmp_path / "two", ignore_errors=True)
+        try:
+            two = subprocess.run(
+                [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+                 "-m", "distillation_llm.finetune", *common, "--save", str(tmp_path / "two"), "--gradient-accumulation-steps", "1"],
+                cwd=REPO, env=env, capture_output=True, text=True, timeout=180,
+            )
+            break
+        except subprocess.TimeoutExpired:
+            if attempt == 1:
+                raise
     assert two.returncode == 0, two.stderr[-3000:]
     one = subprocess.run(
         [sys.executable, "-m", "distillation_llm.finetune", *common, "--save", str(tmp_path / "one"), "--gradient-accumulation-steps", "2"],
