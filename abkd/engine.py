@@ -222,7 +222,8 @@ def _pause(phase: str) -> None:
         time.sleep(seconds)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 16 MiB blocks (checkpoint manifests, data fingerprints)."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 24), b""):
@@ -233,7 +234,7 @@ def _sha256(path: Path) -> str:
 def write_manifest(directory: Path) -> None:
     """`manifest.json`: the size and SHA-256 of every file of a checkpoint directory."""
     files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
-    entries = {str(p.relative_to(directory)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+    entries = {str(p.relative_to(directory)): {"bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in files}
     (directory / MANIFEST).write_text(json.dumps({"files": entries}, indent=1, sort_keys=True) + "\n")
 
 
@@ -346,7 +347,7 @@ def verify_checkpoint(directory: str | Path) -> str | None:
         size = path.stat().st_size
         if size != entry["bytes"]:
             return f"{path} has {size} bytes, {entry['bytes']} were written (truncated?)"
-        if _sha256(path) != entry["sha256"]:
+        if file_sha256(path) != entry["sha256"]:
             return f"{path} does not match its SHA-256 in {manifest_path} (corrupted)"
     return None
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from abkd.engine import file_sha256  # noqa: F401  (re-exported: the data tools fingerprint their sources with it)
+
 FORMAT_VERSION = 1
 META_FILE = "meta.json"
 
@@ -35,14 +37,6 @@ def load_tokenizer(model_path: str | Path):
     if tokenizer.eos_token_id is None:
         raise ProcessingError(f"--model-path {model_path}: the tokenizer has no EOS token")
     return tokenizer
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fingerprint(**settings) -> str:
