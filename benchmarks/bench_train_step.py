@@ -61,8 +61,7 @@ def measure(method: str, fused: bool, preset: dict, device: torch.device, dtype:
     name, params = METHODS[method]
     student = gpt2(*preset["student"], preset["length"], dtype, device).train()
     teacher = None if name is None else gpt2(*preset["teacher"], preset["length"], dtype, device).eval().requires_grad_(False)
-    objective = Objective(student, teacher, name, params, kd_ratio=1.0 if name else 0.0, temperature=1.0, vocab=VOCAB)
-    objective.fused = objective.fused and fused
+    objective = Objective(student, teacher, name, params, kd_ratio=1.0 if name else 0.0, temperature=1.0, vocab=VOCAB, full_logits=not fused)
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4)
     data = batch(preset["batch"], preset["length"], device)
     if device.type == "cuda":

@@ -40,11 +40,13 @@ def load_causal_lm(path: str | Path, *, dtype: torch.dtype = torch.float32, devi
 
 @dataclass
 class HeadSplit:
-    """`body(input_ids, attention_mask)` -> final hidden states [B, L, H]; `weight` [V, H], `bias` [V] or None."""
+    """`body(input_ids, attention_mask)` -> final hidden states [B, L, H]; `head` the LM head
+    module, with `weight` [V, H] and `bias` [V] or None."""
 
     body: nn.Module | None
     weight: Tensor | None
     bias: Tensor | None
+    head: nn.Module | None = None
 
     @property
     def fused(self) -> bool:
@@ -128,7 +130,23 @@ def split_head(model: nn.Module) -> HeadSplit:
     body = getattr(model, "base_model", None)
     if head is None or body is None or body is model or not isinstance(head, nn.Linear):
         return HeadSplit(None, None, None)
-    return HeadSplit(body, head.weight, head.bias)
+    return HeadSplit(body, head.weight, head.bias, head)
+
+
+def call_as_forward(module: nn.Module, function, *inputs):
+    """`function(*inputs)`, run as `module`'s forward, so that the module's hooks apply to it.
+
+    ZeRO-3 partitions every parameter across ranks and gathers a module's parameters only in
+    hooks around that module's forward (and again before its backward, releasing them after).
+    The fused loss reads the LM head's weight outside the head's own forward; running it as
+    the head's forward makes DeepSpeed gather the weight for the loss, gather it again for
+    the backward, and reduce-scatter its gradient as for any layer.
+    """
+    module.forward = function
+    try:
+        return module(*inputs)
+    finally:
+        del module.forward
 
 
 def final_hidden_states(split: HeadSplit, input_ids: Tensor, attention_mask: Tensor) -> Tensor:

@@ -3,7 +3,9 @@ with s = T^2 for the POCL types that scale their tempered divergence (`temperatu
 
 Computed through `abkd.fused.fused_linear_divergence` from the final hidden states and the LM
 heads, so full-vocabulary logits never exist; models without an accessible head fall back to
-full logits (logged once).
+full logits (logged once). Under ZeRO-3 the student's head weight is partitioned across ranks:
+the fused loss then runs as the head module's forward, where DeepSpeed gathers it
+(`distillation_llm.models.call_as_forward`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from torch import Tensor, nn
 from abkd.fused import DEFAULT_CHUNK_SIZE, FusedLossOutput, fused_linear_divergence
 from abkd.losses import divergence, masked_mean
 from distillation_llm.data import IGNORE_INDEX
-from distillation_llm.models import HeadSplit, final_hidden_states, split_head
+from distillation_llm.models import HeadSplit, call_as_forward, final_hidden_states, split_head
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +36,12 @@ class Objective:
     vocab: int  # common vocabulary of student and teacher heads
     lm_coef: float = 0.0
     chunk_size: int = DEFAULT_CHUNK_SIZE
-    # ZeRO-3 partitions the head weight across ranks; only the model's own forward gathers it.
+    # ZeRO-3 partitions the student's parameters across ranks; DeepSpeed gathers a module's
+    # parameters only inside that module's forward, so the loss runs as the head's forward.
     partitioned_parameters: bool = False
+    # Compute full logits through the models' forwards even where the heads are accessible: the
+    # path the fused one is compared with (tests, benchmarks/bench_train_step.py).
+    full_logits: bool = False
     # POCL's tfkl, tsrkl and tjsd multiply the divergence by T^2 (POCL pocl/losses.py).
     temperature_squared: bool = False
 
@@ -43,11 +49,9 @@ class Objective:
         self.student_split = split_head(self.student)
         self.teacher_split = split_head(self.teacher) if self.teacher is not None else None
         self.fused = self.student_split.fused and (self.teacher_split is None or self.teacher_split.fused)
-        if not self.fused:
+        if not self.fused and not self.full_logits:
             logger.warning("no accessible LM head (get_output_embeddings): computing full logits, which costs O(tokens x vocab) memory")
-        elif self.partitioned_parameters:
-            self.fused = False
-            logger.warning("ZeRO-3 partitions the LM head: computing full logits through the model's forward")
+        self.fused = self.fused and not self.full_logits
         self.set_stage(self.temperature, self.kd_ratio)
 
     def set_stage(self, temperature: float, kd_ratio: float) -> None:
@@ -96,29 +100,44 @@ class Objective:
         teacher = {}
         if self.divergence is not None:
             teacher = {"teacher_hidden": self._teacher_hidden(batch), "teacher_weight": self.teacher_split.weight[: self.vocab]}
-        return fused_linear_divergence(
-            self.divergence,
-            hidden,
-            self.student_split.weight[: self.vocab],
-            student_bias=_head_bias(self.student_split, self.vocab),
-            labels=labels,
-            kd_ratio=kd_ratio if self.divergence is not None else None,
-            chunk_size=self.chunk_size,
-            temperature=self.temperature,
-            ignore_index=IGNORE_INDEX,
-            **teacher,
-            **self.params,
-        )
+
+        def head_loss(hidden: Tensor) -> FusedLossOutput:
+            return fused_linear_divergence(
+                self.divergence,
+                hidden,
+                self.student_split.weight[: self.vocab],
+                student_bias=_head_bias(self.student_split, self.vocab),
+                labels=labels,
+                kd_ratio=kd_ratio if self.divergence is not None else None,
+                chunk_size=self.chunk_size,
+                temperature=self.temperature,
+                ignore_index=IGNORE_INDEX,
+                **teacher,
+                **self.params,
+            )
+
+        return self._through_head(head_loss, hidden)
+
+    def _through_head(self, head_loss, hidden: Tensor) -> FusedLossOutput:
+        """`head_loss(hidden)`, which reads the student's head weight: directly, or under ZeRO-3
+        as the head module's forward, where DeepSpeed gathers the weight (and its gradient)."""
+        if self.partitioned_parameters:
+            return call_as_forward(self.student_split.head, head_loss, hidden)
+        return head_loss(hidden)
 
     def _cross_entropy(self, batch: dict[str, Tensor]) -> Tensor:
         if not self.fused:
             logits = self.student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits[..., : self.vocab]
             return F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=IGNORE_INDEX)
         hidden = final_hidden_states(self.student_split, batch["input_ids"], batch["attention_mask"])
-        return fused_linear_divergence(
-            None, hidden, self.student_split.weight[: self.vocab], student_bias=_head_bias(self.student_split, self.vocab),
-            labels=batch["labels"], chunk_size=self.chunk_size, ignore_index=IGNORE_INDEX,
-        ).loss
+
+        def head_loss(hidden: Tensor) -> FusedLossOutput:
+            return fused_linear_divergence(
+                None, hidden, self.student_split.weight[: self.vocab], student_bias=_head_bias(self.student_split, self.vocab),
+                labels=batch["labels"], chunk_size=self.chunk_size, ignore_index=IGNORE_INDEX,
+            )
+
+        return self._through_head(head_loss, hidden).loss
 
     def _full_logits_loss(self, batch: dict[str, Tensor], kd_ratio: float) -> FusedLossOutput:
         labels = batch["labels"]

@@ -155,8 +155,7 @@ def _batch(tokenizer):
 @pytest.mark.parametrize("fused", [True, False])
 def test_pocl_stage_keeps_sft_a_plain_cross_entropy(tiny_gpt2_dir, tiny_tokenizer, fused):
     student = load_causal_lm(tiny_gpt2_dir)
-    # partitioned_parameters forces the full-logits path, as ZeRO-3 does.
-    objective = Objective(student, None, None, {}, kd_ratio=0.5, temperature=1.0, vocab=len(tiny_tokenizer), partitioned_parameters=not fused)
+    objective = Objective(student, None, None, {}, kd_ratio=0.5, temperature=1.0, vocab=len(tiny_tokenizer), full_logits=not fused)
     curriculum = BabyStepScheduler(list(range(8)), num_stages=4, kd_ratio=(0.7, 1.0), temperature=(1.0, 2.0))
     data = SimpleNamespace(select=lambda: None)
     finetune.apply_stage(curriculum, objective, data, SimpleNamespace(info=lambda message: None))
@@ -353,7 +352,7 @@ def test_pocl_tempered_losses_scale_by_t_squared_as_pocl(kind, fused, tiny_gpt2_
     student, teacher = load_causal_lm(tiny_gpt2_dir).eval(), load_causal_lm(tiny_gpt2_teacher_dir).eval()
     objective = Objective(
         student, teacher, method.divergence, params, kd_ratio=kd_ratio, temperature=temperature, vocab=len(tiny_tokenizer),
-        partitioned_parameters=not fused, temperature_squared=method.temperature_squared,
+        full_logits=not fused, temperature_squared=method.temperature_squared,
     )
     batch = _batch(tiny_tokenizer)
     out = objective(batch)
