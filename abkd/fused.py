@@ -37,10 +37,36 @@ from abkd.losses import check_temperature, divergence_terms, log_q_gradient, res
 
 logger = logging.getLogger(__name__)
 
-# Rows per chunk. Measured by benchmarks/bench_fused_loss.py (H=768, V=50257, 2 CPU cores):
-# time is flat from 256 to 2048 rows while memory grows linearly with the chunk, so the default
-# is the smallest size that keeps the matmuls efficient.
+# Rows per chunk on CPU. Measured by benchmarks/bench_fused_loss.py (H=768, V=50257, 2 CPU
+# cores): time is flat from 256 to 2048 rows while memory grows linearly with the chunk, so the
+# default is the smallest size that keeps the matmuls efficient.
 DEFAULT_CHUNK_SIZE = 512
+# On CUDA every chunk reads and writes the whole fp32 head-gradient accumulator [V, H] (8 V H
+# bytes) for 2 V H C flops, so the head-gradient matmul is bandwidth-bound below C ~ flops/byte
+# x 4 rows (~800 on an H100/H200: ~1000 bf16 TFLOP/s over ~4 TB/s). CUDA chunks are therefore
+# as large as CUDA_CHUNK_ROWS, but hold at most CUDA_CHUNK_BYTES of fp32 logits.
+CUDA_CHUNK_ROWS = 2048
+CUDA_CHUNK_BYTES = 1 << 29
+# cuBLAS needs the leading dimensions of bf16/fp16 operands to be multiples of 8 elements for
+# tensor-core kernels, and tiles of 64-128 columns run fastest; V = 50257 (GPT-2) is odd. On
+# these devices the head is padded to a multiple of this many rows (padded logits are -inf:
+# outside both distributions, zero gradient). CPU kernels gain nothing from it.
+VOCAB_ALIGNMENT = {"cuda": 128}
+
+
+def default_chunk_size(device: torch.device, vocab: int) -> int:
+    """Rows per chunk for `device`: DEFAULT_CHUNK_SIZE on CPU; on CUDA the largest power of two
+    up to CUDA_CHUNK_ROWS whose fp32 logits [C, V] fit in CUDA_CHUNK_BYTES (at least 256)."""
+    if device.type != "cuda":
+        return DEFAULT_CHUNK_SIZE
+    rows = CUDA_CHUNK_BYTES // (4 * max(vocab, 1))
+    return max(256, min(CUDA_CHUNK_ROWS, 1 << max(rows.bit_length() - 1, 0)))
+
+
+def padded_vocab(vocab: int, device: torch.device) -> int:
+    """`vocab` rounded up to the device's VOCAB_ALIGNMENT (unchanged where it has none)."""
+    alignment = VOCAB_ALIGNMENT.get(device.type, 1)
+    return -(-vocab // alignment) * alignment
 # Compile the per-chunk function automatically once a chunk holds this many logits (the one-time
 # compilation, ~20 s on a 2-core CPU, is then repaid within a few steps).
 COMPILE_MIN_ELEMENTS = 1 << 23
@@ -190,6 +216,13 @@ class _FusedLinearLoss(torch.autograd.Function):
         vocab = student_weight.shape[0]
         compute_dtype = torch.float64 if student_hidden.dtype == torch.float64 else torch.float32
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
+        # Aligned GEMM shapes: padded head rows give logits that are set to -inf below.
+        padded = padded_vocab(vocab, student_weight.device)
+        if padded != vocab:
+            pad_rows = functools.partial(torch.nn.functional.pad, pad=(0, 0, 0, padded - vocab))
+            student_weight = pad_rows(student_weight)
+            student_bias = torch.nn.functional.pad(student_bias, (0, padded - vocab)) if student_bias is not None else None
+            teacher_weight = pad_rows(teacher_weight) if teacher_weight is not None else None
 
         ce_mask = labels != ignore_index if labels is not None else torch.zeros_like(kd_mask)
         if name is None:
@@ -203,16 +236,16 @@ class _FusedLinearLoss(torch.autograd.Function):
 
         grad_hidden = torch.zeros_like(student_hidden) if need_hidden else None
         grad_weight = torch.zeros(student_weight.shape, dtype=compute_dtype, device=student_weight.device) if need_weight else None
-        grad_bias = torch.zeros(vocab, dtype=compute_dtype, device=student_weight.device) if need_bias and student_bias is not None else None
+        grad_bias = torch.zeros(padded, dtype=compute_dtype, device=student_weight.device) if need_bias and student_bias is not None else None
         kd_total = torch.zeros((), dtype=compute_dtype, device=student_hidden.device)
         ce_total = torch.zeros_like(kd_total)
-        use_compile = _use_compile(compile, min(chunk_size, max(len(rows), 1)) * vocab, student_hidden.device.type)
+        use_compile = _use_compile(compile, min(chunk_size, max(len(rows), 1)) * padded, student_hidden.device.type)
         chunk_fn = _compiled_chunk_fn() if use_compile else _chunk_loss_and_grad
         # With every row selected, chunks are contiguous slices: no gathering copies at all.
         contiguous = len(rows) == n_rows
         # One logits buffer for all chunks (the chunk function overwrites it with the gradient).
         reuse = student_hidden.dtype == compute_dtype and student_weight.dtype == compute_dtype
-        buffer = student_hidden.new_empty(min(chunk_size, len(rows)), vocab) if reuse and len(rows) else None
+        buffer = student_hidden.new_empty(min(chunk_size, len(rows)), padded) if reuse and len(rows) else None
 
         for start in range(0, len(rows), chunk_size):
             # With every row selected, a chunk is a slice (a view); otherwise the rows are gathered.
@@ -227,13 +260,19 @@ class _FusedLinearLoss(torch.autograd.Function):
                     torch.addmm(student_bias, hidden, student_weight.T, out=logits)
             else:
                 logits = torch.nn.functional.linear(hidden, student_weight, student_bias).to(compute_dtype)
+            if padded != vocab:
+                logits[:, vocab:] = -math.inf
             chunk_teacher = None
             if name is not None:
                 if teacher_logits is not None:
                     chunk_teacher = take(teacher_logits)
+                    if padded != vocab:
+                        chunk_teacher = torch.nn.functional.pad(chunk_teacher, (0, padded - vocab), value=-math.inf)
                 else:
                     chunk_teacher = take(teacher_hidden) @ teacher_weight.T
                 chunk_teacher = chunk_teacher.to(compute_dtype)
+                if padded != vocab:
+                    chunk_teacher[:, vocab:] = -math.inf
             chunk_labels = take(labels) if labels is not None else None
             chunk_kd_mask, chunk_ce_mask = take(kd_mask), take(ce_mask)
             kd_values, ce_values = chunk_fn(
@@ -270,8 +309,8 @@ class _FusedLinearLoss(torch.autograd.Function):
         kd, ce = kd.detach(), ce.detach()
         ctx.save_for_backward(
             grad_hidden,
-            grad_weight.to(student_weight.dtype) if grad_weight is not None else None,
-            grad_bias.to(student_bias.dtype) if grad_bias is not None else None,
+            grad_weight[:vocab].to(student_weight.dtype) if grad_weight is not None else None,
+            grad_bias[:vocab].to(student_bias.dtype) if grad_bias is not None else None,
         )
         ctx.mark_non_differentiable(kd, ce)
         ctx.backward_done = False
@@ -299,7 +338,7 @@ def fused_linear_divergence(
     student_bias: Tensor | None = None,
     labels: Tensor | None = None,
     kd_ratio: float | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
     temperature: float = 1.0,
     compile: bool | None = None,
     ignore_index: int = -100,
@@ -320,7 +359,8 @@ def fused_linear_divergence(
             cross-entropy at temperature 1, computed in the same pass.
         kd_ratio: with labels, the weight of the divergence in
             loss = (1 - kd_ratio) * ce + kd_ratio * kd (required with labels and a divergence).
-        chunk_size: rows per chunk; memory for logits is O(chunk_size x V).
+        chunk_size: rows per chunk; memory for logits is O(chunk_size x V). None: chosen for the
+            device by `default_chunk_size`.
         temperature: the divergence's temperature (cross-entropy is always at 1).
         compile: True/False: use the `torch.compile`d per-chunk function or not; None (default):
             compile chunks of at least COMPILE_MIN_ELEMENTS logits when a compiler is available.
@@ -333,6 +373,8 @@ def fused_linear_divergence(
     """
     resolved = resolve_params(name, params) if name is not None else {}
     temperature = check_temperature(temperature)
+    if chunk_size is None:
+        chunk_size = default_chunk_size(student_hidden.device, student_weight.shape[0])
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
     hidden_size = student_hidden.shape[-1]

@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     loss.add_argument("--skew-alpha", type=float, default=0.1, help="skew of sfkl/srkl: the teacher's share in the mixture")
     loss.add_argument("--jsd-lam", type=float, default=0.1, help="mixture weight lam of the jsd divergence")
     loss.add_argument("--kd-temperature", "--temperature-kld", type=float, default=1.0, help="temperature of teacher and student distributions in the divergence (--temperature-kld: POCL's spelling)")
-    loss.add_argument("--chunk-size", type=int, default=None, help="rows per chunk of the fused LM-head loss (default: abkd.fused.DEFAULT_CHUNK_SIZE)")
+    loss.add_argument("--chunk-size", type=int, default=None, help="rows per chunk of the fused LM-head loss (default: abkd.fused.default_chunk_size: 512 on CPU, up to 2048 on CUDA)")
     sgo = parser.add_argument_group("student-generated outputs (imitkd, gkd, distillm)")
     sgo.add_argument("--student-gen", action=argparse.BooleanOptionalAction, default=None,
         help="DistiLLM's switch for student-generated batches: on by default for the sampling types; --no-student-gen trains them on the dataset only, as the reference did without --student-gen")

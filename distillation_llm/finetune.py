@@ -479,7 +479,7 @@ def main(argv: list[str] | None = None) -> None:
     engines.build(total_steps if curriculum is None else data.stage_steps(0))
     objective = Objective(
         student, teacher, method.divergence, method.params(args), args.kd_ratio, args.kd_temperature, vocab,
-        lm_coef=args.lm_coef, temperature_squared=method.temperature_squared, partitioned_parameters=zero_stage == 3, **({"chunk_size": args.chunk_size} if args.chunk_size else {}),
+        lm_coef=args.lm_coef, temperature_squared=method.temperature_squared, partitioned_parameters=zero_stage == 3, chunk_size=args.chunk_size,
     )
 
     source = build_source(args, collate, student, tokenizer)

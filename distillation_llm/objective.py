@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from abkd.fused import DEFAULT_CHUNK_SIZE, FusedLossOutput, fused_linear_divergence
+from abkd.fused import FusedLossOutput, fused_linear_divergence
 from abkd.losses import divergence, masked_mean
 from distillation_llm.data import IGNORE_INDEX
 from distillation_llm.models import HeadSplit, call_as_forward, final_hidden_states, split_head
@@ -35,7 +35,7 @@ class Objective:
     temperature: float
     vocab: int  # common vocabulary of student and teacher heads
     lm_coef: float = 0.0
-    chunk_size: int = DEFAULT_CHUNK_SIZE
+    chunk_size: int | None = None  # None: abkd.fused.default_chunk_size for the device
     # ZeRO-3 partitions the student's parameters across ranks; DeepSpeed gathers a module's
     # parameters only inside that module's forward, so the loss runs as the head's forward.
     partitioned_parameters: bool = False

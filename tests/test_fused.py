@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from abkd.fused import FusedLossOutput, fused_linear_divergence
+from abkd import fused as fused_module
+from abkd.fused import FusedLossOutput, default_chunk_size, fused_linear_divergence
 from abkd.losses import DIVERGENCES, divergence, masked_mean
 
 N, H, HT, V = 37, 12, 20, 53  # N is not a multiple of any chunk size used below
@@ -301,12 +302,51 @@ def test_bfloat16_on_cuda_accumulates_the_head_gradient_in_float32():
     hidden = hidden.bfloat16().to(device).requires_grad_()
     weight = weight.bfloat16().to(device).requires_grad_()
     teacher_logits = (teacher_hidden @ teacher_weight.T).bfloat16().to(device)
-    reference_hidden = hidden.detach().double().requires_grad_()
-    reference_weight = weight.detach().double().requires_grad_()
-    expected = masked_mean(divergence("ab", reference_hidden @ reference_weight.T, teacher_logits.double(), alpha=0.2, beta=0.7))
+    reference_hidden = hidden.detach().double().cpu().requires_grad_()
+    reference_weight = weight.detach().double().cpu().requires_grad_()
+    expected = masked_mean(divergence("ab", reference_hidden @ reference_weight.T, teacher_logits.double().cpu(), alpha=0.2, beta=0.7))
     expected_grads = _grads(expected, (reference_hidden, reference_weight))
     fused = fused_linear_divergence("ab", hidden, weight, teacher_logits=teacher_logits, chunk_size=16, alpha=0.2, beta=0.7).loss
-    torch.testing.assert_close(fused.double(), expected, rtol=2e-2, atol=1e-4)
+    torch.testing.assert_close(fused.double().cpu(), expected, rtol=2e-2, atol=1e-4)
     for got, want in zip(_grads(fused, (hidden, weight)), expected_grads):
         assert got.dtype == torch.bfloat16
-        torch.testing.assert_close(got.double(), want, rtol=5e-2, atol=5e-3)
+        torch.testing.assert_close(got.double().cpu(), want, rtol=5e-2, atol=5e-3)
+
+
+@pytest.mark.parametrize("name,params", CASES)
+def test_head_padded_to_an_aligned_vocabulary_changes_nothing(monkeypatch, name, params):
+    """On CUDA the head is padded to a multiple of 128 rows for aligned GEMMs; here CPU is made
+    to pad V = 53 to 64. The padded logits must lie outside both distributions: loss, parts and
+    every gradient equal the unpadded pass, for both teacher inputs and with the cross-entropy."""
+    hidden, weight, bias, teacher_hidden, teacher_weight, labels = _inputs(seed=5)
+    teacher_logits = teacher_hidden @ teacher_weight.T
+    leaves = (hidden, weight, bias)
+
+    def run(**teacher):
+        out = fused_linear_divergence(
+            name, hidden, weight, student_bias=bias, labels=labels, kd_ratio=0.6, chunk_size=16, temperature=1.5, **teacher, **params
+        )
+        return out, _grads(out.loss, leaves)
+
+    for teacher in ({"teacher_logits": teacher_logits}, {"teacher_hidden": teacher_hidden, "teacher_weight": teacher_weight}):
+        expected, expected_grads = run(**teacher)
+        with monkeypatch.context() as patch:
+            patch.setitem(fused_module.VOCAB_ALIGNMENT, "cpu", 64)
+            assert fused_module.padded_vocab(V, hidden.device) == 64
+            got, got_grads = run(**teacher)
+        for part in range(3):
+            torch.testing.assert_close(got[part], expected[part], rtol=1e-12, atol=1e-14)
+        for got_grad, want in zip(got_grads, expected_grads):
+            assert got_grad.shape == want.shape
+            torch.testing.assert_close(got_grad, want, rtol=1e-10, atol=1e-13)
+
+
+def test_chunk_size_for_the_device():
+    assert default_chunk_size(torch.device("cpu"), 50257) == fused_module.DEFAULT_CHUNK_SIZE
+    budget, most = fused_module.CUDA_CHUNK_BYTES, fused_module.CUDA_CHUNK_ROWS
+    for vocab in (53, 50257, 128256, 151936, 1 << 22):
+        rows = default_chunk_size(torch.device("cuda"), vocab)
+        assert rows & (rows - 1) == 0 and 256 <= rows <= most
+        # the largest power of two whose fp32 logits fit the budget (or the 256-row floor)
+        assert rows == 256 or (4 * rows * vocab <= budget and (rows == most or 8 * rows * vocab > budget))
+    assert default_chunk_size(torch.device("cuda"), 50257) == 2048 and default_chunk_size(torch.device("cuda"), 151936) == 512
