@@ -29,6 +29,7 @@ step() {  # step NAME COMMAND...: run, log, record the exit status and the time;
 step fused_loss "${PYTHON}" benchmarks/bench_fused_loss.py --device cuda --json "${OUT}/fused_loss.json"
 step train_step_large "${PYTHON}" benchmarks/bench_train_step.py --preset cuda-base-large --device cuda
 step train_step_xl "${PYTHON}" benchmarks/bench_train_step.py --preset cuda-base-xl --device cuda --methods kd,ab
+step startup "${PYTHON}" benchmarks/bench_startup.py --runs 3
 step demo_quick env PYTHON="${PYTHON}" bash scripts/demo.sh --quick --out "${OUT}/demo"
 step tests "${PYTHON}" -m pytest -q -p no:cacheprovider
 cat "${OUT}/steps.jsonl"
