@@ -11,6 +11,7 @@ parameters fail naming what is valid or missing.
 """
 
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -499,3 +500,36 @@ def test_clip_methods_train_the_prompts(distill, promptkd, tmp_path, monkeypatch
     (model_file,) = (tmp_path / "checkpoints").rglob("mp_rank_00_model_states.pt")
     saved = torch.load(model_file, weights_only=False)["module"]
     assert set(saved) == set(initial) and not torch.equal(saved["vision_prompts"], initial["vision_prompts"])
+
+
+def test_launchers_of_the_new_methods_resolve_to_their_settings():
+    """Dry runs through the real parsers: each new launcher's method and its reference settings."""
+
+    import shlex
+
+    runs = {}
+    for script, args in (("cifar/train_ttm.sh", ("wrn_40_2", "wrn_40_1", "1")), ("cifar/train_wttm.sh", ("resnet32x4", "resnet8x4", "1", "8", "0.2")),
+                         ("cifar/train_dist.sh", ("resnet32x4", "resnet8x4", "1")), ("cifar/train_crd.sh", ("resnet32x4", "resnet8x4", "1")),
+                         ("cifar/train_itrd.sh", ("resnet32x4", "resnet8x4", "1"))):
+        out = subprocess.run(["bash", str(REPO / "scripts" / script), *args], env={**os.environ, "DRY_RUN": "1"}, capture_output=True, text=True, check=True)
+        (line,) = out.stdout.splitlines()
+        runs[script] = train_student.parse_args(shlex.split(line)[3:])
+    ttm = runs["cifar/train_ttm.sh"]  # ABKD train_ttm.sh's example: wrn_40_2 wrn_40_1 ... 76 0.1, -r 1 -a 0
+    assert (ttm.distill, ttm.ttm_exponent, ttm.kd_ratio, ttm.ce_weight, ttm.add_weight) == ("ttm", 0.1, 76.0, 1.0, 0.0)
+    wttm = runs["cifar/train_wttm.sh"]
+    assert (wttm.distill, wttm.ttm_exponent, wttm.kd_ratio, wttm.ce_weight) == ("wttm", 0.2, 8.0, 1.0)
+    dist = runs["cifar/train_dist.sh"]
+    assert (dist.distill, dist.dist_inter_weight, dist.dist_intra_weight, dist.dist_temperature, dist.ce_weight, dist.kd_ratio) == ("dist", 1.0, 1.0, 4.0, 1.0, 1.0)
+    crd = runs["cifar/train_crd.sh"]  # RepDistiller: --distill crd -a 0 -b 0.8
+    assert (crd.distill, crd.ce_weight, crd.kd_ratio, crd.add_weight, crd.nce_k, crd.nce_t, crd.nce_m, crd.feat_dim) == ("crd", 1.0, 0.8, 0.0, 16384, 0.07, 0.5, 128)
+    itrd = runs["cifar/train_itrd.sh"]
+    assert (itrd.distill, itrd.itrd_corr_weight, itrd.itrd_mutual_weight, itrd.itrd_order) == ("itrd", 2.0, 1.0, 1.5)
+    grid = subprocess.run(["bash", str(REPO / "scripts/cifar/train_divergences.sh"), "resnet56", "resnet20", "1"], env={**os.environ, "DRY_RUN": "1"},
+                          capture_output=True, text=True, check=True).stdout.splitlines()
+    names = [train_student.parse_args(shlex.split(line)[3:]).distill for line in grid]
+    assert names == ["fkl", "rkl", "jsd", "tvd", "sfkl", "srkl"]
+    clip = subprocess.run(["bash", str(REPO / "scripts/clip/train_ttm.sh"), "dtd", "/data", "1"], env={**os.environ, "DRY_RUN": "1"},
+                          capture_output=True, text=True, check=True).stdout.splitlines()
+    parsed = [clip_train.parse_args(shlex.split(line)[3:]) for line in clip if line.startswith("python -m base_to_new_classification.train ")]
+    # ABKD base2new_train_ttm.sh: KD_WEIGHT 1000, LR 0.005, TEMPERATURE 1, --ttm_l default 0.1
+    assert len(parsed) == 3 and all((a.distill, a.kd_ratio, a.lr, a.kd_temperature, a.ttm_exponent) == ("ttm", 1000.0, 0.005, 1.0, 0.1) for a in parsed)
