@@ -179,19 +179,24 @@ class ContrastiveIndices:
         labels = labels.cpu()
         # Images sorted by class: class c occupies order[start[c] : start[c] + count[c]], and its
         # negatives are order with that slice taken out.
-        self.order = torch.argsort(labels, stable=True)
-        self.count = torch.bincount(labels)
-        self.start = torch.cumsum(self.count, 0) - self.count
-        self.labels = labels
-        if int(self.count.max()) == len(labels):
+        order = torch.argsort(labels, stable=True)
+        count = torch.bincount(labels)
+        if int(count.max()) == len(labels):
             raise ValueError("CRD needs images of at least two classes (the negatives are the other classes' images)")
+        self.tables = {torch.device("cpu"): (labels, order, torch.cumsum(count, 0) - count, count)}
+
+    def _tables(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(labels, order, start, count) on `device`, copied there once."""
+        if device not in self.tables:
+            self.tables[device] = tuple(table.to(device) for table in self.tables[torch.device("cpu")])
+        return self.tables[device]
 
     def __call__(self, index: Tensor, generator: torch.Generator) -> Tensor:
         """[b, k + 1] indices (positive first) for the images `index` [b], on the generator's device."""
         device = generator.device
-        order, labels = self.order.to(device), self.labels.to(device)
+        labels, order, start, count = self._tables(device)
         index = index.to(device)
-        start, count = self.start.to(device)[labels[index]], self.count.to(device)[labels[index]]
+        start, count = start[labels[index]], count[labels[index]]
         others = len(labels) - count  # negatives of each image's class
         if self.mode == "exact":
             positive = index
