@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     kd.add_argument("--ab_alpha", type=float, default=None, help="alpha of the alpha-beta divergence (--distill ab)")
     kd.add_argument("--ab_beta", type=float, default=None, help="beta of the alpha-beta divergence (--distill ab)")
     kd.add_argument("--jsd-lam", type=float, default=0.1, help="jsd: the student's weight lam in the mixture m = (1 - lam) p + lam q")
-    kd.add_argument("--skew-alpha", type=float, default=0.1, help="sfkl/srkl: skew, the share of the other distribution in the mixture")
+    kd.add_argument("--skew-alpha", type=float, default=0.1, help="sfkl/srkl: skew lam, the share of the first argument in the mixture (the teacher's in sfkl, the student's in srkl)")
     kd.add_argument("--ttm-exponent", "--ttm_l", type=float, default=0.1,
                     help="ttm: the power gamma of the teacher's probabilities, p^gamma / sum p^gamma (ABKD's PromptKD default 0.1)")
     kd.add_argument("--dist-temperature", "--dist_tau", type=float, default=1.0, help="dist: the softmax temperature tau (the term is scaled by tau^2)")

@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--ab_alpha", type=float, default=0.5, help="alpha of the alpha-beta divergence (ab, abls, abdkd, abttm)")
     distill.add_argument("--ab_beta", type=float, default=0.5, help="beta of the alpha-beta divergence (ab, abls, abdkd, abttm)")
     distill.add_argument("--jsd-lam", type=float, default=0.1, help="jsd: the student's weight lam in the mixture m = (1 - lam) p + lam q")
-    distill.add_argument("--skew-alpha", type=float, default=0.1, help="sfkl/srkl: skew, the share of the other distribution in the mixture")
+    distill.add_argument("--skew-alpha", type=float, default=0.1, help="sfkl/srkl: skew lam, the share of the first argument in the mixture (the teacher's in sfkl, the student's in srkl)")
     distill.add_argument("--tckd-weight", "--dkd_alpha", type=float, default=1.0, help="DKD weight of the target-class term TCKD (the paper's alpha)")
     distill.add_argument("--nckd-weight", "--dkd_beta", type=float,
                          help="DKD weight of the non-target-class term NCKD (the paper's beta; default: mdistiller's value for the pair, else 8)")
