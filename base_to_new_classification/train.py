@@ -148,9 +148,17 @@ def build_parser() -> argparse.ArgumentParser:
     kd.add_argument("--kd-ratio", "--kd-weight", type=float, default=1000.0,
                     help="weight of the distillation loss, which is the whole objective (PromptKD's KD_WEIGHT)")
     kd.add_argument("--kd-temperature", "--temperature", type=float, default=1.0,
-                    help="softmax temperature T of teacher and student (kd, ls and dkd are scaled by T^2, ab is not)")
+                    help="softmax temperature T of teacher and student (kd, the other divergences, ls and dkd are scaled by T^2, ab is not; "
+                         "ttm and dist have their own)")
     kd.add_argument("--ab_alpha", type=float, default=None, help="alpha of the alpha-beta divergence (--distill ab)")
     kd.add_argument("--ab_beta", type=float, default=None, help="beta of the alpha-beta divergence (--distill ab)")
+    kd.add_argument("--jsd-lam", type=float, default=0.1, help="jsd: the student's weight lam in the mixture m = (1 - lam) p + lam q")
+    kd.add_argument("--skew-alpha", type=float, default=0.1, help="sfkl/srkl: skew lam, the share of the first argument in the mixture (the teacher's in sfkl, the student's in srkl)")
+    kd.add_argument("--ttm-exponent", "--ttm_l", type=float, default=0.1,
+                    help="ttm: the power gamma of the teacher's probabilities, p^gamma / sum p^gamma (ABKD's PromptKD default 0.1)")
+    kd.add_argument("--dist-temperature", "--dist_tau", type=float, default=1.0, help="dist: the softmax temperature tau (the term is scaled by tau^2)")
+    kd.add_argument("--dist-inter-weight", "--dist_beta", type=float, default=1.0, help="dist: weight of the inter-class relation (the paper's beta)")
+    kd.add_argument("--dist-intra-weight", "--dist_gamma", type=float, default=1.0, help="dist: weight of the intra-class relation (the paper's gamma)")
     kd.add_argument("--tckd-weight", "--dkd-alpha", type=float, default=1.0, help="weight of DKD's target-class term TCKD, the paper's alpha (--distill dkd)")
     kd.add_argument("--nckd-weight", "--dkd-beta", type=float, default=1.0, help="weight of DKD's non-target-class term NCKD, the paper's beta (--distill dkd)")
     kd.add_argument("--dkd-warmup", type=float, default=2, help="DKD: epochs over which its term is ramped in linearly (--distill dkd)")
@@ -171,7 +179,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def distillation_loss(args: argparse.Namespace, num_classes: int) -> PromptKDLoss:
     return PromptKDLoss(args.distill, temperature=args.kd_temperature, kd_ratio=args.kd_ratio, num_classes=num_classes, dkd_warmup=args.dkd_warmup,
-                        ab_alpha=args.ab_alpha, ab_beta=args.ab_beta, tckd_weight=args.tckd_weight, nckd_weight=args.nckd_weight)
+                        ab_alpha=args.ab_alpha, ab_beta=args.ab_beta, tckd_weight=args.tckd_weight, nckd_weight=args.nckd_weight,
+                        jsd_lam=args.jsd_lam, skew_alpha=args.skew_alpha, ttm_exponent=args.ttm_exponent, dist_temperature=args.dist_temperature,
+                        dist_inter_weight=args.dist_inter_weight, dist_intra_weight=args.dist_intra_weight)
 
 
 # ---------------------------------------------------------------------------------------------

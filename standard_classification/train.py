@@ -27,11 +27,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from abkd import engine as E
-from abkd.classification import PRECISIONS, LogitDistillation, autocast_context, fp32_deepspeed_config
+from abkd.classification import PRECISIONS, LogitDistillation, autocast_context, fp32_deepspeed_config, trained_module
 from abkd.run import Run, all_reduce_sum, atomic_save
 from abkd.sampling import GlobalBatchSampler
 from abkd.schedules import build_step_decay_scheduler
-from standard_classification.data import CifarSplit, eval_batches, train_batches
+from standard_classification.data import CifarSplit, ContrastiveIndices, eval_batches, train_batches
 
 DEFAULT_DS_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "deepspeed" / "ds_config.json"
 # Depthwise/grouped students are trained at a smaller learning rate in the CRD recipe.
@@ -115,33 +115,37 @@ def evaluate(model: nn.Module, split: CifarSplit, batch_size: int, device: torch
 
 
 def train(run: Run, model_name: str, student: nn.Module, train_set: CifarSplit, test_set: CifarSplit,
-          teacher: nn.Module | None = None, distill: nn.Module | None = None, ce_weight: float = 1.0, kd_ratio: float = 0.0) -> dict:
-    """Train `student` for --epochs (resuming if asked) on ce_weight * CE + kd_ratio * distill.
-    Returns the final state (epoch, best_accuracy, best_epoch) with `history`, the per-epoch
-    metrics of this invocation."""
+          teacher: nn.Module | None = None, distill: nn.Module | None = None, ce_weight: float = 1.0, kd_ratio: float = 0.0,
+          add: nn.Module | None = None, add_weight: float = 0.0, contrast: ContrastiveIndices | None = None) -> dict:
+    """Train `student` for --epochs (resuming if asked) on ce_weight * CE + kd_ratio * distill
+    (+ add_weight * add). A term with parameters or buffers (CRD, ITRD) is trained, saved and
+    resumed with the student; `contrast` adds CRD's indices to the batches. Returns the final state
+    (epoch, best_accuracy, best_epoch) with `history`, the per-epoch metrics of this invocation."""
     args, device = run.args, run.device
     sampler = GlobalBatchSampler(len(train_set), args.batch_size, 1, E.world_size(), E.rank(), args.seed, drop_last=False)
     ds_config = fp32_deepspeed_config(E.load_deepspeed_config(args.deepspeed_config, micro_batch_size=args.batch_size, gradient_accumulation_steps=1))
     if E.zero_stage(ds_config) > 2:
         raise ValueError(f"--deepspeed_config {args.deepspeed_config}: ZeRO stage 3 is not supported for the CIFAR models (use 0-2)")
-    optimizer = torch.optim.SGD(student.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    model = trained_module(student, distill)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     scheduler = build_step_decay_scheduler(optimizer, steps_per_epoch=sampler.steps_per_epoch, decay_epochs=args.lr_decay_epochs, rate=args.lr_decay_rate)
-    engine = E.initialize(student.to(device), optimizer, scheduler, ds_config)
+    engine = E.initialize(model.to(device), optimizer, scheduler, ds_config)
     if teacher is not None:
         teacher = teacher.to(device).eval().requires_grad_(False)
-    objective = LogitDistillation(engine, ce_weight=ce_weight, kd_ratio=kd_ratio, teacher=teacher, distill=distill, precision=args.precision)
+    objective = LogitDistillation(engine, ce_weight=ce_weight, kd_ratio=kd_ratio, teacher=teacher, distill=distill, precision=args.precision,
+                                  add=add, add_weight=add_weight)
     run.log.info(f"precision {args.precision}; ZeRO stage {E.zero_stage(ds_config)}; {len(test_set)} test images, {len(train_set.classes)} classes")
     run.state.update(best_accuracy=0.0, best_epoch=0)
     run.resume(engine)
 
     def epoch_batches(epoch: int):
         objective.epoch = epoch  # DKD's warm-up
-        return train_batches(train_set, sampler, device)
+        return train_batches(train_set, sampler, device, contrast)
 
     def on_epoch_end(done: int, metrics: dict) -> dict:
         """Test, then the zoo-format model files; every rank reaches the same best-accuracy
         decision from the all-reduced test accuracy."""
-        scores = evaluate(engine.module, test_set, args.eval_batch_size, device, args.precision)
+        scores = evaluate(student, test_set, args.eval_batch_size, device, args.precision)
         state = run.state
         files = []
         if scores["test_acc"] > state["best_accuracy"] or state["best_epoch"] == 0:
@@ -151,7 +155,7 @@ def train(run: Run, model_name: str, student: nn.Module, train_set: CifarSplit, 
             files.append(run.save_dir / f"ckpt_epoch_{done}.pth")
         if E.is_main_process():
             for path in files:
-                atomic_save(zoo_checkpoint(engine.module, done, scores["test_acc"]), path)
+                atomic_save(zoo_checkpoint(student, done, scores["test_acc"]), path)
         return scores
 
     finished = run.fit(engine, objective, sampler, epoch_batches, on_epoch_end)
