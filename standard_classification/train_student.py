@@ -30,10 +30,11 @@ from pathlib import Path
 import torch
 
 from abkd.classification import DISTILL_LOSSES, build_distill_loss
+from abkd.curriculum import add_curriculum_args, load_ranking, resolve_curriculum_args
 from abkd.run import Run, parser_defaults
 from standard_classification.data import load_cifar100
 from standard_classification.models import build_model, model_dict
-from standard_classification.train import add_training_args, resolve_training_args, train
+from standard_classification.train import RANK_COMMAND, add_training_args, ranking_identity, resolve_training_args, train
 
 # (ce_weight, kd_ratio, temperature) when not given. kd: RepDistiller's README (-r 0.1 -a 0.9, kd_T 4).
 # ab: ABKD's train_ab.sh (-r 1, -b from the command line: no default). dkd, abdkd: mdistiller's
@@ -89,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--nckd-weight", "--dkd_beta", type=float,
                          help="DKD weight of the non-target-class term NCKD (the paper's beta; default: mdistiller's value for the pair, else 8)")
     distill.add_argument("--dkd-warmup", "--dkd_warmup", type=int, default=20, help="DKD: epochs over which its term is ramped in linearly")
+    add_curriculum_args(parser, RANK_COMMAND)
     add_training_args(parser)
     return parser
 
@@ -111,6 +113,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--distill {args.distill} needs --kd-weight (ABKD's train_ab.sh passes it per teacher-student pair; D_AB carries no T^2)")
     if args.kd_temperature <= 0:
         parser.error(f"--kd-temperature must be > 0, got {args.kd_temperature}")
+    try:
+        resolve_curriculum_args(args, RANK_COMMAND)
+    except ValueError as error:
+        parser.error(str(error))
     if args.save is None:
         tag = f"_a{args.ab_alpha}_b{args.ab_beta}" if args.distill in ("ab", "abls", "abdkd") else ""
         args.save = str(Path("save/student_model") / f"S_{args.model}_T_{args.teacher_model}_{args.distill}{tag}_r{args.ce_weight}_k{args.kd_ratio}_{args.trial}")
@@ -146,7 +152,11 @@ def main(argv: list[str] | None = None) -> dict:
         f"teacher {args.teacher_model} from {args.teacher_ckpt}; student {args.model} ({sum(p.numel() for p in student.parameters()) / 1e6:.2f}M params); "
         f"loss {args.ce_weight} * CE + {args.kd_ratio} * {distill!r}; lr {args.lr}"
     )
-    return train(run, args.model, student, train_set, test_set, teacher, distill, ce_weight=args.ce_weight, kd_ratio=args.kd_ratio)
+    ranked_ids = None
+    if args.curriculum == "pocl":
+        ranked_ids = load_ranking(args.ranking, ranking_identity(args.data_folder, train_set, args.teacher_ckpt), RANK_COMMAND)
+    return train(run, args.model, student, train_set, test_set, teacher, distill, ce_weight=args.ce_weight, kd_ratio=args.kd_ratio,
+                 ranked_ids=ranked_ids)
 
 
 if __name__ == "__main__":
