@@ -103,7 +103,7 @@ def resolve_curriculum_args(args: argparse.Namespace, rank_command: str) -> None
     if args.curriculum == "none":
         given = [f"--{dest.replace('_', '-')}" for dest in _CURRICULUM_ONLY if getattr(args, dest) is not None]
         if given:
-            raise ValueError(f"{', '.join(given)} only apply with --curriculum pocl")
+            raise ValueError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} only used with --curriculum pocl")
         return
     if not args.ranking:
         raise ValueError(f"--curriculum pocl needs --ranking (make one with `python -m {rank_command}`)")

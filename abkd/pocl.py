@@ -20,7 +20,9 @@ for `patience` evaluations.
 
 As POCL's one-launcher-per-stage scripts do, the trainer (distillation_llm/finetune.py) runs each
 stage as its own run: a fresh optimizer and a learning-rate schedule over the stage's own epochs
-(`stage_epochs` times its size), starting from the previous stage's selected checkpoint.
+(`stage_epochs` times its size), starting from the previous stage's selected checkpoint. The
+classification curriculum (abkd/curriculum.py) runs its stages in one run on one schedule, and
+says why there.
 """
 
 from __future__ import annotations

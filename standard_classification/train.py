@@ -138,7 +138,7 @@ def train(run: Run, model_name: str, student: nn.Module, train_set: CifarSplit, 
     sampler = GlobalBatchSampler(len(train_set), args.batch_size, 1, E.world_size(), E.rank(), args.seed, drop_last=False)
     curriculum = None
     if ranked_ids is not None:
-        def set_stage(temperature: float, stage_kd_ratio: float) -> None:
+        def set_stage(temperature: float, stage_kd_ratio: float) -> None:  # called by run.fit, once `objective` exists
             set_temperature(distill, temperature)
             objective.kd_ratio = stage_kd_ratio
 

@@ -264,7 +264,7 @@ def test_cifar_curriculum_flags_fail_clearly(cifar, tmp_path, capsys):
         (without, "--curriculum pocl needs --ranking (make one with `python -m standard_classification.rank_difficulty`)"),
         ([*argv, "--stage-patience", "2"], "--stage-patience is not available for classification"),
         ([*argv, "--stage-epochs", "2"], "leaves no epoch for the last stage"),
-        ([*argv[: argv.index("--curriculum")], "--ranking", "r.jsonl"], "--ranking only apply with --curriculum pocl"),
+        ([*argv[: argv.index("--curriculum")], "--ranking", "r.jsonl"], "--ranking is only used with --curriculum pocl"),
     ):
         with pytest.raises(SystemExit):
             train_student.parse_args(bad)
