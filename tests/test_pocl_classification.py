@@ -194,9 +194,19 @@ def test_cifar_stages_schedule_and_resume_inside_stage_2(cifar, tmp_path, monkey
         return real_train(run, name, student, *rest, **kwargs)
 
     monkeypatch.setattr(train_student, "train", recording_train)
+    applied = []  # (the KD term's temperature, the KD weight) of every training step
+
+    class RecordingObjective(cifar_train.LogitDistillation):
+        def __call__(self, batch):
+            applied.append((self.distill.temperature, self.kd_ratio))
+            return super().__call__(batch)
+
+    monkeypatch.setattr(cifar_train, "LogitDistillation", RecordingObjective)
     RecordingSampler.seen = []
     full = train_student.main(curriculum_argv(cifar, tmp_path / "full"))
     seen, RecordingSampler.seen = RecordingSampler.seen, []
+    stage_values = [(2.0, 0.63)] * 2 + [(3.0, 0.765)] * 4 + [(4.0, 0.9)] * 5
+    assert applied == [(t, pytest.approx(r)) for t, r in stage_values]  # what the loss was computed with, step by step
 
     # The ranking's student is the run's initialised student.
     _, ranker = cifar_rank.load_models(cifar_rank.parse_args(cifar["rank_argv"]), 10)
@@ -228,11 +238,12 @@ def test_cifar_stages_schedule_and_resume_inside_stage_2(cifar, tmp_path, monkey
 
     # Stopped after step 4 (2 of stage 2's 4 steps), then resumed: the same batches, the same weights.
     split = tmp_path / "split"
+    applied.clear()
     assert train_student.main(curriculum_argv(cifar, split, "--stop-after-iters", 4))["epoch"] == 1
     assert RecordingSampler.seen == seen[:4]
     RecordingSampler.seen = []
     resumed = train_student.main(curriculum_argv(cifar, split, "--resume"))
-    assert RecordingSampler.seen == seen[4:]
+    assert RecordingSampler.seen == seen[4:] and applied == [(t, pytest.approx(r)) for t, r in stage_values]
     after_resume = (split / "log.txt").read_text().split("resumed from step4")[1]
     assert "curriculum stage 2/3: easiest 67% (40 examples), kd temperature 3, kd-ratio 0.765" in after_resume.splitlines()[2]
     assert [epoch["stage"] for epoch in resumed["history"]] == [2, 3]
