@@ -45,11 +45,12 @@ from pathlib import Path
 import torch
 
 from abkd.classification import ADD_LOSSES, DISTILL_LOSSES, build_distill_loss
+from abkd.curriculum import add_curriculum_args, load_ranking, resolve_curriculum_args
 from abkd.feature_distillation import FEATURE_LOSSES, build_feature_loss
 from abkd.run import Run, parser_defaults
 from standard_classification.data import ContrastiveIndices, load_cifar100
 from standard_classification.models import build_model, model_dict
-from standard_classification.train import add_training_args, resolve_training_args, train
+from standard_classification.train import RANK_COMMAND, add_training_args, ranking_identity, resolve_training_args, train
 
 # (ce_weight, kd_ratio, temperature) when not given. kd: RepDistiller's README (-r 0.1 -a 0.9, kd_T 4).
 # ab: ABKD's train_ab.sh (-r 1, -b from the command line: no default). dkd, abdkd: mdistiller's
@@ -75,6 +76,9 @@ DKD_NCKD_WEIGHTS = {
     ("vgg13", "vgg8"): 6.0, ("vgg13", "MobileNetV2"): 6.0, ("wrn_40_2", "wrn_16_2"): 6.0, ("wrn_40_2", "wrn_40_1"): 6.0,
 }  # fmt: skip
 DKD_NCKD_DEFAULT = 8.0
+
+# The terms whose temperature is --kd-temperature, the one POCL's stages raise.
+POCL_TERMS = ("kd", "fkl", "rkl", "jsd", "tvd", "sfkl", "srkl", "ab", "dkd", "abdkd", "ls", "abls")
 
 
 # Directory names of published teachers that differ from the zoo's model names.
@@ -136,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--itrd-corr-weight", "--lambda_corr", type=float, default=2.0, help="itrd: weight of the correlation loss")
     distill.add_argument("--itrd-mutual-weight", "--lambda_mutual", type=float, default=1.0, help="itrd: weight of the mutual-information loss")
     distill.add_argument("--itrd-order", "--alpha_it", type=float, default=1.5, help="itrd: Renyi order alpha of the correlation loss")
+    add_curriculum_args(parser, RANK_COMMAND)
     add_training_args(parser)
     return parser
 
@@ -167,6 +172,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--nce-m must lie in [0, 1), got {args.nce_m}")
     if args.add_weight < 0:
         parser.error(f"--add-weight must be >= 0, got {args.add_weight}")
+    if args.curriculum == "pocl" and args.distill not in POCL_TERMS:
+        parser.error(
+            f"--curriculum pocl schedules the KD temperature (--kd-temperature), which --distill {args.distill} does not use "
+            f"(ttm/wttm: --ttm-exponent; dist: --dist-temperature; crd: --nce-t is contrastive); use one of {', '.join(POCL_TERMS)}"
+        )
+    try:
+        resolve_curriculum_args(args, RANK_COMMAND)
+    except ValueError as error:
+        parser.error(str(error))
     if args.save is None:
         tag = f"_a{args.ab_alpha}_b{args.ab_beta}" if args.distill in ("ab", "abls", "abdkd", "abttm") else ""
         tag += f"_l{args.ttm_exponent}" if "ttm" in args.distill else ""
@@ -218,8 +232,11 @@ def main(argv: list[str] | None = None) -> dict:
         f"teacher {args.teacher_model} from {args.teacher_ckpt}; student {args.model} ({sum(p.numel() for p in student.parameters()) / 1e6:.2f}M params); "
         f"loss {args.ce_weight} * CE + {args.kd_ratio} * {distill!r}{extra}; lr {args.lr}"
     )
+    ranked_ids = None
+    if args.curriculum == "pocl":
+        ranked_ids = load_ranking(args.ranking, ranking_identity(args.data_folder, train_set, args.teacher_ckpt), RANK_COMMAND)
     return train(run, args.model, student, train_set, test_set, teacher, distill, ce_weight=args.ce_weight, kd_ratio=args.kd_ratio,
-                 add=add, add_weight=args.add_weight, contrast=contrast)
+                 add=add, add_weight=args.add_weight, contrast=contrast, ranked_ids=ranked_ids)
 
 
 @torch.no_grad()

@@ -132,6 +132,10 @@ def parse(module: str, argv: list[str], base: Path):
         from distillation_llm.rank_difficulty import build_parser as curriculum_parser
 
         return curriculum_parser().parse_args(argv)
+    elif module == "standard_classification.rank_difficulty":
+        from standard_classification.rank_difficulty import parse_args
+    elif module == "base_to_new_classification.rank_difficulty":
+        from base_to_new_classification.rank_difficulty import parse_args
     elif module.startswith("tools."):
         import importlib
 
@@ -510,7 +514,11 @@ CLASSIFICATION_SETTINGS = {
     "clip/train_ttm.sh": {"--distill": "ttm", "--ttm_l": "0.1", "--kd-weight": "1000.0", "--lr": "0.005", "--temperature": "1.0"},
     "clip/train_dist.sh": {"--distill": "dist", "--dist_tau": "1.0", "--dist_beta": "1.0", "--dist_gamma": "1.0", "--kd-weight": "1.0", "--lr": "0.0001"},
     "clip/train_divergences.sh": {"--kd-weight": "200.0", "--lr": "0.0001", "--temperature": "1.0"},
+    # POCL (abkd/curriculum.py): train_kd.sh's KD in 4 stages, from a ranking by the run's initialised student.
+    "cifar/train_pocl.sh": {"--distill": "kd", "--kd_T": "4", "--ce-weight": "1", "--kd-weight": "2", "--curriculum": "pocl", "--num-stages": "4"},
+    "clip/train_pocl.sh": {"--distill": "kd", "--kd-weight": "200.0", "--temperature": "1.0", "--epochs": "20", "--curriculum": "pocl", "--num-stages": "4"},
 }  # fmt: skip
+RANKING_MODULES = ("standard_classification.rank_difficulty", "base_to_new_classification.rank_difficulty")
 
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS.glob("cifar/*.sh")) + sorted(SCRIPTS.glob("clip/*.sh")), ids=name)
@@ -519,10 +527,16 @@ def test_classification_launchers(script, tmp_path):
         return
     assert name(script) in CLASSIFICATION_SETTINGS, f"{name(script)} has no row in CLASSIFICATION_SETTINGS"
     commands = printed_commands(script, *default_args(script, tmp_path))
-    training = [argv for module, argv in commands if module != "base_to_new_classification.summarize"]
+    training = [argv for module, argv in commands if module != "base_to_new_classification.summarize" and module not in RANKING_MODULES]
     for argv in training:
         for flag, value in CLASSIFICATION_SETTINGS[name(script)].items():
             assert flag_value(argv, flag) == value, (flag, argv)
+    if script.name == "train_pocl.sh":  # each run is preceded by its ranking: its seed, teacher and end temperature
+        for (rank_module, rank_argv), (train_module, train_argv) in zip(commands[0::2], commands[1::2]):
+            assert rank_module in RANKING_MODULES and train_module not in RANKING_MODULES
+            ranked, run = parse(rank_module, rank_argv, tmp_path), parse(train_module, train_argv, tmp_path)
+            assert (ranked.ranking, ranked.seed, ranked.teacher_ckpt) == (run.ranking, run.seed, run.teacher_ckpt)
+            assert ranked.kd_temperature == run.kd_temperature_end
     if script.parent.name == "clip":  # seeds 1-3 per setting, each in its own directory, then the summary
         assert commands[-1][0] == "base_to_new_classification.summarize"
         seeds = sorted(flag_value(argv, "--seed") for argv in training)
