@@ -186,7 +186,7 @@ class RecordingSampler:
 
 def test_cifar_stages_schedule_and_resume_inside_stage_2(cifar, tmp_path, monkeypatch):
     real_batches, real_train = cifar_train.train_batches, train_student.train
-    monkeypatch.setattr(cifar_train, "train_batches", lambda split, sampler, device: real_batches(split, RecordingSampler(sampler), device))
+    monkeypatch.setattr(cifar_train, "train_batches", lambda split, sampler, device, contrast=None: real_batches(split, RecordingSampler(sampler), device, contrast))
     initial = {}
 
     def recording_train(run, name, student, *rest, **kwargs):
@@ -276,6 +276,8 @@ def test_cifar_curriculum_flags_fail_clearly(cifar, tmp_path, capsys):
         ([*argv, "--stage-patience", "2"], "--stage-patience is not available for classification"),
         ([*argv, "--stage-epochs", "2"], "leaves no epoch for the last stage"),
         ([*argv[: argv.index("--curriculum")], "--ranking", "r.jsonl"], "--ranking is only used with --curriculum pocl"),
+        ([*argv, "--distill", "crd"], "--curriculum pocl schedules the KD temperature (--kd-temperature), which --distill crd does not use"),
+        ([*argv, "--distill", "ttm", "--kd-weight", "1"], "which --distill ttm does not use"),
     ):
         with pytest.raises(SystemExit):
             train_student.parse_args(bad)
