@@ -362,10 +362,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.synthetic:
         sizes = dict(num_classes=args.classes, train_per_class=args.train_per_class, test_per_class=args.test_per_class, seed=args.seed, noise=args.noise)
-        if args.superclasses:
-            directory = write_superclass_cifar(args.data_folder, num_superclasses=args.superclasses, class_strength=args.class_strength, **sizes)
-        else:
-            directory = write_synthetic_cifar(args.data_folder, **sizes)
+        try:
+            if args.superclasses:
+                directory = write_superclass_cifar(args.data_folder, num_superclasses=args.superclasses, class_strength=args.class_strength, **sizes)
+            else:
+                directory = write_synthetic_cifar(args.data_folder, **sizes)
+        except ValueError as error:
+            parser.error(str(error))
         print(f"wrote a synthetic CIFAR-format dataset to {directory}")
     for split in ("train", "test"):
         data = load_cifar100(args.data_folder, split)
