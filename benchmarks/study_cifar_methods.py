@@ -236,12 +236,12 @@ def table(study: Study, teacher_accuracy: float, names: list[str], pocl: list[st
 
     scratch = values("scratch", "no")
     lines = [
-        f"Data: synthetic CIFAR-format, {a.classes} classes in {a.superclasses} superclasses (class strength {a.class_strength}, noise {a.noise}, "
+        f"- Data: synthetic CIFAR-format, {a.classes} classes in {a.superclasses} superclasses (class strength {a.class_strength}, noise {a.noise}, "
         f"seed {a.data_seed}), {a.classes * a.train_per_class} training / {a.classes * a.test_per_class} test images.",
-        f"Teacher: {a.teacher}, {a.teacher_epochs} epochs (decays after {scaled_decays(a.teacher_epochs)}), seed 0: top-1 {teacher_accuracy:.2f}.",
-        f"Student: {a.student}, {a.epochs} epochs, SGD lr 0.05 ×0.1 after epochs {scaled_decays(a.epochs)}, batch 64, weight decay 5e-4; "
+        f"- Teacher: {a.teacher}, {a.teacher_epochs} epochs (decays after {scaled_decays(a.teacher_epochs)}), seed 0: top-1 {teacher_accuracy:.2f}.",
+        f"- Student: {a.student}, {a.epochs} epochs, SGD lr 0.05 ×0.1 after epochs {scaled_decays(a.epochs)}, batch 64, weight decay 5e-4; "
         f"POCL: 4 stages, ranking by the seed's initialised student (CE + KL at T 4, RRF), T from T/2 and the KD weight from 0.7×.",
-        f"Top-1 (%) on the test set after the last epoch, mean ± sample std over seeds {', '.join(map(str, seeds))}; "
+        f"- Top-1 (%) on the test set after the last epoch, mean ± sample std over seeds {', '.join(map(str, seeds))}; "
         f"wall: seconds per run, {a.workers} runs at a time, {a.threads} thread(s) each.",
         "",
         "| method | curriculum | top-1 | Δ vs scratch | Δ pocl − no | wall (s) |",
