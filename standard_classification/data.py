@@ -5,7 +5,9 @@ per-channel normalisation), as in the CRD/RepDistiller recipe but without per-im
 Layout read (https://www.cs.toronto.edu/~kriz/cifar.html): `<data-folder>/cifar-100-python/`
 (or `<data-folder>` itself) holding the pickles `train`, `test` and `meta`, or the unextracted
 `<data-folder>/cifar-100-python.tar.gz`. `write_synthetic_cifar` writes a tiny dataset in the same
-layout for tests and CPU smoke runs (`python -m standard_classification.data --synthetic ...`).
+layout for tests and CPU smoke runs (`python -m standard_classification.data --synthetic ...`);
+`write_superclass_cifar` (`--synthetic --superclasses S`) a harder one whose classes come in
+superclasses, for CPU-scale distillation studies (benchmarks/study_cifar_methods.py).
 """
 
 from __future__ import annotations
@@ -252,6 +254,39 @@ def eval_batches(split: CifarSplit, batch_size: int, rank: int, world: int, devi
 # ---------------------------------------------------------------------------------------------
 
 
+def _synthetic_split(rng: np.random.RandomState, templates: np.ndarray, per_class: int, split: str, noise: float, coarse_labels: np.ndarray) -> dict:
+    """One split's pickle payload: `per_class` images of each of the classes of `templates`
+    [C, 3, 32, 32] (intensities, 1 = full range), in shuffled order, each its class's template
+    rolled by up to 3 pixels plus Gaussian pixel noise of std `noise`; coarse_labels: [C]."""
+    num_classes = len(templates)
+    labels = np.repeat(np.arange(num_classes), per_class)
+    rng.shuffle(labels)
+    images = []
+    for label in labels:
+        shift = rng.randint(-3, 4, size=2)
+        image = np.roll(templates[label], tuple(shift), axis=(1, 2)) + noise * rng.randn(3, 32, 32)
+        images.append(np.clip(image * 255.0, 0, 255).astype(np.uint8))
+    data = np.stack(images).reshape(len(labels), 3072) if images else np.zeros((0, 3072), np.uint8)
+    return {
+        "filenames": [f"synthetic_{split}_{i}.png" for i in range(len(labels))],
+        "batch_label": f"synthetic {split}",
+        "fine_labels": labels.tolist(),
+        "coarse_labels": coarse_labels[labels].tolist(),
+        "data": data,
+    }
+
+
+def _write_payloads(data_folder: str | Path, payloads: dict[str, dict]) -> Path:
+    """`<data_folder>/cifar-100-python/<name>` for each payload, each written atomically."""
+    directory = Path(data_folder) / DIRECTORY
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, payload in payloads.items():
+        temporary = directory / f".{name}.tmp"
+        temporary.write_bytes(pickle.dumps(payload, protocol=2))
+        os.replace(temporary, directory / name)
+    return directory
+
+
 def write_synthetic_cifar(
     data_folder: str | Path, *, num_classes: int = 10, train_per_class: int = 16, test_per_class: int = 8, seed: int = 0, noise: float = 0.25
 ) -> Path:
@@ -266,36 +301,49 @@ def write_synthetic_cifar(
     rng = np.random.RandomState(seed)
     coarse = rng.rand(num_classes, 3, 4, 4)
     templates = coarse.repeat(8, axis=2).repeat(8, axis=3)  # [C, 3, 32, 32], 8x8 tiles
-
-    def make(per_class: int, split: str) -> dict:
-        labels = np.repeat(np.arange(num_classes), per_class)
-        rng.shuffle(labels)
-        images = []
-        for label in labels:
-            shift = rng.randint(-3, 4, size=2)
-            image = np.roll(templates[label], tuple(shift), axis=(1, 2)) + noise * rng.randn(3, 32, 32)
-            images.append(np.clip(image * 255.0, 0, 255).astype(np.uint8))
-        data = np.stack(images).reshape(len(labels), 3072) if images else np.zeros((0, 3072), np.uint8)
-        return {
-            "filenames": [f"synthetic_{split}_{i}.png" for i in range(len(labels))],
-            "batch_label": f"synthetic {split}",
-            "fine_labels": labels.tolist(),
-            "coarse_labels": (labels // 5).tolist(),
-            "data": data,
-        }
-
-    directory = Path(data_folder) / DIRECTORY
-    directory.mkdir(parents=True, exist_ok=True)
-    payloads = {
-        "train": make(train_per_class, "train"),
-        "test": make(test_per_class, "test"),
+    coarse_labels = np.arange(num_classes) // 5
+    return _write_payloads(data_folder, {
+        "train": _synthetic_split(rng, templates, train_per_class, "train", noise, coarse_labels),
+        "test": _synthetic_split(rng, templates, test_per_class, "test", noise, coarse_labels),
         "meta": {"fine_label_names": [f"class_{i}" for i in range(num_classes)], "coarse_label_names": [f"super_{i}" for i in range(20)]},
-    }
-    for name, payload in payloads.items():
-        temporary = directory / f".{name}.tmp"
-        temporary.write_bytes(pickle.dumps(payload, protocol=2))
-        os.replace(temporary, directory / name)
-    return directory
+    })
+
+
+def superclass_templates(num_classes: int, num_superclasses: int, class_strength: float, seed: int) -> np.ndarray:
+    """[C, 3, 32, 32] class templates with a class similarity: class c belongs to superclass
+    c // (C / S), and its template is its superclass's smooth colour pattern (uniform in [0, 1]
+    on 8x8 tiles) plus `class_strength` times its own zero-mean pattern (uniform in [-1/2, 1/2]
+    on finer 4x4 tiles). The classes of a superclass differ only by the weaker patterns, so a
+    classifier's confusions, and a teacher's soft labels, concentrate within superclasses."""
+    if num_superclasses < 1 or num_classes % num_superclasses:
+        raise ValueError(f"{num_classes} classes cannot be split into {num_superclasses} equal superclasses")
+    rng = np.random.RandomState(seed)
+    shared = rng.rand(num_superclasses, 3, 4, 4).repeat(8, axis=2).repeat(8, axis=3)
+    own = (rng.rand(num_classes, 3, 8, 8) - 0.5).repeat(4, axis=2).repeat(4, axis=3)
+    return shared[np.arange(num_classes) // (num_classes // num_superclasses)] + class_strength * own
+
+
+def write_superclass_cifar(
+    data_folder: str | Path, *, num_classes: int = 20, num_superclasses: int = 4, train_per_class: int = 80, test_per_class: int = 40,
+    seed: int = 0, class_strength: float = 0.3, noise: float = 0.25,
+) -> Path:
+    """Write a synthetic dataset in the official layout (as `write_synthetic_cifar`) whose
+    classes are grouped into `num_superclasses` equal superclasses (`superclass_templates`;
+    `coarse_labels` holds each image's superclass), so that the teacher's soft labels carry
+    which classes resemble which: a harder set on which distillation can help. Images are the
+    template rolled by up to 3 pixels plus Gaussian pixel noise of std `noise`. Returns the
+    directory written."""
+    if not 1 <= num_classes <= 100:
+        raise ValueError(f"num_classes must be in [1, 100], got {num_classes}")
+    templates = superclass_templates(num_classes, num_superclasses, class_strength, seed)
+    rng = np.random.RandomState(seed + 1)  # the images' draws, apart from the templates'
+    coarse_labels = np.arange(num_classes) // (num_classes // num_superclasses)
+    return _write_payloads(data_folder, {
+        "train": _synthetic_split(rng, templates, train_per_class, "train", noise, coarse_labels),
+        "test": _synthetic_split(rng, templates, test_per_class, "test", noise, coarse_labels),
+        "meta": {"fine_label_names": [f"class_{i}" for i in range(num_classes)],
+                 "coarse_label_names": [f"super_{i}" for i in range(num_superclasses)]},
+    })
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -307,12 +355,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--test-per-class", type=int, default=8, help="synthetic: test images per class")
     parser.add_argument("--seed", type=int, default=0, help="synthetic: random seed of the patterns and noise")
     parser.add_argument("--noise", type=float, default=0.25, help="synthetic: std of the pixel noise (1 = the full intensity range)")
+    parser.add_argument("--superclasses", type=int, default=0,
+                        help="synthetic: group the --classes into this many equal superclasses sharing a pattern (write_superclass_cifar; 0: none)")
+    parser.add_argument("--class-strength", type=float, default=0.3,
+                        help="synthetic with --superclasses: amplitude of each class's own pattern beside its superclass's (1 = the full range)")
     args = parser.parse_args(argv)
     if args.synthetic:
-        directory = write_synthetic_cifar(
-            args.data_folder, num_classes=args.classes, train_per_class=args.train_per_class, test_per_class=args.test_per_class, seed=args.seed,
-            noise=args.noise,
-        )
+        sizes = dict(num_classes=args.classes, train_per_class=args.train_per_class, test_per_class=args.test_per_class, seed=args.seed, noise=args.noise)
+        try:
+            if args.superclasses:
+                directory = write_superclass_cifar(args.data_folder, num_superclasses=args.superclasses, class_strength=args.class_strength, **sizes)
+            else:
+                directory = write_synthetic_cifar(args.data_folder, **sizes)
+        except ValueError as error:
+            parser.error(str(error))
         print(f"wrote a synthetic CIFAR-format dataset to {directory}")
     for split in ("train", "test"):
         data = load_cifar100(args.data_folder, split)

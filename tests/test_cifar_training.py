@@ -19,7 +19,7 @@ from abkd.classification import DISTILL_LOSSES, LogitDistillation, build_distill
 from abkd.losses import divergence
 from abkd.sampling import GlobalBatchSampler
 from standard_classification import train_student, train_teacher
-from standard_classification.data import CIFAR100_MEAN, CIFAR100_STD, CifarSplit, augment, eval_batches, load_cifar100, train_batches, write_synthetic_cifar
+from standard_classification.data import CIFAR100_MEAN, CIFAR100_STD, CifarSplit, augment, eval_batches, load_cifar100, train_batches, write_superclass_cifar, write_synthetic_cifar
 from standard_classification.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -235,6 +235,27 @@ def test_archive_and_directory_give_the_same_data(tmp_path):
     # Official layout: the first 1024 bytes of a row are the red plane, row-major.
     images = load_cifar100(folder, "train").images
     assert torch.equal(images[0, 0].flatten(), torch.from_numpy(raw["data"][0, :1024]))
+
+
+def test_superclass_dataset_puts_the_classes_of_a_superclass_closer_together(tmp_path):
+    """write_superclass_cifar: 8 classes in 2 superclasses. Without pixel noise (only the random
+    shifts), the mean images of two classes of one superclass differ (each has its own pattern)
+    but are nearer each other than any two classes of different superclasses; the pickles
+    record each image's superclass as its coarse label."""
+    directory = write_superclass_cifar(tmp_path, num_classes=8, num_superclasses=2, train_per_class=16, test_per_class=2, seed=0, noise=0.0)
+    train = load_cifar100(tmp_path, "train")
+    assert len(train) == 128 and len(load_cifar100(tmp_path, "test")) == 16 and torch.equal(train.labels.bincount(), torch.full((8,), 16))
+    pixels = train.images.float().flatten(1) / 255.0
+    distance = torch.cdist(*[torch.stack([pixels[train.labels == c].mean(0) for c in range(8)])] * 2)  # between class means
+    superclass = torch.arange(8) // 4
+    within = distance[(superclass[:, None] == superclass[None, :]) & ~torch.eye(8, dtype=torch.bool)]
+    across = distance[superclass[:, None] != superclass[None, :]]
+    assert within.min() > 1.0 and within.max() < 0.6 * across.min()
+    raw = pickle.loads((directory / "train").read_bytes(), encoding="latin1")
+    assert raw["coarse_labels"] == [label // 4 for label in raw["fine_labels"]]
+    assert pickle.loads((directory / "meta").read_bytes())["coarse_label_names"] == ["super_0", "super_1"]
+    with pytest.raises(ValueError, match="equal superclasses"):
+        write_superclass_cifar(tmp_path / "bad", num_classes=10, num_superclasses=4)
 
 
 def test_augment_is_a_padded_crop_and_flip_per_image():
