@@ -17,6 +17,11 @@ dD/dz_j = (u_j - q_j sum_k u_k) / T directly, which avoids autograd's saved inte
 others take the per-chunk gradient from `torch.func.grad`. This module knows no divergence by
 name. Cross-entropy at temperature 1: dCE/dz = softmax(z) - onehot(y).
 
+A truncated teacher (`teacher_buckets`: its top-K ids and K + 1 bucket log-probabilities, as an
+offline cache stores it) is compared with the student coarse-grained on the same buckets; the
+divergence's derivative on the K + 1 buckets is spread back onto the V logits in closed form
+(`_bucketed_grad`), so this path too never holds more than one chunk of logits.
+
 The element-wise work over [C, V] costs about as much as the matmuls in eager PyTorch, so the
 per-chunk function is compiled with `torch.compile` when the chunk is large enough to repay the
 one-time compilation (the `compile=` argument; nothing else switches it); an eager path is
@@ -33,7 +38,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from abkd.losses import check_temperature, divergence_terms, log_q_gradient, resolve_params
+from abkd.losses import bucket_valid, check_temperature, divergence_terms, log_q_gradient, resolve_params, student_bucket_log_probs
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +77,15 @@ def padded_vocab(vocab: int, device: torch.device) -> int:
 COMPILE_MIN_ELEMENTS = 1 << 23
 
 
+class TeacherBuckets(NamedTuple):
+    """A truncated teacher (an offline cache): its top-K token ids `ids` [..., K] (int64) and its
+    log-probabilities on those K tokens and one tail bucket, `log_probs` [..., K + 1], at the
+    divergence's temperature (`abkd.losses.teacher_bucket_log_probs`)."""
+
+    ids: Tensor
+    log_probs: Tensor
+
+
 class FusedLossOutput(NamedTuple):
     """`loss` = (1 - kd_ratio) * ce + kd_ratio * kd carries the gradient (without labels: the
     divergence alone, and ce = 0); `kd` and `ce` are detached token means for logging."""
@@ -90,6 +104,43 @@ def _tempered_log_probs(student_logits: Tensor, teacher_logits: Tensor, temperat
     return raw_log_q, torch.where(valid, raw_log_q, 0.0), torch.where(valid, log_p, 0.0), valid
 
 
+def _bucketed_grad(
+    student_logits: Tensor, teacher_ids: Tensor, log_p_buckets: Tensor, kd_weight: Tensor, name: str, params: dict, temperature: float
+) -> tuple[Tensor, Tensor]:
+    """Divergence [C] and its gradient [C, V] with respect to the student logits for a truncated
+    teacher: K + 1 buckets (`teacher_ids` [C, K], `log_p_buckets` [C, K + 1]) against the
+    student coarse-grained on them (`abkd.losses.bucketed_divergence`).
+
+    With u_b = d(kd_weight D)/d(ln q_b) on the K + 1 buckets (closed form, or autograd on the
+    small [C, K + 1] tensor) and d ln q_b / dz_i = (1[i in b] q_i / q_b - q_i) / T:
+        dD/dz_i = (u_i - q_i sum_b u_b) / T                       for i in the teacher's top K,
+        dD/dz_i = (u_tail q_i / q_tail - q_i sum_b u_b) / T       for the other tokens.
+    """
+    raw_log_q = torch.log_softmax(student_logits / temperature, dim=-1)
+    log_q_buckets = student_bucket_log_probs(raw_log_q, teacher_ids)
+    log_q, log_p, valid = bucket_valid(log_q_buckets, log_p_buckets)
+    closed_form = log_q_gradient(name)
+    if closed_form is not None:
+        kd_values = divergence_terms(name, log_q, log_p, valid, params)
+        u = torch.where(valid, closed_form(log_q, log_p, **params), 0.0) * kd_weight[:, None]
+    else:
+
+        def weighted(buckets: Tensor) -> tuple[Tensor, Tensor]:
+            values = divergence_terms(name, buckets, log_p, valid, params)
+            return (values * kd_weight).sum(), values
+
+        u, kd_values = torch.func.grad(weighted, has_aux=True)(log_q)
+        u = torch.where(valid, u, 0.0)
+    q = torch.exp(raw_log_q)
+    total = u.sum(-1, keepdim=True)
+    tail = log_q_buckets[:, -1:]
+    has_tail = tail != -math.inf
+    # q_i / q_tail for tail tokens (<= 1); top tokens are overwritten below.
+    grad = torch.where(has_tail, u[:, -1:], 0.0) * torch.exp(raw_log_q - torch.where(has_tail, tail, 0.0)) - q * total
+    grad = grad.scatter(-1, teacher_ids, u[:, :-1] - q.gather(-1, teacher_ids) * total)
+    return kd_values, grad / temperature
+
+
 def _chunk_loss_and_grad(
     student_logits: Tensor,
     teacher_logits: Tensor | None,
@@ -99,17 +150,21 @@ def _chunk_loss_and_grad(
     name: str | None,
     params: tuple[tuple[str, float], ...],
     temperature: float,
+    teacher_ids: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """One chunk of rows: returns the per-row divergence [C] and cross-entropy [C], and overwrites
     `student_logits` [C, V] with d(loss)/d(student_logits) for
     loss = sum_rows kd_weight * divergence + ce_weight * ce. Writing the gradient in place lets
-    one logits buffer serve every chunk. float32/float64 throughout."""
+    one logits buffer serve every chunk. float32/float64 throughout. With `teacher_ids` [C, K],
+    `teacher_logits` holds the truncated teacher's bucket log-probabilities [C, K + 1]."""
     rows = student_logits.shape[0]
     grad = None
     kd_values = student_logits.new_zeros(rows)
     ce_values = student_logits.new_zeros(rows)
     params = dict(params)
-    if name is not None:
+    if name is not None and teacher_ids is not None:
+        kd_values, grad = _bucketed_grad(student_logits, teacher_ids, teacher_logits, kd_weight, name, params, temperature)
+    elif name is not None:
         closed_form = log_q_gradient(name)
         if closed_form is not None:
             raw_log_q, log_q, log_p, valid = _tempered_log_probs(student_logits, teacher_logits, temperature)
@@ -202,6 +257,7 @@ class _FusedLinearLoss(torch.autograd.Function):
         teacher_logits: Tensor | None,  # [N, V]
         teacher_hidden: Tensor | None,  # [N, Ht]
         teacher_weight: Tensor | None,  # [V, Ht]
+        teacher_ids: Tensor | None,  # [N, K]; then teacher_logits holds bucket log-probabilities [N, K + 1]
         labels: Tensor | None,  # [N]
         kd_mask: Tensor,  # [N] bool
         name: str | None,
@@ -264,21 +320,23 @@ class _FusedLinearLoss(torch.autograd.Function):
                 logits[:, vocab:] = -math.inf
             chunk_teacher = None
             if name is not None:
-                if teacher_logits is not None:
+                if teacher_ids is not None:
+                    chunk_teacher = take(teacher_logits)  # buckets: the padded logits fall in no bucket and have q = 0
+                elif teacher_logits is not None:
                     chunk_teacher = take(teacher_logits)
                     if padded != vocab:
                         chunk_teacher = torch.nn.functional.pad(chunk_teacher, (0, padded - vocab), value=-math.inf)
                 else:
                     chunk_teacher = take(teacher_hidden) @ teacher_weight.T
                 chunk_teacher = chunk_teacher.to(compute_dtype)
-                if padded != vocab:
+                if padded != vocab and teacher_ids is None:
                     chunk_teacher[:, vocab:] = -math.inf
             chunk_labels = take(labels) if labels is not None else None
             chunk_kd_mask, chunk_ce_mask = take(kd_mask), take(ce_mask)
             kd_values, ce_values = chunk_fn(
                 logits, chunk_teacher, chunk_labels,
                 chunk_kd_mask.to(compute_dtype) * kd_scale, chunk_ce_mask.to(compute_dtype) * ce_scale,
-                name, params, temperature,
+                name, params, temperature, take(teacher_ids) if teacher_ids is not None and name is not None else None,
             )
             grad_logits = logits  # overwritten in place
             del chunk_teacher
@@ -323,7 +381,7 @@ class _FusedLinearLoss(torch.autograd.Function):
         ctx.backward_done = True
         # The saved gradients are ours alone, so scaling them in place avoids a second [V, H] copy.
         grads = tuple(None if g is None else g.mul_(grad_loss.to(g.dtype)) for g in ctx.saved_tensors)
-        return grads + (None,) * 12
+        return grads + (None,) * 13
 
 
 def fused_linear_divergence(
@@ -334,6 +392,7 @@ def fused_linear_divergence(
     teacher_logits: Tensor | None = None,
     teacher_hidden: Tensor | None = None,
     teacher_weight: Tensor | None = None,
+    teacher_buckets: TeacherBuckets | None = None,
     mask: Tensor | None = None,
     student_bias: Tensor | None = None,
     labels: Tensor | None = None,
@@ -352,7 +411,10 @@ def fused_linear_divergence(
         student_hidden: [..., H] final hidden states.
         student_weight: [V, H] the LM head (output embedding) weight; `student_bias` [V].
         teacher_logits: [..., V], or `teacher_hidden` [..., Ht] with `teacher_weight` [V, Ht],
-            from which teacher logits are recomputed per chunk (never held in full).
+            from which teacher logits are recomputed per chunk (never held in full), or
+            `teacher_buckets`: a truncated teacher (top-K ids and K + 1 bucket log-probabilities
+            at `temperature`, see `TeacherBuckets`), compared with the student coarse-grained on
+            its buckets (`abkd.losses.bucketed_divergence`).
         mask: [...] bool, the positions the divergence averages over. Defaults to
             `labels != -100` when labels are given, else every position.
         labels: [...] token ids, `ignore_index` where no token is predicted; adds the token-mean
@@ -390,9 +452,20 @@ def fused_linear_divergence(
         if kd_ratio not in (None, 0.0):
             raise ValueError("kd_ratio must be 0 or None when no divergence is given")
         kd_ratio = 0.0
-    elif (teacher_logits is None) == (teacher_hidden is None):
-        raise ValueError("give the teacher as exactly one of teacher_logits or teacher_hidden + teacher_weight")
-    if teacher_logits is not None:
+    elif sum(teacher is not None for teacher in (teacher_logits, teacher_hidden, teacher_buckets)) != 1:
+        raise ValueError("give the teacher as exactly one of teacher_logits, teacher_hidden + teacher_weight, or teacher_buckets")
+    teacher_ids = None
+    if teacher_buckets is not None:
+        teacher_ids, teacher_logits = teacher_buckets
+        k = teacher_ids.shape[-1]
+        if teacher_ids.shape[:-1] != lead or teacher_logits.shape != (*lead, k + 1) or not 0 < k <= vocab:
+            raise ValueError(
+                f"teacher_buckets must be ids {(*lead, 'K')} with 0 < K <= {vocab} and log_probs {(*lead, 'K + 1')}, "
+                f"got {tuple(teacher_ids.shape)} and {tuple(teacher_logits.shape)}"
+            )
+        teacher_ids = teacher_ids.reshape(-1, k).long()
+        teacher_logits = teacher_logits.reshape(-1, k + 1).detach()
+    if teacher_logits is not None and teacher_ids is None:
         if teacher_logits.shape != (*lead, vocab):
             raise ValueError(f"teacher_logits must be {(*lead, vocab)}, got {tuple(teacher_logits.shape)}")
         teacher_logits = teacher_logits.reshape(-1, vocab).detach()
@@ -425,6 +498,7 @@ def fused_linear_divergence(
         teacher_logits,
         teacher_hidden,
         teacher_weight,
+        teacher_ids,
         labels,
         mask,
         name,

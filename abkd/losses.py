@@ -432,6 +432,84 @@ def divergence(
     return divergence_terms(name, log_q, log_p, valid, resolved)
 
 
+# ---------------------------------------------------------------------------------------------
+# A truncated teacher: its top K tokens and one tail bucket (offline teacher caches).
+# ---------------------------------------------------------------------------------------------
+
+
+def _log1mexp(x: Tensor) -> Tensor:
+    """log(1 - exp(x)) for x <= 0, accurate near 0 and at -inf (which gives 0)."""
+    return torch.where(x > -math.log(2.0), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+def teacher_bucket_log_probs(top_logits: Tensor, tail_log_mass: Tensor, temperature: float = 1.0) -> Tensor:
+    """The teacher's distribution on K + 1 buckets: its top K tokens, then the tail.
+
+    Args:
+        top_logits: [..., K] the teacher's K largest logits (any common shift, e.g. minus the
+            row's maximum: softmax does not see it).
+        tail_log_mass: [...] ln sum_{j outside the top K} softmax(z / T)_j at this temperature
+            (-inf when K = V).
+    Returns:
+        [..., K + 1] log-probabilities, float32 (float64 for float64 inputs): ln p_k =
+        z_k / T - LSE_top(z / T) + ln(1 - tail mass) for the top K, then `tail_log_mass`.
+    """
+    temperature = check_temperature(temperature)
+    dtype = compute_dtype(top_logits)
+    scaled = top_logits.to(dtype) / temperature
+    tail = tail_log_mass.to(dtype)
+    top = scaled - scaled.logsumexp(dim=-1, keepdim=True) + _log1mexp(tail)[..., None]
+    return torch.cat([top, tail[..., None]], dim=-1)
+
+
+def student_bucket_log_probs(log_q: Tensor, teacher_ids: Tensor) -> Tensor:
+    """The student's log-probabilities log_q [..., V] coarse-grained on the teacher's buckets:
+    [..., K + 1], its log-probability of each of the teacher's top-K ids `teacher_ids` [..., K],
+    then ln of its mass outside them (-inf if none is left). The empty-tail case is computed on a
+    placeholder, so gradients stay finite."""
+    top = log_q.gather(-1, teacher_ids)
+    outside = torch.ones_like(log_q, dtype=torch.bool).scatter(-1, teacher_ids, False) & (log_q != -math.inf)
+    empty = ~outside.any(dim=-1, keepdim=True)
+    tail_input = torch.where(outside, log_q, -math.inf).masked_fill(empty, 0.0)
+    tail = torch.where(empty.squeeze(-1), -math.inf, tail_input.logsumexp(dim=-1))
+    return torch.cat([top, tail[..., None]], dim=-1)
+
+
+def bucket_valid(log_q_buckets: Tensor, log_p_buckets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(log_q, log_p, valid) on buckets, sanitised as `log_probs` does: a bucket empty on either
+    side (-inf, e.g. the tail when K = V) contributes 0."""
+    valid = (log_q_buckets != -math.inf) & (log_p_buckets != -math.inf)
+    zero = log_q_buckets.new_zeros(())
+    return torch.where(valid, log_q_buckets, zero), torch.where(valid, log_p_buckets, zero), valid
+
+
+def bucketed_divergence(
+    name: str, student_logits: Tensor, teacher_ids: Tensor, teacher_bucket_log_probs: Tensor, *, temperature: float = 1.0, **params: float
+) -> Tensor:
+    """Per-position D(p || q) between a truncated teacher and the student coarse-grained on it.
+
+    The teacher is given by its top-K token ids `teacher_ids` [..., K] (int64) and its bucket
+    log-probabilities [..., K + 1] at `temperature` (`teacher_bucket_log_probs`); the student
+    q = softmax(student_logits / T) [..., V] is summed onto the same K + 1 buckets (its tail
+    is its whole mass outside the teacher's top K). Every divergence of `DIVERGENCES` applies
+    unchanged to the K + 1 entries; with K = V (an empty tail) this is `divergence` exactly.
+
+    Returns [...], float32 or float64.
+    """
+    resolved = resolve_params(name, params)
+    temperature = check_temperature(temperature)
+    k = teacher_ids.shape[-1]
+    if teacher_bucket_log_probs.shape != (*teacher_ids.shape[:-1], k + 1) or student_logits.shape[:-1] != teacher_ids.shape[:-1]:
+        raise ValueError(
+            f"teacher_ids {tuple(teacher_ids.shape)} [..., K], teacher_bucket_log_probs {tuple(teacher_bucket_log_probs.shape)} "
+            f"[..., K + 1] and student_logits {tuple(student_logits.shape)} [..., V] must agree"
+        )
+    dtype = compute_dtype(student_logits, teacher_bucket_log_probs)
+    log_q = torch.log_softmax(student_logits.to(dtype) / temperature, dim=-1)
+    log_q, log_p, valid = bucket_valid(student_bucket_log_probs(log_q, teacher_ids), teacher_bucket_log_probs.to(dtype))
+    return divergence_terms(name, log_q, log_p, valid, resolved)
+
+
 def masked_mean(values: Tensor, mask: Tensor | None = None) -> Tensor:
     """Mean of `values` over the positions where `mask` is True (all positions if None).
 
