@@ -157,7 +157,14 @@ RUNS = {
 
 @pytest.mark.parametrize("divergence", list(RUNS))
 def test_training_from_a_full_cache_equals_the_online_teacher(divergence, tmp_path, monkeypatch, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, full_cache):
-    """Dropout on: the online teacher runs in eval mode, as the cache's did, and the student's masks are the same."""
+    """Dropout on: the online teacher runs in eval mode, as the cache's did, and the student's masks are the same.
+
+    The cache's teacher ran on other batches (other padding), so its log-probabilities differ from
+    the online teacher's by float32 rounding (~1e-6 absolute, one ulp); Adam divides each step by
+    sqrt(v), which amplifies such differences on parameters whose gradient is near 0. Measured: the
+    online run with its teacher's hidden states perturbed by 1e-7 relative noise ends 8.8e-6 away
+    from itself after these 3 steps. The loss and gradients themselves are compared tightly, batch
+    by batch, in the next test."""
     finetune.main(_argv(tmp_path / "online", processed_dir, tiny_gpt2_dir, *RUNS[divergence], "--teacher-model-path", tiny_gpt2_teacher_dir))
     loaded = []
     load_causal_lm = finetune.load_causal_lm
@@ -166,7 +173,7 @@ def test_training_from_a_full_cache_equals_the_online_teacher(divergence, tmp_pa
     assert [str(path) for path in loaded] == [str(tiny_gpt2_dir)]  # only the student: no teacher weights read
     online, cached = (load_file(tmp_path / run / "3" / "model.safetensors") for run in ("online", "cached"))
     assert max((online[k] - load_file(tiny_gpt2_dir / "model.safetensors")[k]).abs().max() for k in online) > 1e-4
-    assert max((online[k] - cached[k]).abs().max().item() for k in online) <= 1e-6
+    assert max((online[k] - cached[k]).abs().max().item() for k in online) <= 5e-5
     log = (tmp_path / "cached" / "log.txt").read_text()
     assert "the teacher is not loaded" in log
     if "--do-valid" in RUNS[divergence]:
@@ -198,9 +205,9 @@ def test_every_divergence_from_a_full_cache_equals_the_online_loss(name, full_lo
         results.append((out, {n: p.grad.clone() for n, p in student.named_parameters()}))
     (online, online_grads), (cached, cached_grads) = results
     for a, b in zip(online, cached):
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
     for key in online_grads:
-        torch.testing.assert_close(cached_grads[key], online_grads[key], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(cached_grads[key], online_grads[key], rtol=1e-5, atol=1e-7)
 
 
 def test_buckets_follow_the_label_positions(topk_cache, processed_dir, tiny_tokenizer):
