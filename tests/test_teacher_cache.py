@@ -9,6 +9,7 @@ the files of an uninterrupted one."""
 import json
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -301,3 +302,28 @@ def test_tail_log_mass_is_minus_infinity_without_a_tail():
     _, ids = logits.topk(2, dim=-1)
     expected = torch.log1p(-torch.softmax(logits / 2.0, -1).gather(-1, ids).sum(-1))
     torch.testing.assert_close(cache_teacher_logits.tail_log_mass(logits, ids, 2.0), expected)
+
+
+def test_launchers_build_the_cache_once_and_pass_it(tmp_path):
+    """TEACHER_CACHE=... on an LLM launcher: the cache command (until the cache is complete), then
+    finetune with --teacher-cache and without the teacher; POCL caches every stage's temperature."""
+    from test_scripts import SCRIPTS, printed_commands
+
+    from distillation_llm.arguments import build_parser
+    from distillation_llm.checks import kd_temperatures
+    from distillation_llm.teacher_cache import temperature_index
+
+    cache = tmp_path / "cache"
+    for script, extra in ((SCRIPTS / "gpt2" / "ab" / "train_0.1B_1.5B.sh", ()), (SCRIPTS / "gpt2" / "pocl" / "train_0.1B_1.5B.sh", ("--type", "ab"))):
+        commands = printed_commands(script, tmp_path, *extra, env={"TEACHER_CACHE": str(cache), "CACHE_TOP_K": "64"})
+        modules = [module for module, _ in commands]
+        assert modules[0] == "tools.cache_teacher_logits" and modules[-1] == "distillation_llm.finetune", modules
+        built = cache_teacher_logits.build_parser().parse_args(commands[0][1])
+        trained = build_parser().parse_args(commands[-1][1])
+        assert Path(built.out) == Path(trained.teacher_cache) == cache and trained.teacher_model_path is None and built.top_k == 64
+        assert Path(built.data_dir) == Path(trained.data_dir) and built.max_length == trained.max_length
+        assert all(temperature_index(built.temperatures, t) is not None for t in kd_temperatures(trained))
+    cache.mkdir()
+    (cache / "meta.json").write_text("{}")
+    commands = printed_commands(SCRIPTS / "gpt2" / "ab" / "train_0.1B_1.5B.sh", tmp_path, env={"TEACHER_CACHE": str(cache)})
+    assert [module for module, _ in commands] == ["distillation_llm.finetune"]

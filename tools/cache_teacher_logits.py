@@ -237,6 +237,9 @@ def build(args: argparse.Namespace) -> dict:
     if E.is_main_process():
         prepare_out(out, settings)
     E.barrier()
+    if (out / META).is_file():  # build.json matched: this very cache is complete
+        E.print_rank0(f"{out} already holds this teacher cache: nothing to do")
+        return json.loads((out / META).read_text())
 
     shards = [(name, index, range(start, min(start + args.shard_size, len(split))))
               for name, split in splits.items() for index, start in enumerate(range(0, len(split), args.shard_size))]
