@@ -327,3 +327,33 @@ def test_launchers_build_the_cache_once_and_pass_it(tmp_path):
     (cache / "meta.json").write_text("{}")
     commands = printed_commands(SCRIPTS / "gpt2" / "ab" / "train_0.1B_1.5B.sh", tmp_path, env={"TEACHER_CACHE": str(cache)})
     assert [module for module, _ in commands] == ["distillation_llm.finetune"]
+
+
+@pytest.mark.slow
+def test_two_processes_build_the_same_cache(tmp_path, processed_dir, tiny_gpt2_teacher_dir, topk_cache):
+    """torchrun: ranks take shards round-robin, rank 0 writes meta.json; the files equal one process's."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from conftest import multiprocess_env
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "cache"
+    repo = Path(__file__).resolve().parents[1]
+    env = multiprocess_env(2, PYTHONPATH=os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")])))
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), "-m", "tools.cache_teacher_logits",
+         "--teacher-model-path", str(tiny_gpt2_teacher_dir), "--data-dir", str(processed_dir), "--out", str(out), "--batch-size", "8",
+         "--top-k", "16", "--temperatures", "1,2", "--shard-size", "16"],
+        cwd=repo, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta.pop("build")["processes"] == 2
+    expected = json.loads((topk_cache / "meta.json").read_text())
+    expected.pop("build")
+    assert meta == expected  # every shard's size and SHA-256 included
