@@ -11,8 +11,8 @@ Parts:
   size      a cache of the demo's train + valid splits for each K in --ks (float16, T = 1): size on
             disk, per 1M response tokens, and the build's wall time (a fresh process, start-up included);
   accuracy  the bucketed divergence (as training computes it from a float16 cache) against the exact
-            one on held-out teacher/student pairs: the demo's teacher and its pretrained and SFT
-            students on the demo's held-out evaluation sets, and on the real instruction sets in
+            one on held-out teacher/student pairs: the demo's teacher and its pretrained, SFT and
+            ABKD-distilled students on the demo's held-out evaluation sets, and on the real instruction sets in
             /work/shared/data/eval when present (skipped otherwise). Per K: relative error of the
             mean loss, cosine between the gradients of the two losses with respect to the student
             logits, and the teacher's mean tail mass;
@@ -65,10 +65,12 @@ def run(command: list[str], log: Path) -> dict:
 def build_cache(demo: Path, out: Path, k: int, logs: Path) -> dict:
     command = [sys.executable, "-m", "tools.cache_teacher_logits", "--teacher-model-path", str(demo / "runs" / "teacher" / "best"),
                "--data-dir", str(demo / "processed"), "--out", str(out), "--top-k", str(k), "--temperatures", "1", "--batch-size", "64"]
-    if (out / "meta.json").is_file():
-        meta = json.loads((out / "meta.json").read_text())
-        return {"seconds": meta["build"]["seconds"], "peak_rss_mib": None, "meta": meta, "reused": True}
-    cost = run(command, logs / f"cache-k{k}.log")
+    cost_file = out.with_name(f"{out.name}.cost.json")
+    if (out / "meta.json").is_file() and cost_file.is_file():  # built by an earlier part or invocation
+        cost = json.loads(cost_file.read_text())
+    else:
+        cost = run(command, logs / f"cache-k{k}.log")
+        cost_file.write_text(json.dumps(cost) + "\n")
     return {**cost, "meta": json.loads((out / "meta.json").read_text())}
 
 
@@ -146,7 +148,7 @@ def compare(teacher_logits: torch.Tensor, student_logits: torch.Tensor, k: int) 
         bucket_z = student_logits.clone().requires_grad_(True)
         approx = bucketed_divergence(name, bucket_z, ids, buckets, **params).mean()
         approx.backward()
-        cosine = torch.nn.functional.cosine_similarity(exact_z.grad.flatten(), bucket_z.grad.flatten(), dim=0).item()
+        cosine = torch.nn.functional.cosine_similarity(exact_z.grad.flatten().double(), bucket_z.grad.flatten().double(), dim=0).item()
         result[label] = {"exact": exact.item(), "bucketed": approx.item(), "relative_error": abs(approx.item() - exact.item()) / exact.item(), "cosine": cosine}
     return result
 
@@ -159,7 +161,9 @@ def accuracy_part(demo: Path, ks: list[int], limit: int) -> dict:
     vocab = len(tokenizer)
     collate = InstructionCollator(tokenizer.pad_token_id, DEMO_RUN["max_length"])
     teacher = load_causal_lm(demo / "runs" / "teacher" / "best").eval()
-    students = {name: load_causal_lm(demo / "runs" / run / "best").eval() for name, run in (("pretrained", "student-pretrain"), ("SFT", "student-sft"))}
+    # The student where distillation starts (pretrained), the SFT baseline, and where it ends (the demo's ABKD student).
+    runs = (("pretrained", "student-pretrain"), ("SFT", "student-sft"), ("distilled (demo ABKD)", "student-ab"))
+    students = {name: load_causal_lm(demo / "runs" / run / "best").eval() for name, run in runs}
     sets = {"demo held-out (5 tasks)": [demo / "data" / "eval" / task / "valid.jsonl" for task in DEMO_TASKS.split(",")]}
     if SHARED_EVAL.is_dir():
         sets["real instructions (dolly, self-inst, vicuna, sinst)"] = [SHARED_EVAL / name / "valid.jsonl" for name in ("dolly", "self-inst", "vicuna", "sinst")]
