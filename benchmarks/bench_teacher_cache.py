@@ -50,7 +50,8 @@ DEMO_TASKS = "copy,lookup,reverse,sort,add"
 
 
 def run(command: list[str], log: Path) -> dict:
-    """Run `command` (from the repository root) as a fresh process; its wall time and peak RSS."""
+    """Run `command` (from the repository root) as a fresh process; its wall time, CPU time (user +
+    system, less sensitive than wall time to other jobs sharing the cores) and peak RSS."""
     log.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with log.open("w") as handle:
@@ -59,7 +60,7 @@ def run(command: list[str], log: Path) -> dict:
     seconds = time.perf_counter() - started
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{' '.join(command)} failed; see {log}")
-    return {"seconds": round(seconds, 2), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
+    return {"seconds": round(seconds, 2), "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
 
 
 def build_cache(demo: Path, out: Path, k: int, logs: Path) -> dict:
@@ -86,11 +87,12 @@ def size_part(demo: Path, out: Path, ks: list[int]) -> dict:
         meta = built["meta"]
         tokens = sum(split["tokens"] for split in meta["splits"].values())
         rows.append({"k": k, "tokens": tokens, "bytes": meta["bytes"], "mib_per_1m_tokens": meta["bytes"] / tokens * 1e6 / 2**20,
-                     "bytes_per_token": meta["bytes"] / tokens, "build_s": built["seconds"], "in_process_build_s": meta["build"]["seconds"]})
-    lines = ["| K | response tokens | size on disk | MiB per 1M tokens | bytes per token | build s (process) | build s (in process) |",
+                     "bytes_per_token": meta["bytes"] / tokens, "build_s": built["seconds"], "build_cpu_s": built["cpu_seconds"],
+                     "in_process_build_s": meta["build"]["seconds"]})
+    lines = ["| K | response tokens | size on disk | MiB per 1M tokens | bytes per token | build: wall / CPU s (process) | build s (in process) |",
              "|---:|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['k']} | {r['tokens']:,} | {r['bytes'] / 2**20:.1f} MiB | {r['mib_per_1m_tokens']:,.0f} | {r['bytes_per_token']:.0f} | "
-              f"{r['build_s']:.1f} | {r['in_process_build_s']:.1f} |" for r in rows]
+              f"{r['build_s']:.1f} / {r['build_cpu_s']:.1f} | {r['in_process_build_s']:.1f} |" for r in rows]
     return {"rows": rows, "table": "\n".join(lines)}
 
 
@@ -238,36 +240,39 @@ def sweep_part(demo: Path, out: Path, k: int, grid: list[tuple[float, float]]) -
             print(f"{name}: {runs[name]['seconds']:.1f} s, peak RSS {runs[name]['peak_rss_mib']:.0f} MiB", flush=True)
     scores = rouge(demo, out, students)
     demo_point = f"a{DEMO_AB[0]:g}_b{DEMO_AB[1]:g}"
-    online_s = sum(runs[f"online-a{a:g}_b{b:g}"]["seconds"] for a, b in grid)
-    cached_runs_s = sum(runs[f"cache-a{a:g}_b{b:g}"]["seconds"] for a, b in grid)
-    cached_s = cached_runs_s + built["seconds"]
+    online, cached = (runs[f"{mode}-{demo_point}"] for mode in ("online", "cache"))
+
+    def total(mode: str, key: str) -> float:
+        return sum(runs[f"{mode}-a{a:g}_b{b:g}"][key] for a, b in grid)
+
     peak = {mode: max(runs[f"{mode}-a{a:g}_b{b:g}"]["peak_rss_mib"] for a, b in grid) for mode in ("online", "cache")}
+    sweep = {key: (total("online", key), total("cache", key) + built[key]) for key in ("seconds", "cpu_seconds")}
     lines = [
-        f"| run | online teacher | cache (K = {k}) | cache / online |", "|---|---:|---:|---:|",
-        f"| demo's ABKD run (α = {DEMO_AB[0]:g}, β = {DEMO_AB[1]:g}), wall time | {runs['online-' + demo_point]['seconds']:.1f} s | "
-        f"{runs['cache-' + demo_point]['seconds']:.1f} s (+ {built['seconds']:.1f} s to build the cache once) | "
-        f"{runs['cache-' + demo_point]['seconds'] / runs['online-' + demo_point]['seconds']:.2f} |",
-        f"| demo's ABKD run, peak RSS | {runs['online-' + demo_point]['peak_rss_mib']:.0f} MiB | {runs['cache-' + demo_point]['peak_rss_mib']:.0f} MiB | "
-        f"{runs['cache-' + demo_point]['peak_rss_mib'] / runs['online-' + demo_point]['peak_rss_mib']:.2f} |",
-        f"| {len(grid)}-point sweep, wall time (cache: build included) | {online_s:.1f} s | {cached_s:.1f} s ({cached_runs_s:.1f} + {built['seconds']:.1f}) | "
-        f"**{cached_s / online_s:.2f}** |",
+        f"| | online teacher | cache (K = {k}) | cache / online |", "|---|---:|---:|---:|",
+        f"| build the cache (once), wall / CPU | – | {built['seconds']:.1f} s / {built['cpu_seconds']:.1f} s | – |",
+        *(f"| demo's ABKD run (α = {DEMO_AB[0]:g}, β = {DEMO_AB[1]:g}), {label} | {online[key]:.1f} s | {cached[key]:.1f} s | {cached[key] / online[key]:.2f} |"
+          for key, label in (("seconds", "wall time"), ("cpu_seconds", "CPU time"))),
+        f"| demo's ABKD run, peak RSS | {online['peak_rss_mib']:.0f} MiB | {cached['peak_rss_mib']:.0f} MiB | {cached['peak_rss_mib'] / online['peak_rss_mib']:.2f} |",
+        *(f"| {len(grid)}-point sweep, {label} (cache: build included) | {sweep[key][0]:.1f} s | {sweep[key][1]:.1f} s | **{sweep[key][1] / sweep[key][0]:.2f}** |"
+          for key, label in (("seconds", "wall time"), ("cpu_seconds", "CPU time"))),
         f"| {len(grid)}-point sweep, largest peak RSS of a run | {peak['online']:.0f} MiB | {peak['cache']:.0f} MiB | {peak['cache'] / peak['online']:.2f} |",
     ]
-    rouge_lines = ["| (α, β) | online: s | cache: s | online ROUGE-L | cache ROUGE-L | cache − online |", "|---|---:|---:|---:|---:|---:|"]
+    online_s, cached_runs_s = total("online", "seconds"), total("cache", "seconds")
+    rouge_lines = ["| (α, β) | online: wall / CPU s | cache: wall / CPU s | online ROUGE-L | cache ROUGE-L | cache − online |", "|---|---:|---:|---:|---:|---:|"]
     differences = []
     for alpha, beta in grid:
         point = f"a{alpha:g}_b{beta:g}"
-        online, cached = scores[f"online-{point}"], scores[f"cache-{point}"]
-        differences.append(cached["mean"] - online["mean"])
-        rouge_lines.append(f"| ({alpha:g}, {beta:g}){' (demo)' if (alpha, beta) == DEMO_AB else ''} | {runs['online-' + point]['seconds']:.1f} | "
-                           f"{runs['cache-' + point]['seconds']:.1f} | {online['mean']:.2f} ± {online['std']:.2f} | {cached['mean']:.2f} ± {cached['std']:.2f} | "
-                           f"{differences[-1]:+.2f} |")
+        online_score, cached_score = scores[f"online-{point}"], scores[f"cache-{point}"]
+        differences.append(cached_score["mean"] - online_score["mean"])
+        costs = [f"{runs[f'{mode}-{point}']['seconds']:.1f} / {runs[f'{mode}-{point}']['cpu_seconds']:.1f}" for mode in ("online", "cache")]
+        rouge_lines.append(f"| ({alpha:g}, {beta:g}){' (demo)' if (alpha, beta) == DEMO_AB else ''} | {costs[0]} | {costs[1]} | "
+                           f"{online_score['mean']:.2f} ± {online_score['std']:.2f} | {cached_score['mean']:.2f} ± {cached_score['std']:.2f} | {differences[-1]:+.2f} |")
     mean_online = sum(scores[f"online-a{a:g}_b{b:g}"]["mean"] for a, b in grid) / len(grid)
     mean_cached = sum(scores[f"cache-a{a:g}_b{b:g}"]["mean"] for a, b in grid) / len(grid)
     rouge_lines.append(f"| mean over the grid | {online_s / len(grid):.1f} | {cached_runs_s / len(grid):.1f} | {mean_online:.2f} | {mean_cached:.2f} | "
                        f"{mean_cached - mean_online:+.2f} (largest \\|Δ\\| {max(abs(d) for d in differences):.2f}) |")
     return {"k": k, "cache": {key: value for key, value in built.items() if key != "meta"}, "runs": runs, "rouge": scores,
-            "ratio": cached_s / online_s, "table": "\n".join(lines), "rouge_table": "\n".join(rouge_lines)}
+            "ratio": {key: cached / online for key, (online, cached) in sweep.items()}, "table": "\n".join(lines), "rouge_table": "\n".join(rouge_lines)}
 
 
 def main(argv: list[str] | None = None) -> None:
