@@ -19,8 +19,8 @@ Parts:
   sweep     the demo's ABKD run and a 9-point (alpha, beta) grid, each trained once with the online
             teacher and once from a cache at --recommended-k (the cache built once, its build
             counted in the sweep's cost): wall time and peak RSS of every run (each a fresh
-            `python -m distillation_llm.finetune` process, one at a time), then ROUGE-L of every
-            student with the demo's evaluation protocol (3 sampling seeds, T = 0.7).
+            `python -m distillation_llm.finetune` process, one at a time, --threads each), then
+            ROUGE-L of every student with the demo's evaluation protocol (3 sampling seeds, T = 0.7).
 """
 
 from __future__ import annotations
@@ -47,6 +47,9 @@ DEMO_RUN = {
 DEMO_AB = (0.9, 0.2)
 GRID = [(alpha, beta) for alpha in (0.2, 0.5, 0.9) for beta in (0.2, 0.5, 0.7)]  # holds the demo's (0.9, 0.2) and ABKD's GPT-2 (0.2, 0.7)
 DEMO_TASKS = "copy,lookup,reverse,sort,add"
+# Threads of every measured process (--threads). One by default: where other jobs share the cores,
+# two OpenMP threads spin while one waits for a core, which inflated a step 30-fold in CPU and wall time.
+THREADS = 1
 
 
 def run(command: list[str], log: Path) -> dict:
@@ -55,7 +58,8 @@ def run(command: list[str], log: Path) -> dict:
     log.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with log.open("w") as handle:
-        process = subprocess.Popen(command, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+        env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS)}
+        process = subprocess.Popen(command, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, env=env)
         _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - started
     if os.waitstatus_to_exitcode(status) != 0:
@@ -283,7 +287,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ks", default="8,32,128,512", help="K values of the size and accuracy parts")
     parser.add_argument("--recommended-k", type=int, default=32, help="K of the sweep's cache")
     parser.add_argument("--limit", type=int, default=200, help="examples per evaluation set in the accuracy part")
+    parser.add_argument("--threads", type=int, default=THREADS, help="OMP/MKL threads of each measured process (default 1: robust to other jobs on the cores)")
     args = parser.parse_args(argv)
+    global THREADS
+    THREADS = args.threads
     demo, out = Path(args.demo).resolve(), Path(args.out).resolve()
     if not (demo / "runs" / "teacher" / "best").is_dir():
         raise SystemExit(f"--demo {demo}: no demo outputs (runs/teacher/best); run `bash scripts/demo.sh --out {demo}` first")
@@ -292,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
     ks = [int(k) for k in args.ks.split(",")]
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    results["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
+    results["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {THREADS} thread(s) per measured process"
     for part in args.parts.split(","):
         started = time.strftime("%Y-%m-%d")
         if part == "size":
