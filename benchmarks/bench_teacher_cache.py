@@ -280,6 +280,7 @@ def sweep_part(demo: Path, out: Path, k: int, grid: list[tuple[float, float]]) -
 
 
 def main(argv: list[str] | None = None) -> None:
+    global THREADS
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--demo", default=str(REPO / "results" / "demo"), help="output folder of `bash scripts/demo.sh` (its data, teacher and students)")
     parser.add_argument("--out", default=str(REPO / "results" / "bench_teacher_cache"), help="caches, runs, logs and the tables")
@@ -289,7 +290,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int, default=200, help="examples per evaluation set in the accuracy part")
     parser.add_argument("--threads", type=int, default=THREADS, help="OMP/MKL threads of each measured process (default 1: robust to other jobs on the cores)")
     args = parser.parse_args(argv)
-    global THREADS
     THREADS = args.threads
     demo, out = Path(args.demo).resolve(), Path(args.out).resolve()
     if not (demo / "runs" / "teacher" / "best").is_dir():
