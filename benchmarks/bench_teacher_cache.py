@@ -17,8 +17,9 @@ Parts:
             mean loss, cosine between the gradients of the two losses with respect to the student
             logits, and the teacher's mean tail mass;
   sweep     the demo's ABKD run and a 9-point (alpha, beta) grid, each trained once with the online
-            teacher and once from a cache at --recommended-k (the cache built once, its build
-            counted in the sweep's cost): wall time and peak RSS of every run (each a fresh
+            teacher and once from a cache at each K of --sweep-ks (each cache built once; the
+            first K's build counted in the sweep's cost, the others are float32 controls: K = V is
+            the exact loss, up to float32 rounding): wall time and peak RSS of every run (each a fresh
             `python -m distillation_llm.finetune` process, one at a time, --threads each), then
             ROUGE-L of every student with the demo's evaluation protocol (3 sampling seeds, T = 0.7).
 """
@@ -67,9 +68,9 @@ def run(command: list[str], log: Path) -> dict:
     return {"seconds": round(seconds, 2), "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
 
 
-def build_cache(demo: Path, out: Path, k: int, logs: Path) -> dict:
+def build_cache(demo: Path, out: Path, k: int, logs: Path, dtype: str = "float16") -> dict:
     command = [sys.executable, "-m", "tools.cache_teacher_logits", "--teacher-model-path", str(demo / "runs" / "teacher" / "best"),
-               "--data-dir", str(demo / "processed"), "--out", str(out), "--top-k", str(k), "--temperatures", "1", "--batch-size", "64"]
+               "--data-dir", str(demo / "processed"), "--out", str(out), "--top-k", str(k), "--temperatures", "1", "--batch-size", "64", "--dtype", dtype]
     cost_file = out.with_name(f"{out.name}.cost.json")
     if (out / "meta.json").is_file() and cost_file.is_file():  # built by an earlier part or invocation
         cost = json.loads(cost_file.read_text())
@@ -222,35 +223,42 @@ def rouge(demo: Path, out: Path, models: dict[str, Path]) -> dict[str, dict]:
     return {key: json.loads((out / "eval" / name / "results.json").read_text())["avg"]["rougeL"] for key, name in zip(models, names)}
 
 
-def sweep_part(demo: Path, out: Path, k: int, grid: list[tuple[float, float]]) -> dict:
+def sweep_part(demo: Path, out: Path, ks: list[int], grid: list[tuple[float, float]]) -> dict:
+    """The grid trained online and from a cache at each K of `ks`. The first K is the recommended
+    one, whose cost is compared; the others (e.g. K = V, the exact loss up to float rounding) show
+    how far two students trained on the same loss drift apart."""
+    import shutil
+
     check_demo_settings(demo)
-    cache = out / f"cache-k{k}"
-    built = build_cache(demo, cache, k, out / "logs")
+    teachers = {"online": ["--teacher-model-path", str(demo / "runs" / "teacher" / "best")]}
+    builds = {}
+    for index, k in enumerate(ks):  # the controls store float32 logits: with K = V, the online loss up to float32 rounding
+        builds[f"cache-k{k}"] = build_cache(demo, out / f"cache-k{k}", k, out / "logs", dtype="float16" if index == 0 else "float32")
+        teachers[f"cache-k{k}"] = ["--teacher-cache", str(out / f"cache-k{k}")]
     runs, students = {}, {}
     for alpha, beta in grid:
-        for mode, teacher in (("online", ["--teacher-model-path", str(demo / "runs" / "teacher" / "best")]), ("cache", ["--teacher-cache", str(cache)])):
+        for mode, teacher in teachers.items():
             name = f"{mode}-a{alpha:g}_b{beta:g}"
             save = out / "runs" / name
-            done = save / "best" / "model.safetensors"
-            if done.is_file() and (save / "cost.json").is_file():
+            if (save / "best" / "model.safetensors").is_file() and (save / "cost.json").is_file():
                 runs[name] = json.loads((save / "cost.json").read_text())
             else:
-                import shutil
-
                 shutil.rmtree(save, ignore_errors=True)
                 runs[name] = run(finetune_command(demo, save, alpha, beta, teacher), out / "logs" / f"{name}.log")
                 (save / "cost.json").write_text(json.dumps(runs[name]) + "\n")
             students[name] = save / "best"
             print(f"{name}: {runs[name]['seconds']:.1f} s, peak RSS {runs[name]['peak_rss_mib']:.0f} MiB", flush=True)
     scores = rouge(demo, out, students)
+    k, cache = ks[0], f"cache-k{ks[0]}"
+    built = builds[cache]
     demo_point = f"a{DEMO_AB[0]:g}_b{DEMO_AB[1]:g}"
-    online, cached = (runs[f"{mode}-{demo_point}"] for mode in ("online", "cache"))
+    online, cached = (runs[f"{mode}-{demo_point}"] for mode in ("online", cache))
 
     def total(mode: str, key: str) -> float:
         return sum(runs[f"{mode}-a{a:g}_b{b:g}"][key] for a, b in grid)
 
-    peak = {mode: max(runs[f"{mode}-a{a:g}_b{b:g}"]["peak_rss_mib"] for a, b in grid) for mode in ("online", "cache")}
-    sweep = {key: (total("online", key), total("cache", key) + built[key]) for key in ("seconds", "cpu_seconds")}
+    peak = {mode: max(runs[f"{mode}-a{a:g}_b{b:g}"]["peak_rss_mib"] for a, b in grid) for mode in ("online", cache)}
+    sweep = {key: (total("online", key), total(cache, key) + built[key]) for key in ("seconds", "cpu_seconds")}
     lines = [
         f"| | online teacher | cache (K = {k}) | cache / online |", "|---|---:|---:|---:|",
         f"| build the cache (once), wall / CPU | – | {built['seconds']:.1f} s / {built['cpu_seconds']:.1f} s | – |",
@@ -259,24 +267,32 @@ def sweep_part(demo: Path, out: Path, k: int, grid: list[tuple[float, float]]) -
         f"| demo's ABKD run, peak RSS | {online['peak_rss_mib']:.0f} MiB | {cached['peak_rss_mib']:.0f} MiB | {cached['peak_rss_mib'] / online['peak_rss_mib']:.2f} |",
         *(f"| {len(grid)}-point sweep, {label} (cache: build included) | {sweep[key][0]:.1f} s | {sweep[key][1]:.1f} s | **{sweep[key][1] / sweep[key][0]:.2f}** |"
           for key, label in (("seconds", "wall time"), ("cpu_seconds", "CPU time"))),
-        f"| {len(grid)}-point sweep, largest peak RSS of a run | {peak['online']:.0f} MiB | {peak['cache']:.0f} MiB | {peak['cache'] / peak['online']:.2f} |",
+        f"| {len(grid)}-point sweep, largest peak RSS of a run | {peak['online']:.0f} MiB | {peak[cache]:.0f} MiB | {peak[cache] / peak['online']:.2f} |",
     ]
-    online_s, cached_runs_s = total("online", "seconds"), total("cache", "seconds")
-    rouge_lines = ["| (α, β) | online: wall / CPU s | cache: wall / CPU s | online ROUGE-L | cache ROUGE-L | cache − online |", "|---|---:|---:|---:|---:|---:|"]
-    differences = []
+    modes = list(teachers)
+    header = "| (α, β) | " + " | ".join(f"{mode}: wall / CPU s" for mode in modes) + " | " + " | ".join(f"{mode} ROUGE-L" for mode in modes) + " | "
+    header += " | ".join(f"{mode} − online" for mode in modes[1:]) + " |"
+    rouge_lines = [header, "|---|" + "---:|" * (3 * len(modes) - 1)]
+    differences = {mode: [] for mode in modes[1:]}
     for alpha, beta in grid:
         point = f"a{alpha:g}_b{beta:g}"
-        online_score, cached_score = scores[f"online-{point}"], scores[f"cache-{point}"]
-        differences.append(cached_score["mean"] - online_score["mean"])
-        costs = [f"{runs[f'{mode}-{point}']['seconds']:.1f} / {runs[f'{mode}-{point}']['cpu_seconds']:.1f}" for mode in ("online", "cache")]
-        rouge_lines.append(f"| ({alpha:g}, {beta:g}){' (demo)' if (alpha, beta) == DEMO_AB else ''} | {costs[0]} | {costs[1]} | "
-                           f"{online_score['mean']:.2f} ± {online_score['std']:.2f} | {cached_score['mean']:.2f} ± {cached_score['std']:.2f} | {differences[-1]:+.2f} |")
-    mean_online = sum(scores[f"online-a{a:g}_b{b:g}"]["mean"] for a, b in grid) / len(grid)
-    mean_cached = sum(scores[f"cache-a{a:g}_b{b:g}"]["mean"] for a, b in grid) / len(grid)
-    rouge_lines.append(f"| mean over the grid | {online_s / len(grid):.1f} | {cached_runs_s / len(grid):.1f} | {mean_online:.2f} | {mean_cached:.2f} | "
-                       f"{mean_cached - mean_online:+.2f} (largest \\|Δ\\| {max(abs(d) for d in differences):.2f}) |")
-    return {"k": k, "cache": {key: value for key, value in built.items() if key != "meta"}, "runs": runs, "rouge": scores,
-            "ratio": {key: cached / online for key, (online, cached) in sweep.items()}, "table": "\n".join(lines), "rouge_table": "\n".join(rouge_lines)}
+        costs = [f"{runs[f'{mode}-{point}']['seconds']:.1f} / {runs[f'{mode}-{point}']['cpu_seconds']:.1f}" for mode in modes]
+        values = [scores[f"{mode}-{point}"] for mode in modes]
+        for mode in modes[1:]:
+            differences[mode].append(scores[f"{mode}-{point}"]["mean"] - scores[f"online-{point}"]["mean"])
+        rouge_lines.append(f"| ({alpha:g}, {beta:g}){' (demo)' if (alpha, beta) == DEMO_AB else ''} | " + " | ".join(costs) + " | "
+                           + " | ".join(f"{v['mean']:.2f} ± {v['std']:.2f}" for v in values) + " | "
+                           + " | ".join(f"{differences[mode][-1]:+.2f}" for mode in modes[1:]) + " |")
+    means = {mode: sum(scores[f"{mode}-a{a:g}_b{b:g}"]["mean"] for a, b in grid) / len(grid) for mode in modes}
+    rouge_lines.append(
+        "| mean over the grid | " + " | ".join(f"{total(mode, 'seconds') / len(grid):.1f}" for mode in modes) + " | "
+        + " | ".join(f"{means[mode]:.2f}" for mode in modes) + " | "
+        + " | ".join(f"{means[mode] - means['online']:+.2f}; \\|Δ\\| ≤ 0.5 at {sum(abs(d) <= 0.5 for d in differences[mode])} of {len(grid)}, largest "
+                     f"{max(abs(d) for d in differences[mode]):.2f}" for mode in modes[1:]) + " |"
+    )
+    return {"k": k, "builds": {mode: {key: value for key, value in b.items() if key != "meta"} for mode, b in builds.items()}, "runs": runs, "rouge": scores,
+            "ratio": {key: cached_total / online_total for key, (online_total, cached_total) in sweep.items()},
+            "table": "\n".join(lines), "rouge_table": "\n".join(rouge_lines)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -286,7 +302,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=str(REPO / "results" / "bench_teacher_cache"), help="caches, runs, logs and the tables")
     parser.add_argument("--parts", default="size,accuracy,sweep", help="comma-separated: size, accuracy, sweep")
     parser.add_argument("--ks", default="8,32,128,512", help="K values of the size and accuracy parts")
-    parser.add_argument("--recommended-k", type=int, default=32, help="K of the sweep's cache")
+    parser.add_argument("--sweep-ks", default="128,600",
+                        help="K of the sweep's caches: the first is the recommended one whose cost is compared, the others controls (600 = V: the exact loss)")
     parser.add_argument("--limit", type=int, default=200, help="examples per evaluation set in the accuracy part")
     parser.add_argument("--threads", type=int, default=THREADS, help="OMP/MKL threads of each measured process (default 1: robust to other jobs on the cores)")
     args = parser.parse_args(argv)
@@ -307,7 +324,7 @@ def main(argv: list[str] | None = None) -> None:
         elif part == "accuracy":
             results["accuracy"] = accuracy_part(demo, ks, args.limit)
         elif part == "sweep":
-            results["sweep"] = sweep_part(demo, out, args.recommended_k, GRID)
+            results["sweep"] = sweep_part(demo, out, [int(k) for k in args.sweep_ks.split(",")], GRID)
         else:
             raise SystemExit(f"--parts: unknown part '{part}' (size, accuracy, sweep)")
         results[part]["date"] = started
