@@ -2,14 +2,20 @@
 
 Every term is an `nn.Module` called as `loss(student_logits, teacher_logits, labels, epoch)`
 with logits [B, C], labels [B] (int64) and the 0-based epoch, and returns a scalar: the batch
-mean of a per-sample divergence. `DISTILL_LOSSES` maps each `--distill` name to its builder;
-`PromptKDLoss` is the CLIP recipe's reduction of the same terms.
+mean of a per-sample divergence (DIST: of its batch relations). `DISTILL_LOSSES` maps each
+`--distill` name to its builder; `PromptKDLoss` is the CLIP recipe's reduction of the same terms.
+The feature-based terms (CRD, ITRD) live in `abkd.feature_distillation`.
 
 Temperature scaling follows the reference code of each term. `kd`, `ls`, `abls`, `dkd` and
 `abdkd` are multiplied by T^2 (Hinton et al., 2015: the gradient of a divergence between
 softmax(z / T) distributions shrinks like 1/T^2). `ab` is not: ABKD's CIFAR code
 (standard_classification/distiller_zoo/abkl.py) returns the plain batch mean of D_AB and its
 scripts choose the KD weight per pair, so `ab` at (alpha, beta) = (1, 0) is `kd` / T^2.
+The other divergences of `abkd.losses` (`fkl` = `kd`, `rkl`, `jsd`, `tvd`, `sfkl`, `srkl`) have no
+classification reference of their own; they take `kd`'s convention (T^2, batch mean), so that
+replacing `kd` by one of them changes the divergence and nothing else. `dist` carries DIST's own
+tau^2 (Huang et al., 2022). `ttm`, `wttm` and `abttm` have no temperature: the teacher is
+sharpened by a power instead (Zheng & Yang, 2024), and the references apply no factor.
 
 Precision. Every term computes in float32 (float64 stays float64) whatever the logits' dtype;
 `autocast_context` is the bf16 opt-in of the CIFAR and CLIP recipes (weights, BatchNorm
@@ -19,6 +25,7 @@ statistics and the losses stay float32).
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable
 
 import torch
@@ -177,19 +184,153 @@ def build_abls(*, temperature: float, ab_alpha: float, ab_beta: float, **_: floa
     return DistillLoss("ab", temperature, standardized=True, alpha=ab_alpha, beta=ab_beta)
 
 
+def build_rkl(*, temperature: float, **_: float) -> nn.Module:
+    """T^2 KL(q_student || p_teacher), `kd`'s convention."""
+    return DistillLoss("rkl", temperature)
+
+
+def build_jsd(*, temperature: float, jsd_lam: float = 0.1, **_: float) -> nn.Module:
+    """T^2 generalised JSD with mixture weight lam (`abkd.losses` jsd), `kd`'s convention."""
+    return DistillLoss("jsd", temperature, lam=jsd_lam)
+
+
+def build_tvd(*, temperature: float, **_: float) -> nn.Module:
+    """T^2 total variation distance, `kd`'s convention."""
+    return DistillLoss("tvd", temperature)
+
+
+def build_sfkl(*, temperature: float, skew_alpha: float = 0.1, **_: float) -> nn.Module:
+    """T^2 skew KL (DistiLLM, Ko et al., ICML 2024, eq. 3) with skew `skew_alpha`, `kd`'s convention."""
+    return DistillLoss("sfkl", temperature, lam=skew_alpha)
+
+
+def build_srkl(*, temperature: float, skew_alpha: float = 0.1, **_: float) -> nn.Module:
+    """T^2 skew reverse KL (DistiLLM, eq. 4) with skew `skew_alpha`, `kd`'s convention."""
+    return DistillLoss("srkl", temperature, lam=skew_alpha)
+
+
+class TTMLoss(nn.Module):
+    """Transformed teacher matching (Zheng & Yang, ICLR 2024, "Knowledge distillation based on
+    transformed teacher matching"): the student at temperature 1 against the teacher's power
+    transform p~ = p^gamma / sum_k p_k^gamma, p = softmax(teacher_logits).
+
+      ttm   mean_B D(p~ || q)
+      wttm  mean_B U_gamma(p) D(p~ || q), with the power sum U_gamma(p) = sum_k p_k^gamma as the
+            sample-adaptive weight (WTTM)
+
+    D is KL (the paper's), or with `ab=(alpha, beta)` the alpha-beta divergence, ABKD's TTM variant
+    (its train_ttm.sh: "ABTTM degenerates to TTM when choosing alpha=1 and beta=0"). Logits [B, C]
+    in, a scalar out; no T^2 (the reference codes apply none). gamma = `exponent` (the references'
+    `--ttm_l`) is the inverse of a teacher temperature: p~ = softmax(gamma * teacher_logits), which
+    is how it is computed (in log space, so no power of an underflowed probability is taken).
+    """
+
+    def __init__(self, exponent: float, *, weighted: bool = False, ab: tuple[float, float] | None = None):
+        super().__init__()
+        exponent = float(exponent)
+        if not (math.isfinite(exponent) and exponent > 0):
+            raise ValueError(f"--ttm-exponent must be a positive finite number, got {exponent}")
+        self.exponent, self.weighted = exponent, weighted
+        self.name, self.params = ("fkl", {}) if ab is None else ("ab", {"alpha": float(ab[0]), "beta": float(ab[1])})
+        divergence(self.name, torch.zeros(1, 2), torch.zeros(1, 2), **self.params)  # validate now
+
+    def forward(self, student_logits: Tensor, teacher_logits: Tensor, labels: Tensor | None = None, epoch: int = 0) -> Tensor:
+        log_powered = self.exponent * torch.log_softmax(_promote(teacher_logits), dim=-1)  # log p^gamma
+        per_sample = divergence(self.name, student_logits, log_powered, **self.params)
+        if self.weighted:
+            per_sample = per_sample * torch.logsumexp(log_powered, dim=-1).exp()
+        return per_sample.mean()
+
+    def extra_repr(self) -> str:
+        params = "".join(f", {key}={value}" for key, value in self.params.items())
+        return f"{self.name}, exponent={self.exponent}, weighted={self.weighted}{params}"
+
+
+def build_ttm(*, ttm_exponent: float, **_: float) -> nn.Module:
+    """TTM: KL(p^gamma / sum p^gamma || q) (Zheng & Yang, ICLR 2024)."""
+    return TTMLoss(ttm_exponent)
+
+
+def build_wttm(*, ttm_exponent: float, **_: float) -> nn.Module:
+    """WTTM: TTM weighted per sample by the power sum sum_k p_k^gamma (Zheng & Yang, ICLR 2024)."""
+    return TTMLoss(ttm_exponent, weighted=True)
+
+
+def build_abttm(*, ttm_exponent: float, ab_alpha: float, ab_beta: float, **_: float) -> nn.Module:
+    """ABKD's TTM: D_AB^(alpha, beta)(p^gamma / sum p^gamma || q) (ABKD's distiller_zoo/ttm.py)."""
+    return TTMLoss(ttm_exponent, ab=(ab_alpha, ab_beta))
+
+
+def pearson(a: Tensor, b: Tensor, dim: int, eps: float = 1e-8) -> Tensor:
+    """Pearson correlation of a and b along `dim`, with `eps` added to the product of the norms of
+    the centred vectors (DIST's reference code), so that a constant vector correlates 0."""
+    a, b = a - a.mean(dim=dim, keepdim=True), b - b.mean(dim=dim, keepdim=True)
+    return (a * b).sum(dim=dim) / (a.norm(dim=dim) * b.norm(dim=dim) + eps)
+
+
+class DISTLoss(nn.Module):
+    """DIST (Huang et al., NeurIPS 2022, "Knowledge distillation from a stronger teacher"):
+    with Y = softmax(logits / tau) [B, C] of student and teacher,
+
+      inter = 1 - mean_i rho(Y_s[i, :], Y_t[i, :])   (each sample's class relation)
+      intra = 1 - mean_j rho(Y_s[:, j], Y_t[:, j])   (each class's relation over the batch)
+      loss  = tau^2 (inter_weight inter + intra_weight intra)
+
+    rho is the Pearson correlation (`pearson`). The paper's beta and gamma are `inter_weight` and
+    `intra_weight` here; the tau^2 factor is the reference code's. A batch relation, not a batch
+    mean of per-sample values, so it is not divided by the class count in the CLIP recipe either.
+    """
+
+    def __init__(self, temperature: float, inter_weight: float = 1.0, intra_weight: float = 1.0):
+        super().__init__()
+        self.temperature, self.inter_weight, self.intra_weight = check_temperature(temperature), float(inter_weight), float(intra_weight)
+
+    def parts(self, student_logits: Tensor, teacher_logits: Tensor) -> tuple[Tensor, Tensor]:
+        """(inter, intra), without tau^2 and weights."""
+        student = torch.softmax(_promote(student_logits) / self.temperature, dim=-1)
+        teacher = torch.softmax(_promote(teacher_logits) / self.temperature, dim=-1)
+        return 1 - pearson(student, teacher, dim=1).mean(), 1 - pearson(student, teacher, dim=0).mean()
+
+    def forward(self, student_logits: Tensor, teacher_logits: Tensor, labels: Tensor | None = None, epoch: int = 0) -> Tensor:
+        inter, intra = self.parts(student_logits, teacher_logits)
+        return self.temperature**2 * (self.inter_weight * inter + self.intra_weight * intra)
+
+    def extra_repr(self) -> str:
+        return f"tau={self.temperature}, inter_weight={self.inter_weight}, intra_weight={self.intra_weight}"
+
+
+def build_dist(*, dist_temperature: float, dist_inter_weight: float = 1.0, dist_intra_weight: float = 1.0, **_: float) -> nn.Module:
+    """DIST (Huang et al., NeurIPS 2022): tau^2 (beta inter-class + gamma intra-class relation)."""
+    return DISTLoss(dist_temperature, dist_inter_weight, dist_intra_weight)
+
+
 DISTILL_LOSSES: dict[str, Callable[..., nn.Module]] = {
     "kd": build_kd,
+    "fkl": build_kd,
+    "rkl": build_rkl,
+    "jsd": build_jsd,
+    "tvd": build_tvd,
+    "sfkl": build_sfkl,
+    "srkl": build_srkl,
     "ab": build_ab,
     "dkd": build_dkd,
     "abdkd": build_abdkd,
     "ls": build_ls,
     "abls": build_abls,
+    "ttm": build_ttm,
+    "wttm": build_wttm,
+    "abttm": build_abttm,
+    "dist": build_dist,
 }
+# Terms the CIFAR recipe can add beside the main one (ABKD's `--add`, weighted by `-a`).
+ADD_LOSSES = ("kd", "ttm", "wttm")
 
 
 def build_distill_loss(name: str, **options: float) -> nn.Module:
     """The distillation term `name` with its options (temperature, ab_alpha, ab_beta, tckd_weight,
-    nckd_weight, dkd_warmup; each builder takes the ones it needs). Unknown name -> ValueError."""
+    nckd_weight, dkd_warmup, jsd_lam, skew_alpha, ttm_exponent, dist_temperature,
+    dist_inter_weight, dist_intra_weight; each builder takes the ones it needs). Unknown name ->
+    ValueError listing the valid names."""
     if name not in DISTILL_LOSSES:
         raise ValueError(f"unknown distillation loss '{name}'; valid names: {', '.join(DISTILL_LOSSES)}")
     return DISTILL_LOSSES[name](**options)
@@ -199,26 +340,49 @@ def build_distill_loss(name: str, **options: float) -> nn.Module:
 # PromptKD's reduction (base_to_new_classification).
 # ---------------------------------------------------------------------------------------------
 
-# The terms the CLIP recipe is run with: the command-line parameters each needs, and whether ABKD's
-# PromptKD trainer divides the term by the class count (base_to_new_classification/losses/kd.py
-# and the `ls` branch of trainers/promptkd.py sum over batch and classes and divide by B * C;
-# losses/abkl.py and losses/dkd.py average over the batch only).
+# The terms the CLIP recipe is run with and the command-line parameters each needs.
 PROMPTKD_LOSSES: dict[str, tuple[str, ...]] = {
     "kd": (),
+    "fkl": (),
+    "rkl": (),
+    "jsd": ("jsd_lam",),
+    "tvd": (),
+    "sfkl": ("skew_alpha",),
+    "srkl": ("skew_alpha",),
     "dkd": ("tckd_weight", "nckd_weight"),
     "ls": (),
     "ab": ("ab_alpha", "ab_beta"),
+    "ttm": ("ttm_exponent",),
+    "dist": ("dist_temperature", "dist_inter_weight", "dist_intra_weight"),
 }
-PROMPTKD_PER_CLASS = {"kd": True, "ls": True, "ab": False, "dkd": False}
+# Whether the term is divided by the class count C. ABKD's PromptKD trainer: losses/kd.py and the
+# `ls` branch of trainers/promptkd.py sum over batch and classes and divide by B * C (kl_div(sum) /
+# numel); losses/abkl.py, losses/dkd.py and losses/ttm.py average over the batch only; losses/dist.py
+# averages correlations. The divergences without a PromptKD reference (fkl = kd, rkl, jsd, tvd, sfkl,
+# srkl) replace kd's KL in kd's formula, so they keep its T^2 / C: switching kd to one of them at the
+# same --kd-ratio (PromptKD's KD_WEIGHT, tuned for that scale) changes the divergence only.
+PROMPTKD_PER_CLASS = {
+    "kd": True, "fkl": True, "rkl": True, "jsd": True, "tvd": True, "sfkl": True, "srkl": True, "ls": True,
+    "ab": False, "dkd": False, "ttm": False, "dist": False,
+}  # fmt: skip
+# The command-line flag of each parameter, for the error that names a missing one.
+FLAGS = {
+    "ab_alpha": "--ab_alpha", "ab_beta": "--ab_beta", "tckd_weight": "--tckd-weight", "nckd_weight": "--nckd-weight",
+    "jsd_lam": "--jsd-lam", "skew_alpha": "--skew-alpha", "ttm_exponent": "--ttm-exponent", "dist_temperature": "--dist-temperature",
+    "dist_inter_weight": "--dist-inter-weight", "dist_intra_weight": "--dist-intra-weight",
+}  # fmt: skip
 
 
 class PromptKDLoss:
     """ABKD's PromptKD objective, `kd_ratio * term` for logits [B, C], labels [B], 0-based epoch:
 
-      kd, ls  T^2 * mean_B KL(teacher || student) / C (PromptKD's "/ stu_logits.numel()")
+      kd, fkl, rkl, jsd, tvd, sfkl, srkl, ls
+              T^2 * mean_B D(teacher || student) / C (PromptKD's "/ stu_logits.numel()"; ls on z-scores)
       ab      mean_B D_AB(teacher || student), no T^2 and no / C
       dkd     min((epoch + 1) / warmup, 1) * T^2 * (w_t TCKD + w_n NCKD), batch mean, with the
               ground-truth labels as the target class (ABKD's trainers/promptkd.py passes `label`)
+      ttm     mean_B KL(p^gamma / sum p^gamma || q) at T = 1, no / C (ABKD's losses/ttm.py)
+      dist    tau^2 (beta inter + gamma intra), DIST at its own tau, no / C (ABKD's losses/dist.py)
     """
 
     def __init__(self, name: str, *, temperature: float, kd_ratio: float, num_classes: int, dkd_warmup: float = 0,
@@ -227,7 +391,7 @@ class PromptKDLoss:
             raise ValueError(f"unknown distillation loss '{name}'; valid names: {', '.join(PROMPTKD_LOSSES)}")
         missing = [key for key in PROMPTKD_LOSSES[name] if params.get(key) is None]
         if missing:
-            raise ValueError(f"--distill {name} requires {', '.join('--' + key.replace('_weight', '-weight') for key in missing)}")
+            raise ValueError(f"--distill {name} requires {', '.join(FLAGS[key] for key in missing)}")
         options = {key: float(params[key]) for key in PROMPTKD_LOSSES[name]}
         self.name, self.kd_ratio, self.num_classes = name, float(kd_ratio), num_classes
         self.divisor = num_classes if PROMPTKD_PER_CLASS[name] else 1
@@ -244,37 +408,78 @@ class PromptKDLoss:
 # ---------------------------------------------------------------------------------------------
 
 
+class StudentWithTerm(nn.Module):
+    """The student and a distillation term that has state of its own (CRD's and ITRD's embeddings,
+    CRD's memory bank), as one module: the DeepSpeed engine built on it optimises the term's
+    parameters with the student's and checkpoints both, buffers included. Calling it runs the
+    student; `student` alone is what is evaluated and saved in the zoo's format."""
+
+    def __init__(self, student: nn.Module, term: nn.Module):
+        super().__init__()
+        self.student, self.term = student, term
+
+    def forward(self, *args, **kwargs):
+        return self.student(*args, **kwargs)
+
+
+def trained_module(student: nn.Module, term: nn.Module | None) -> nn.Module:
+    """What the engine trains: `student`, or `StudentWithTerm` when the term has parameters or
+    buffers (so that the module, and its checkpoints, stay the student's for every other term)."""
+    if term is None or not (any(True for _ in term.parameters()) or any(True for _ in term.buffers())):
+        return student
+    return StudentWithTerm(student, term)
+
+
 class LogitDistillation:
-    """`ce_weight * CE(student) + kd_ratio * distill(student_logits, teacher_logits)` on a batch
-    (images [B, ...], labels [B]); without a teacher, cross-entropy only (teacher training).
+    """`ce_weight * CE(student) + kd_ratio * distill + add_weight * add` on a batch (images [B, ...],
+    labels [B], then whatever the term needs: CRD's sample and contrast indices); without a
+    teacher, cross-entropy only (teacher training).
+
+    `distill` is a logit term (called on student and teacher logits, labels and the epoch) or,
+    when it has `uses_features` set, a feature term (`abkd.feature_distillation`), called on the
+    penultimate features of `student(x, is_feat=True)` and `teacher(x, is_feat=True)` and the
+    batch's extra entries. `add` is an optional second logit term (ABKD's `--add`).
 
     Called on a batch it returns `(loss, parts)`, the objective interface of `abkd.run`: parts
-    are detached scalars, "ce", "kd" (with a teacher) and "acc" (top-1 % on the batch).
-    `epoch` (0-based) is set by the caller for terms with an epoch warm-up (DKD). With precision
-    "bf16" the forward passes run under `autocast_context`; the losses are float32 either way.
+    are detached scalars, "ce", "kd" and "add" (with a teacher and those terms) and "acc" (top-1 %
+    on the batch). `epoch` (0-based) is set by the caller for terms with an epoch warm-up (DKD).
+    With precision "bf16" the forward passes run under `autocast_context`; the losses are float32
+    either way.
     """
 
     def __init__(self, student, *, ce_weight: float = 1.0, kd_ratio: float = 0.0, teacher: nn.Module | None = None,
-                 distill: nn.Module | None = None, precision: str = "fp32"):
+                 distill: nn.Module | None = None, precision: str = "fp32", add: nn.Module | None = None, add_weight: float = 0.0):
         if (teacher is None) != (distill is None):
             raise ValueError("a teacher and a distillation term go together")
+        if add is not None and teacher is None:
+            raise ValueError("an additional distillation term needs a teacher")
         autocast_context("cpu", precision)  # validates the name
-        self.student, self.teacher, self.distill = student, teacher, distill
-        self.ce_weight, self.kd_ratio, self.precision = ce_weight, kd_ratio, precision
+        self.student, self.teacher, self.distill, self.add = student, teacher, distill, add
+        self.ce_weight, self.kd_ratio, self.add_weight, self.precision = ce_weight, kd_ratio, add_weight, precision
+        self.features = bool(getattr(distill, "uses_features", False))
         self.epoch = 0
 
-    def __call__(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        images, labels = batch
+    def __call__(self, batch: tuple[Tensor, ...]) -> tuple[Tensor, dict[str, Tensor]]:
+        images, labels, *extra = batch
         with autocast_context(images.device, self.precision):
-            student_logits = self.student(images)
+            student_out = self.student(images, is_feat=True) if self.features else self.student(images)
             if self.teacher is not None:
                 with torch.no_grad():
-                    teacher_logits = self.teacher(images)
+                    teacher_out = self.teacher(images, is_feat=True) if self.features else self.teacher(images)
+        student_logits = student_out[1] if self.features else student_out
         ce = torch.nn.functional.cross_entropy(student_logits.float(), labels)
         parts = {"ce": ce.detach(), "acc": 100.0 * (student_logits.argmax(dim=-1) == labels).float().mean()}
         loss = self.ce_weight * ce
         if self.teacher is not None:
-            kd = self.distill(student_logits, teacher_logits, labels, self.epoch)
+            teacher_logits = teacher_out[1] if self.features else teacher_out
+            if self.features:  # the pooled vector, the last of the models' features
+                kd = self.distill(student_out[0][-1].float(), teacher_out[0][-1].float(), *extra)
+            else:
+                kd = self.distill(student_logits, teacher_logits, labels, self.epoch)
             parts["kd"] = kd.detach()
             loss = loss + self.kd_ratio * kd
+            if self.add is not None:
+                add = self.add(student_logits, teacher_logits, labels, self.epoch)
+                parts["add"] = add.detach()
+                loss = loss + self.add_weight * add
         return loss, parts

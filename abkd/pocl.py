@@ -2,12 +2,14 @@
 the Baby Step scheduler, as small objects with state (saved in checkpoints, so a resumed run
 continues mid-stage).
 
-Ranking: the student scores every training example twice (ROUGE-L of its own generation, higher
-is easier; its LM loss on the reference, lower is easier). Each signal gives a rank, and
+Ranking: the student scores every training example twice (for LLMs: ROUGE-L of its own
+generation, higher is easier, and its LM loss on the reference, lower is easier; for image
+classification, abkd/curriculum.py: its cross-entropy and the teacher-student divergence, both
+lower is easier). Each signal gives a rank, and
 
-    score = 1 / (k + rank_rouge) + 1 / (k + rank_loss),    k = 60 by default,
+    score = 1 / (k + rank_1) + 1 / (k + rank_2),    k = 60 by default,
 
-sorted descending, orders the data from easy to hard. Ranks are numbered 1, 2, 3, ... after
+sorted descending, orders the data from easy to hard (`fuse_ranks`, any number of signals). Ranks are numbered 1, 2, 3, ... after
 stable sorts, as POCL does (ties broken by order); tied values may share their mean rank instead.
 
 Baby Step: stage s = 0..S-2 trains on the easiest (s + 1) * floor(N / S) examples and the last
@@ -18,7 +20,9 @@ for `patience` evaluations.
 
 As POCL's one-launcher-per-stage scripts do, the trainer (distillation_llm/finetune.py) runs each
 stage as its own run: a fresh optimizer and a learning-rate schedule over the stage's own epochs
-(`stage_epochs` times its size), starting from the previous stage's selected checkpoint.
+(`stage_epochs` times its size), starting from the previous stage's selected checkpoint. The
+classification curriculum (abkd/curriculum.py) runs its stages in one run on one schedule, and
+says why there.
 """
 
 from __future__ import annotations
@@ -45,6 +49,66 @@ def fractional_ranks(values: Sequence[float], *, descending: bool) -> list[float
 RANK_TIES = ("sequential", "mean")
 
 
+@dataclass(frozen=True)
+class Signal:
+    """One difficulty signal of every example: `values[i]` of example `ids[i]`; `higher_is_easier`
+    says which way it ranks (ROUGE-L: higher is easier; a loss or a divergence: lower is easier)."""
+
+    name: str
+    values: Sequence[float]
+    higher_is_easier: bool = False
+
+
+def fuse_ranks(ids: Sequence[int], signals: Sequence[Signal], k: float = 60.0, ties: str = "sequential") -> list[dict]:
+    """Reciprocal rank fusion of any number of signals: examples ordered easy to hard by
+
+        score = sum over signals of 1 / (k + rank_signal),
+
+    each a dict {"id", <signal name>: value ..., "rank_<signal name>": rank ..., "score"} (the
+    ranking file's row). ties "sequential" is POCL's tools/rank.py: chained stable sorts of the
+    examples in their given order (by the first signal, then that order by the second, ..., then
+    that order by score), each numbering its examples 1, 2, 3, ..., so tied values get different
+    ranks, the earlier example in the previous sort's order the better one. ties "mean": tied
+    values share the mean of the ranks they span, and tied scores keep the id order.
+    """
+    if not signals:
+        raise ValueError("reciprocal rank fusion needs at least one signal")
+    if any(len(signal.values) != len(ids) for signal in signals):
+        lengths = ", ".join(f"{signal.name} {len(signal.values)}" for signal in signals)
+        raise ValueError(f"ids and every signal must have the same length, got ids {len(ids)}, {lengths}")
+    if k < 0:
+        raise ValueError(f"the RRF constant k must be non-negative, got {k}")
+    if ties not in RANK_TIES:
+        raise ValueError(f"unknown rank ties '{ties}'; valid: {', '.join(RANK_TIES)}")
+    n = len(ids)
+    ranks: list[list[float]] = []
+    order = list(range(n))
+    for signal in signals:
+        sign = -1.0 if signal.higher_is_easier else 1.0
+        if ties == "mean":
+            ranks.append(fractional_ranks(signal.values, descending=signal.higher_is_easier))
+            continue
+        order = sorted(order, key=lambda i, values=signal.values, sign=sign: sign * values[i])
+        rank = [0.0] * n
+        for position, i in enumerate(order):
+            rank[i] = float(position + 1)
+        ranks.append(rank)
+    rows = []
+    for i in range(n):
+        score = 0.0
+        for rank in ranks:
+            score += 1.0 / (k + rank[i])
+        rows.append({
+            "id": int(ids[i]),
+            **{signal.name: float(signal.values[i]) for signal in signals},
+            **{f"rank_{signal.name}": rank[i] for signal, rank in zip(signals, ranks)},
+            "score": score,
+        })
+    if ties == "mean":
+        return sorted(rows, key=lambda row: (-row["score"], row["id"]))
+    return sorted([rows[i] for i in order], key=lambda row: -row["score"])
+
+
 @dataclass
 class RankedExample:
     id: int
@@ -59,39 +123,11 @@ def reciprocal_rank_fusion(
     ids: Sequence[int], rouge: Sequence[float], loss: Sequence[float], k: float = 60.0, ties: str = "sequential"
 ) -> list[RankedExample]:
     """Examples ordered easy to hard by RRF of their ROUGE-L (higher easier) and loss (lower
-    easier) ranks.
-
-    ties "sequential" is POCL's tools/rank.py: three chained stable sorts of the examples in
-    their given order (by ROUGE-L, then that order by loss, then that order by score), each
-    numbering its examples 1, 2, 3, ..., so tied values get different ranks, the earlier example
-    in the previous sort's order the better one. ties "mean": tied values share the mean of the
-    ranks they span, and tied scores keep the id order (order-independent).
-    """
+    easier) ranks: `fuse_ranks` of those two signals, in that order (see its `ties`)."""
     if not (len(ids) == len(rouge) == len(loss)):
         raise ValueError(f"ids, rouge and loss must have the same length, got {len(ids)}, {len(rouge)}, {len(loss)}")
-    if k < 0:
-        raise ValueError(f"the RRF constant k must be non-negative, got {k}")
-    if ties not in RANK_TIES:
-        raise ValueError(f"unknown rank ties '{ties}'; valid: {', '.join(RANK_TIES)}")
-    n = len(ids)
-    if ties == "mean":
-        rank_rouge = fractional_ranks(rouge, descending=True)
-        rank_loss = fractional_ranks(loss, descending=False)
-    else:
-        rank_rouge, rank_loss = [0.0] * n, [0.0] * n
-        by_rouge = sorted(range(n), key=lambda i: -rouge[i])
-        for position, i in enumerate(by_rouge):
-            rank_rouge[i] = float(position + 1)
-        by_loss = sorted(by_rouge, key=lambda i: loss[i])
-        for position, i in enumerate(by_loss):
-            rank_loss[i] = float(position + 1)
-    examples = [
-        RankedExample(int(i), float(r), float(lm_loss), rr, rl, 1.0 / (k + rr) + 1.0 / (k + rl))
-        for i, r, lm_loss, rr, rl in zip(ids, rouge, loss, rank_rouge, rank_loss)
-    ]
-    if ties == "mean":
-        return sorted(examples, key=lambda e: (-e.score, e.id))
-    return sorted([examples[i] for i in by_loss], key=lambda e: -e.score)
+    rows = fuse_ranks(ids, [Signal("rouge", rouge, higher_is_easier=True), Signal("loss", loss)], k=k, ties=ties)
+    return [RankedExample(**row) for row in rows]
 
 
 def _linear(start: float, end: float, stage: int, num_stages: int) -> float:

@@ -62,6 +62,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from abkd import engine as E
+from abkd.curriculum import Curriculum
 from abkd.runlog import RunLog
 from abkd.sampling import GlobalBatchSampler
 
@@ -363,14 +364,16 @@ class Run:
         saved = {**rank_state, "sums": dict(self.sums), "buffers": floating_buffers(engine.module)}
         return E.save_checkpoint(engine, self.checkpoints, tag, client_state=dict(self.state), keep_last=self.args.keep_checkpoints, rank_state=saved)
 
-    def stop_point(self, steps_per_epoch: int, total_steps: int) -> int:
+    def stop_point(self, steps_per_epoch: int, total_steps: int, steps_after_epochs: Callable[[int], int] | None = None) -> int:
         """The step this invocation ends at: the run's end, or earlier by --stop-after-iters N
-        (N more steps) or --stop-after-epochs N (the end of the N-th epoch from here)."""
+        (N more steps) or --stop-after-epochs N (the end of the N-th epoch from here). Epochs of
+        different lengths (a curriculum's) give `steps_after_epochs(e)`, the steps at the end of epoch e."""
         stop = total_steps
         if getattr(self.args, "stop_after_iters", None):
             stop = min(stop, self.state["step"] + self.args.stop_after_iters)
         if getattr(self.args, "stop_after_epochs", None):
-            stop = min(stop, (self.state["epoch"] + self.args.stop_after_epochs) * steps_per_epoch)
+            epochs = self.state["epoch"] + self.args.stop_after_epochs
+            stop = min(stop, epochs * steps_per_epoch if steps_after_epochs is None else steps_after_epochs(epochs))
         return stop
 
     def train_steps(self, engine, objective: Objective, batches: Iterable, stop_at: int, bar: tqdm | None = None) -> None:
@@ -412,16 +415,22 @@ class Run:
         return {**{f"train_{key}": value for key, value in means.items()}, "lr": self.lr, "epoch_s": seconds}
 
     def fit(self, engine, objective: Objective, sampler: GlobalBatchSampler, epoch_batches: Callable[[int], Iterable],
-            on_epoch_end: Callable[[int, dict], dict | None] | None = None) -> bool:
+            on_epoch_end: Callable[[int, dict], dict | None] | None = None, curriculum: Curriculum | None = None) -> bool:
         """Train for --epochs epochs of `sampler.steps_per_epoch` steps, from `state`, until the
         stop point. `epoch_batches(epoch)` gives the epoch's micro-batches (on the device) once
         `sampler.set_epoch` has been called. At each epoch end: buffers synced, then
         `on_epoch_end(epoch, metrics)` (evaluation, model files; its returned metrics are logged),
         then a checkpoint; one more checkpoint where the run stops mid-epoch. Returns whether the
-        run is complete."""
+        run is complete.
+
+        With a POCL `curriculum` (abkd/curriculum.py; `state["curriculum"]` registered before
+        `resume`), the sampler draws the current stage's examples, the epochs' lengths follow its
+        plan, each epoch's metrics name its stage, and a stage's last epoch enters the next."""
         state = self.state
-        total_steps = self.args.epochs * sampler.steps_per_epoch
-        stop_at = self.stop_point(sampler.steps_per_epoch, total_steps)
+        if curriculum is not None:
+            curriculum.start(state)
+        total_steps = self.args.epochs * sampler.steps_per_epoch if curriculum is None else curriculum.total_steps()
+        stop_at = self.stop_point(sampler.steps_per_epoch, total_steps, None if curriculum is None else curriculum.steps_after)
         self.log.info(
             f"world size {E.world_size()} on {self.device.type}; {sampler.size} training examples, "
             f"{sampler.steps_per_epoch} steps per epoch of {sampler.global_batch}, {total_steps} steps"
@@ -435,12 +444,16 @@ class Run:
             tag = f"step{state['step']}"
             if state["step_in_epoch"] == sampler.steps_per_epoch:
                 metrics = self.end_epoch(time.perf_counter() - started)
+                if curriculum is not None:
+                    metrics.update(curriculum.epoch_metrics())
                 sync_buffers(engine.module)
                 if on_epoch_end is not None:
                     metrics.update(on_epoch_end(state["epoch"], metrics) or {})
                 self.log.metrics(state["epoch"], metrics, prefix="epoch")
                 self.history.append({"epoch": state["epoch"], **metrics})
                 tag = f"epoch{state['epoch']}"
+                if curriculum is not None:
+                    curriculum.end_epoch(state)
             self.save(engine, tag)
         bar.close()
         finished = state["step"] >= total_steps

@@ -20,25 +20,39 @@ class GlobalBatchSampler:
     cut into grad_accum x world nearly equal micro-batches in the same slice order, like a torch
     DataLoader with drop_last=False; a tail shorter than grad_accum x world examples, which would
     leave some micro-batch empty, is still dropped.
+
+    `select(examples)` restricts the sampler to a subset of the dataset (a curriculum stage's
+    easiest examples): the epoch's permutation is then drawn over the subset and yields its
+    dataset indices.
     """
 
     def __init__(self, size: int, micro_batch: int, grad_accum: int, world: int, rank: int, seed: int, shuffle: bool = True,
                  drop_last: bool = True):
-        self.size, self.micro_batch, self.grad_accum = size, micro_batch, grad_accum
-        self.world, self.rank, self.seed, self.shuffle = world, rank, seed, shuffle
+        self.micro_batch, self.grad_accum = micro_batch, grad_accum
+        self.world, self.rank, self.seed, self.shuffle, self.drop_last = world, rank, seed, shuffle, drop_last
         self.global_batch = micro_batch * grad_accum * world
-        self.steps_per_epoch = size // self.global_batch
-        tail = size - self.steps_per_epoch * self.global_batch
-        self.tail = 0 if drop_last or tail < grad_accum * world else tail
-        self.steps_per_epoch += self.tail > 0
-        self.dropped = tail - self.tail
+        self.examples: list[int] | None = None
         self.epoch = 0
         self.skip_steps = 0
+        self._layout(size)
+
+    def _layout(self, size: int) -> None:
+        self.size = size
+        self.steps_per_epoch = size // self.global_batch
+        tail = size - self.steps_per_epoch * self.global_batch
+        self.tail = 0 if self.drop_last or tail < self.grad_accum * self.world else tail
+        self.steps_per_epoch += self.tail > 0
+        self.dropped = tail - self.tail
         if self.steps_per_epoch == 0:
             raise ValueError(
                 f"the training set has {size} examples, fewer than one global batch "
-                f"({micro_batch} x {grad_accum} accumulation x {world} processes)"
+                f"({self.micro_batch} x {self.grad_accum} accumulation x {self.world} processes)"
             )
+
+    def select(self, examples: Sequence[int]) -> None:
+        """Draw only these dataset indices from now on (all of them again: `select(range(n))`)."""
+        self.examples = list(examples)
+        self._layout(len(self.examples))
 
     def set_epoch(self, epoch: int, skip_steps: int = 0) -> None:
         """Select the epoch's order; `skip_steps` resumes part-way through it."""
@@ -46,9 +60,10 @@ class GlobalBatchSampler:
 
     def order(self) -> list[int]:
         if not self.shuffle:
-            return list(range(self.size))
+            return list(range(self.size)) if self.examples is None else list(self.examples)
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return torch.randperm(self.size, generator=generator).tolist()
+        order = torch.randperm(self.size, generator=generator).tolist()
+        return order if self.examples is None else [self.examples[i] for i in order]
 
     def __iter__(self) -> Iterator[list[int]]:
         order = self.order()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import torch
@@ -47,7 +47,17 @@ def step_decay_multiplier(step: int, *, steps_per_epoch: int, decay_epochs: Sequ
     return rate ** sum(epoch >= decay for decay in decay_epochs)
 
 
-def build_step_decay_scheduler(optimizer: torch.optim.Optimizer, *, steps_per_epoch: int, decay_epochs: Sequence[int], rate: float):
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, partial(step_decay_multiplier, steps_per_epoch=steps_per_epoch, decay_epochs=tuple(decay_epochs), rate=rate)
-    )
+def build_step_decay_scheduler(optimizer: torch.optim.Optimizer, *, steps_per_epoch: int, decay_epochs: Sequence[int], rate: float,
+                               clock: Callable[[int], int] | None = None):
+    """`step_decay_multiplier` per optimizer step. `clock` maps the step to the step of a run of
+    `steps_per_epoch`-step epochs at the same point of training, where epochs differ in length
+    (a POCL curriculum's: `abkd.curriculum.Curriculum.full_data_step`)."""
+    factor = partial(step_decay_multiplier, steps_per_epoch=steps_per_epoch, decay_epochs=tuple(decay_epochs), rate=rate)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor if clock is None else on_clock(factor, clock))
+
+
+def on_clock(factor: Callable[[int], float], clock: Callable[[int], int]) -> Callable[[int], float]:
+    """`factor` read at `clock(step)` (a plain function, which LambdaLR's state_dict leaves out)."""
+    def at_clock(step: int) -> float:
+        return factor(clock(step))
+    return at_clock

@@ -31,7 +31,10 @@ projector's BatchNorm from seeing a batch of one.
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -40,9 +43,10 @@ from torch.utils.data import DataLoader
 
 from abkd import engine as E
 from abkd.classification import PRECISIONS, PROMPTKD_LOSSES, PromptKDLoss, autocast_context, fp32_deepspeed_config
+from abkd.curriculum import Curriculum, add_curriculum_args, digest, load_ranking, resolve_curriculum_args, set_temperature
 from abkd.run import Run, atomic_save, parser_defaults
 from abkd.sampling import GlobalBatchSampler
-from abkd.schedules import build_scheduler
+from abkd.schedules import build_scheduler, lr_multiplier, on_clock
 from base_to_new_classification import promptsrc_checkpoint
 from base_to_new_classification.clip_prompts import (
     StudentPromptLearner,
@@ -55,6 +59,7 @@ from base_to_new_classification.evaluate import evaluate
 from base_to_new_classification.preprocess import EvalTransform, TrainTransform
 
 DEFAULT_DS_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "deepspeed" / "ds_config.json")
+RANK_COMMAND = "base_to_new_classification.rank_difficulty"  # the POCL ranking of a run's training images
 TEACHER_FORMAT = "abkd-promptsrc-teacher/1"
 
 
@@ -148,12 +153,21 @@ def build_parser() -> argparse.ArgumentParser:
     kd.add_argument("--kd-ratio", "--kd-weight", type=float, default=1000.0,
                     help="weight of the distillation loss, which is the whole objective (PromptKD's KD_WEIGHT)")
     kd.add_argument("--kd-temperature", "--temperature", type=float, default=1.0,
-                    help="softmax temperature T of teacher and student (kd, ls and dkd are scaled by T^2, ab is not)")
+                    help="softmax temperature T of teacher and student (kd, the other divergences, ls and dkd are scaled by T^2, ab is not; "
+                         "ttm and dist have their own)")
     kd.add_argument("--ab_alpha", type=float, default=None, help="alpha of the alpha-beta divergence (--distill ab)")
     kd.add_argument("--ab_beta", type=float, default=None, help="beta of the alpha-beta divergence (--distill ab)")
+    kd.add_argument("--jsd-lam", type=float, default=0.1, help="jsd: the student's weight lam in the mixture m = (1 - lam) p + lam q")
+    kd.add_argument("--skew-alpha", type=float, default=0.1, help="sfkl/srkl: skew lam, the share of the first argument in the mixture (the teacher's in sfkl, the student's in srkl)")
+    kd.add_argument("--ttm-exponent", "--ttm_l", type=float, default=0.1,
+                    help="ttm: the power gamma of the teacher's probabilities, p^gamma / sum p^gamma (ABKD's PromptKD default 0.1)")
+    kd.add_argument("--dist-temperature", "--dist_tau", type=float, default=1.0, help="dist: the softmax temperature tau (the term is scaled by tau^2)")
+    kd.add_argument("--dist-inter-weight", "--dist_beta", type=float, default=1.0, help="dist: weight of the inter-class relation (the paper's beta)")
+    kd.add_argument("--dist-intra-weight", "--dist_gamma", type=float, default=1.0, help="dist: weight of the intra-class relation (the paper's gamma)")
     kd.add_argument("--tckd-weight", "--dkd-alpha", type=float, default=1.0, help="weight of DKD's target-class term TCKD, the paper's alpha (--distill dkd)")
     kd.add_argument("--nckd-weight", "--dkd-beta", type=float, default=1.0, help="weight of DKD's non-target-class term NCKD, the paper's beta (--distill dkd)")
     kd.add_argument("--dkd-warmup", type=float, default=2, help="DKD: epochs over which its term is ramped in linearly (--distill dkd)")
+    add_curriculum_args(parser, RANK_COMMAND)
     add_common_args(parser, lr=1e-4)
     return parser
 
@@ -166,12 +180,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise ValueError("--batch-size must be at least 2: the student projector's batch norm needs two images per step")
     if args.kd_ratio <= 0:
         raise ValueError(f"--kd-ratio must be positive, got {args.kd_ratio}")
+    if args.curriculum == "pocl" and not hasattr(distillation_loss(args, num_classes=1).loss, "temperature"):
+        raise ValueError(f"--curriculum pocl schedules the KD temperature (--temperature), which --distill {args.distill} does not use")
+    resolve_curriculum_args(args, RANK_COMMAND)
     return args
 
 
 def distillation_loss(args: argparse.Namespace, num_classes: int) -> PromptKDLoss:
     return PromptKDLoss(args.distill, temperature=args.kd_temperature, kd_ratio=args.kd_ratio, num_classes=num_classes, dkd_warmup=args.dkd_warmup,
-                        ab_alpha=args.ab_alpha, ab_beta=args.ab_beta, tckd_weight=args.tckd_weight, nckd_weight=args.nckd_weight)
+                        ab_alpha=args.ab_alpha, ab_beta=args.ab_beta, tckd_weight=args.tckd_weight, nckd_weight=args.nckd_weight,
+                        jsd_lam=args.jsd_lam, skew_alpha=args.skew_alpha, ttm_exponent=args.ttm_exponent, dist_temperature=args.dist_temperature,
+                        dist_inter_weight=args.dist_inter_weight, dist_intra_weight=args.dist_intra_weight)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,33 +198,44 @@ def distillation_loss(args: argparse.Namespace, num_classes: int) -> PromptKDLos
 # ---------------------------------------------------------------------------------------------
 
 
-def build_lr_scheduler(optimizer: torch.optim.Optimizer, args: argparse.Namespace, steps_per_epoch: int):
+def build_lr_scheduler(optimizer: torch.optim.Optimizer, args: argparse.Namespace, steps_per_epoch: int, clock: Callable[[int], int] | None = None):
     """The --lr-schedule of `args` as a per-step LambdaLR (a pure function of the step, so
-    resuming restores it from the step count)."""
+    resuming restores it from the step count). `clock` maps the step to the step of a run of
+    `steps_per_epoch`-step epochs at the same point of training, where epochs differ in length
+    (a POCL curriculum's: `abkd.curriculum.Curriculum.full_data_step`)."""
     if args.lr_schedule == "step-cosine":
-        return build_scheduler(optimizer, warmup=args.warmup_epochs * steps_per_epoch, total=args.epochs * steps_per_epoch, style="cosine")
-    factor = partial(dassl_lr_factor, steps_per_epoch=steps_per_epoch, warmup_epochs=args.warmup_epochs, epochs=args.epochs,
-                     warmup_ratio=args.warmup_lr / args.lr)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        if clock is None:
+            return build_scheduler(optimizer, warmup=args.warmup_epochs * steps_per_epoch, total=args.epochs * steps_per_epoch, style="cosine")
+        factor = partial(lr_multiplier, warmup=args.warmup_epochs * steps_per_epoch, total=args.epochs * steps_per_epoch, style="cosine")
+    else:
+        factor = partial(dassl_lr_factor, steps_per_epoch=steps_per_epoch, warmup_epochs=args.warmup_epochs, epochs=args.epochs,
+                         warmup_ratio=args.warmup_lr / args.lr)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor if clock is None else on_clock(factor, clock))
 
 
-def fit(run: Run, module: torch.nn.Module, objective, train_set: ImageDataset, on_epoch_end=None):
+def fit(run: Run, module: torch.nn.Module, objective, train_set: ImageDataset, on_epoch_end=None,
+        make_curriculum: Callable[[GlobalBatchSampler], Curriculum] | None = None):
     """Train the learnable parameters of `module` with SGD and --lr-schedule through DeepSpeed (in
     float32) on the run's lifecycle; returns (engine, finished).
 
     `objective(engine, epoch)` builds the objective of `abkd.run` (called on (pixel_values,
     labels) on the device, returning (loss, parts)) around the engine; `epoch()` is the 0-based
     epoch being trained. `on_epoch_end(engine, epochs_done)` runs after each epoch.
+    `make_curriculum(sampler)`: POCL's stages over the training set (abkd/curriculum.py), in this
+    one run with its one optimizer and learning-rate schedule.
     """
     args, device = run.args, run.device
     ds_config = fp32_deepspeed_config(E.load_deepspeed_config(args.deepspeed_config, micro_batch_size=args.batch_size, gradient_accumulation_steps=1))
     sampler = GlobalBatchSampler(len(train_set), args.batch_size, 1, E.world_size(), E.rank(), args.seed)
+    curriculum = None if make_curriculum is None else make_curriculum(sampler)
     loader = DataLoader(train_set, batch_sampler=sampler, num_workers=args.num_workers)
     learnable = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(learnable, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    scheduler = build_lr_scheduler(optimizer, args, sampler.steps_per_epoch)
+    scheduler = build_lr_scheduler(optimizer, args, sampler.steps_per_epoch, None if curriculum is None else curriculum.full_data_step)
     engine = E.initialize(module, optimizer, scheduler, ds_config)
     run.log.info(f"{sum(p.numel() for p in learnable)} learnable parameters; precision {args.precision}; lr schedule {args.lr_schedule}")
+    if curriculum is not None:
+        run.state.update(curriculum=None)
     run.resume(engine)
     current = {"epoch": 0}
 
@@ -221,7 +251,7 @@ def fit(run: Run, module: torch.nn.Module, objective, train_set: ImageDataset, o
             return train_objective(batch)
 
     end = None if on_epoch_end is None else (lambda done, metrics: on_epoch_end(engine, done))
-    return engine, run.fit(engine, objective_in_precision, sampler, epoch_batches, end)
+    return engine, run.fit(engine, objective_in_precision, sampler, epoch_batches, end, curriculum)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,6 +307,21 @@ def _check_teacher_classes(checkpoint: dict, dataset, path: Path) -> None:
         )
 
 
+def ranking_identity(args: argparse.Namespace, data) -> dict:
+    """What a POCL ranking must have been made for to train this run (`abkd.curriculum.load_ranking`):
+    the training images (their paths under --root and labels, their number) and the teacher (its
+    prompt checkpoint and its CLIP's config)."""
+    items = [[os.path.relpath(path, args.root), label] for path, label in data.train]
+    checkpoint = promptsrc_checkpoint.find_checkpoint(Path(args.teacher_ckpt))
+    config = Path(args.teacher_model_path) / "config.json"
+    return {
+        "dataset": f"{args.dataset} under {Path(args.root).resolve()}", "examples": len(items),
+        "dataset_fingerprint": digest(args.dataset, json.dumps(items)),
+        "teacher": str(checkpoint.resolve()),
+        "teacher_fingerprint": digest(E.file_sha256(checkpoint), config.read_bytes() if config.is_file() else b""),
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # Student distillation
 # ---------------------------------------------------------------------------------------------
@@ -302,6 +347,15 @@ def main(argv: list[str] | None = None) -> dict | None:
     ).to(device)
     run.log.info(f"{args.dataset}: {data.num_classes} classes ({data.num_base} base); distill {args.distill} at T={args.kd_temperature}, kd_ratio {args.kd_ratio}")
     loss = distillation_loss(args, data.num_classes)
+    make_curriculum = None
+    if args.curriculum == "pocl":
+        ranked_ids = load_ranking(args.ranking, ranking_identity(args, data), RANK_COMMAND)
+
+        def set_stage(temperature: float, kd_ratio: float) -> None:
+            set_temperature(loss.loss, temperature)
+            loss.kd_ratio = kd_ratio
+
+        make_curriculum = partial(Curriculum.from_args, args, ranked_ids, apply=set_stage, log=run.log.info)
 
     def objective(engine, epoch):
         def distill(batch):  # labels are used by dkd only (its target class, as in ABKD's trainer)
@@ -335,7 +389,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         return {"val_base_acc": val}
 
     engine, finished = fit(run, student, objective, ImageDataset(data.train, TrainTransform(size), seed=args.seed),
-                           select_best if args.final_model == "best_val" else None)
+                           select_best if args.final_model == "best_val" else None, make_curriculum)
     if not finished:
         run.close()
         return None

@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="alpha of the alpha-beta divergence (required by --type ab); safe in about [-1, 2], refused where float32 makes the loss 0 (distillation_llm/methods.py)")
     loss.add_argument("--ab_beta", type=float, default=None,
         help="beta of the alpha-beta divergence (required by --type ab); safe in about [-1, 2], refused where float32 makes the loss 0 (distillation_llm/methods.py)")
-    loss.add_argument("--skew-alpha", type=float, default=0.1, help="skew of sfkl/srkl: the teacher's share in the mixture")
+    loss.add_argument("--skew-alpha", type=float, default=0.1, help="sfkl/srkl: skew lam, the share of the first argument in the mixture (the teacher's in sfkl, the student's in srkl)")
     loss.add_argument("--jsd-lam", type=float, default=0.1, help="mixture weight lam of the jsd divergence")
     loss.add_argument("--kd-temperature", "--temperature-kld", type=float, default=1.0, help="temperature of teacher and student distributions in the divergence (--temperature-kld: POCL's spelling)")
     loss.add_argument("--chunk-size", type=int, default=None, help="rows per chunk of the fused LM-head loss (default: abkd.fused.default_chunk_size: 512 on CPU, up to 2048 on CUDA)")

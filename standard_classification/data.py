@@ -161,19 +161,83 @@ def augment(images: Tensor, generator: torch.Generator, padding: int = 4) -> Ten
     return padded[index, channel, rows, cols]
 
 
-def train_batches(split: CifarSplit, sampler: GlobalBatchSampler, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+class ContrastiveIndices:
+    """CRD's memory-bank indices for training images (RepDistiller's CIFAR100InstanceSample, Tian
+    et al., ICLR 2020): for image i of class c, one positive and `k` negatives, [k + 1] indices.
+
+    The positive is i itself (mode "exact") or an image of class c drawn uniformly (mode
+    "relax"); the negatives are `k` distinct images of the other classes, drawn uniformly (with
+    replacement when there are fewer than k of them, as the reference does). labels: int64 [N].
+    """
+
+    def __init__(self, labels: Tensor, k: int, mode: str = "exact"):
+        if mode not in ("exact", "relax"):
+            raise ValueError(f"unknown CRD mode '{mode}'; valid: exact, relax")
+        if k < 1:
+            raise ValueError(f"--nce-k must be >= 1, got {k}")
+        self.k, self.mode = k, mode
+        labels = labels.cpu()
+        # Images sorted by class: class c occupies order[start[c] : start[c] + count[c]], and its
+        # negatives are order with that slice taken out.
+        order = torch.argsort(labels, stable=True)
+        count = torch.bincount(labels)
+        if int(count.max()) == len(labels):
+            raise ValueError("CRD needs images of at least two classes (the negatives are the other classes' images)")
+        self.tables = {torch.device("cpu"): (labels, order, torch.cumsum(count, 0) - count, count)}
+
+    def _tables(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(labels, order, start, count) on `device`, copied there once."""
+        if device not in self.tables:
+            self.tables[device] = tuple(table.to(device) for table in self.tables[torch.device("cpu")])
+        return self.tables[device]
+
+    def __call__(self, index: Tensor, generator: torch.Generator) -> Tensor:
+        """[b, k + 1] indices (positive first) for the images `index` [b], on the generator's device."""
+        device = generator.device
+        labels, order, start, count = self._tables(device)
+        index = index.to(device)
+        start, count = start[labels[index]], count[labels[index]]
+        others = len(labels) - count  # negatives of each image's class
+        if self.mode == "exact":
+            positive = index
+        else:
+            positive = order[start + (torch.rand(len(index), generator=generator, device=device) * count).long()]
+        # A uniform k-subset of range(others): the k largest of uniform keys, the positions past
+        # `others` excluded; with replacement (k uniform draws) where there are fewer than k.
+        keys = torch.rand(len(index), len(labels), generator=generator, device=device)
+        keys = keys.masked_fill(torch.arange(len(labels), device=device) >= others[:, None], -1.0)
+        k = min(self.k, len(labels))
+        slot = keys.topk(k, dim=1).indices
+        if k < self.k:
+            slot = torch.cat([slot, slot.new_zeros(len(index), self.k - k)], dim=1)
+        drawn = (torch.rand(len(index), self.k, generator=generator, device=device) * others[:, None]).long()
+        slot = torch.where((others < self.k)[:, None], drawn, slot)
+        negatives = order[slot + count[:, None] * (slot >= start[:, None])]  # skip the class's own slice
+        return torch.cat([positive[:, None], negatives], dim=1)
+
+
+def train_batches(split: CifarSplit, sampler: GlobalBatchSampler, device: torch.device,
+                  contrast: ContrastiveIndices | None = None) -> Iterator[tuple[Tensor, ...]]:
     """This rank's augmented training micro-batches of the sampler's current epoch (from its
-    `skip_steps`): (normalised float images [b, 3, 32, 32], labels [b]) on `device`.
+    `skip_steps`): (normalised float images [b, 3, 32, 32], labels [b]) on `device`; with
+    `contrast` (CRD) also each image's dataset index [b] and its contrast indices [b, k + 1].
 
     The augmentation of micro-batch m is drawn from a generator seeded with (seed, epoch, m,
-    rank), so a resumed run sees exactly the batches and augmentations of an uninterrupted one.
+    rank), so a resumed run sees exactly the batches and augmentations of an uninterrupted one;
+    the contrast indices from a second generator on `device` seeded from the same numbers.
     """
     first = sampler.skip_steps * sampler.grad_accum
     for micro, index in enumerate(sampler, start=first):
         index = torch.as_tensor(index, dtype=torch.int64)
-        generator = torch.Generator().manual_seed(((sampler.seed * 1009 + sampler.epoch) * 100_003 + micro) * 257 + sampler.rank)
+        seed = ((sampler.seed * 1009 + sampler.epoch) * 100_003 + micro) * 257 + sampler.rank
+        generator = torch.Generator().manual_seed(seed)
         images = augment(split.images[index].to(device, non_blocking=True), generator)
-        yield normalize(images), split.labels[index].to(device, non_blocking=True)
+        batch = (normalize(images), split.labels[index].to(device, non_blocking=True))
+        if contrast is not None:
+            # Another stream than the augmentation's (same seed on a CPU device would repeat its draws).
+            contrast_generator = torch.Generator(device=device).manual_seed((seed * 2 + 1) % 2**63)
+            batch = (*batch, index.to(device), contrast(index, contrast_generator))
+        yield batch
 
 
 def eval_batches(split: CifarSplit, batch_size: int, rank: int, world: int, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:

@@ -27,13 +27,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from abkd import engine as E
-from abkd.classification import PRECISIONS, LogitDistillation, autocast_context, fp32_deepspeed_config
+from abkd.classification import PRECISIONS, LogitDistillation, autocast_context, fp32_deepspeed_config, trained_module
+from abkd.curriculum import Curriculum, digest, set_temperature
 from abkd.run import Run, all_reduce_sum, atomic_save
 from abkd.sampling import GlobalBatchSampler
 from abkd.schedules import build_step_decay_scheduler
-from standard_classification.data import CifarSplit, eval_batches, train_batches
+from standard_classification.data import CifarSplit, ContrastiveIndices, eval_batches, train_batches
 
 DEFAULT_DS_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "deepspeed" / "ds_config.json"
+RANK_COMMAND = "standard_classification.rank_difficulty"  # the POCL ranking of a run's training images
 # Depthwise/grouped students are trained at a smaller learning rate in the CRD recipe.
 SMALL_LR_MODELS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")
 
@@ -114,34 +116,62 @@ def evaluate(model: nn.Module, split: CifarSplit, batch_size: int, device: torch
     return {"test_loss": loss / count, "test_acc": 100.0 * top1 / count, "test_acc_top5": 100.0 * top5 / count}
 
 
+def ranking_identity(data_folder: str | Path, train_set: CifarSplit, teacher_ckpt: str | Path) -> dict:
+    """What a POCL ranking must have been made for to train this run (`abkd.curriculum.load_ranking`):
+    the training set (the SHA-256 of its images and labels, its size) and the teacher checkpoint."""
+    return {
+        "dataset": str(Path(data_folder).resolve()), "examples": len(train_set),
+        "dataset_fingerprint": digest(train_set.images.numpy().tobytes(), train_set.labels.numpy().tobytes()),
+        "teacher": str(Path(teacher_ckpt).resolve()), "teacher_fingerprint": E.file_sha256(Path(teacher_ckpt)),
+    }
+
+
 def train(run: Run, model_name: str, student: nn.Module, train_set: CifarSplit, test_set: CifarSplit,
-          teacher: nn.Module | None = None, distill: nn.Module | None = None, ce_weight: float = 1.0, kd_ratio: float = 0.0) -> dict:
-    """Train `student` for --epochs (resuming if asked) on ce_weight * CE + kd_ratio * distill.
-    Returns the final state (epoch, best_accuracy, best_epoch) with `history`, the per-epoch
-    metrics of this invocation."""
+          teacher: nn.Module | None = None, distill: nn.Module | None = None, ce_weight: float = 1.0, kd_ratio: float = 0.0,
+          add: nn.Module | None = None, add_weight: float = 0.0, contrast: ContrastiveIndices | None = None,
+          ranked_ids: list[int] | None = None) -> dict:
+    """Train `student` for --epochs (resuming if asked) on ce_weight * CE + kd_ratio * distill
+    (+ add_weight * add). A term with parameters or buffers (CRD, ITRD) is trained, saved and
+    resumed with the student; `contrast` adds CRD's indices to the batches. With `ranked_ids`
+    (easy to hard) the run follows POCL's Baby Step stages (abkd/curriculum.py: one SGD and one
+    step-decay schedule over the whole curriculum, which sets the kd_ratio and the term's
+    temperature per stage). Returns the final state (epoch, best_accuracy, best_epoch) with
+    `history`, the per-epoch metrics of this invocation."""
     args, device = run.args, run.device
     sampler = GlobalBatchSampler(len(train_set), args.batch_size, 1, E.world_size(), E.rank(), args.seed, drop_last=False)
+    curriculum = None
+    if ranked_ids is not None:
+        def set_stage(temperature: float, stage_kd_ratio: float) -> None:  # called by run.fit, once `objective` exists
+            set_temperature(distill, temperature)
+            objective.kd_ratio = stage_kd_ratio
+
+        curriculum = Curriculum.from_args(args, ranked_ids, sampler, apply=set_stage, log=run.log.info)
     ds_config = fp32_deepspeed_config(E.load_deepspeed_config(args.deepspeed_config, micro_batch_size=args.batch_size, gradient_accumulation_steps=1))
     if E.zero_stage(ds_config) > 2:
         raise ValueError(f"--deepspeed_config {args.deepspeed_config}: ZeRO stage 3 is not supported for the CIFAR models (use 0-2)")
-    optimizer = torch.optim.SGD(student.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    scheduler = build_step_decay_scheduler(optimizer, steps_per_epoch=sampler.steps_per_epoch, decay_epochs=args.lr_decay_epochs, rate=args.lr_decay_rate)
-    engine = E.initialize(student.to(device), optimizer, scheduler, ds_config)
+    model = trained_module(student, distill)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    scheduler = build_step_decay_scheduler(optimizer, steps_per_epoch=sampler.steps_per_epoch, decay_epochs=args.lr_decay_epochs, rate=args.lr_decay_rate,
+                                           clock=None if curriculum is None else curriculum.full_data_step)
+    engine = E.initialize(model.to(device), optimizer, scheduler, ds_config)
     if teacher is not None:
         teacher = teacher.to(device).eval().requires_grad_(False)
-    objective = LogitDistillation(engine, ce_weight=ce_weight, kd_ratio=kd_ratio, teacher=teacher, distill=distill, precision=args.precision)
+    objective = LogitDistillation(engine, ce_weight=ce_weight, kd_ratio=kd_ratio, teacher=teacher, distill=distill, precision=args.precision,
+                                  add=add, add_weight=add_weight)
     run.log.info(f"precision {args.precision}; ZeRO stage {E.zero_stage(ds_config)}; {len(test_set)} test images, {len(train_set.classes)} classes")
     run.state.update(best_accuracy=0.0, best_epoch=0)
+    if curriculum is not None:
+        run.state.update(curriculum=None)
     run.resume(engine)
 
     def epoch_batches(epoch: int):
         objective.epoch = epoch  # DKD's warm-up
-        return train_batches(train_set, sampler, device)
+        return train_batches(train_set, sampler, device, contrast)
 
     def on_epoch_end(done: int, metrics: dict) -> dict:
         """Test, then the zoo-format model files; every rank reaches the same best-accuracy
         decision from the all-reduced test accuracy."""
-        scores = evaluate(engine.module, test_set, args.eval_batch_size, device, args.precision)
+        scores = evaluate(student, test_set, args.eval_batch_size, device, args.precision)
         state = run.state
         files = []
         if scores["test_acc"] > state["best_accuracy"] or state["best_epoch"] == 0:
@@ -151,10 +181,10 @@ def train(run: Run, model_name: str, student: nn.Module, train_set: CifarSplit, 
             files.append(run.save_dir / f"ckpt_epoch_{done}.pth")
         if E.is_main_process():
             for path in files:
-                atomic_save(zoo_checkpoint(engine.module, done, scores["test_acc"]), path)
+                atomic_save(zoo_checkpoint(student, done, scores["test_acc"]), path)
         return scores
 
-    finished = run.fit(engine, objective, sampler, epoch_batches, on_epoch_end)
+    finished = run.fit(engine, objective, sampler, epoch_batches, on_epoch_end, curriculum)
     state = {key: run.state[key] for key in ("epoch", "best_accuracy", "best_epoch")}
     if finished:
         run.log.info(f"finished {args.epochs} epochs; best top-1 {state['best_accuracy']:.2f} at epoch {state['best_epoch']}")

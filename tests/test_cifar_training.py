@@ -65,9 +65,11 @@ def test_teacher_outputs_are_in_the_zoo_format(teacher_path):
 
 @pytest.mark.parametrize("distill", list(DISTILL_LOSSES))
 def test_every_distill_trains_and_its_loss_decreases(distill, cifar_dir, teacher_path, tmp_path):
+    """Every logit term (the feature terms CRD and ITRD: tests/test_classification_methods.py)."""
     result = train_student.main([
         "--teacher-ckpt", str(teacher_path), "--model", "resnet8", "--distill", distill, "--dkd-warmup", "1",
-        *(["--kd-weight", "16"] if distill == "ab" else []), "--data-folder", str(cifar_dir), "--epochs", "3", "--save", str(tmp_path / distill), *FAST,
+        *(["--kd-weight", "16"] if train_student.DEFAULT_WEIGHTS[distill][1] is None else []), "--data-folder", str(cifar_dir), "--epochs", "3",
+        "--save", str(tmp_path / distill), *FAST,
     ])
     losses = [epoch["train_loss"] for epoch in result["history"]]
     assert all(math.isfinite(loss) for loss in losses)
@@ -107,13 +109,13 @@ def test_missing_dataset_explains_how_to_get_it(tmp_path):
 
 def test_unknown_distill_and_unparsable_teacher_are_argparse_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        train_student.main(["--path_t", "resnet56_vanilla/ckpt_epoch_240.pth", "--model_s", "resnet20", "--distill", "crd"])
+        train_student.main(["--path_t", "resnet56_vanilla/ckpt_epoch_240.pth", "--model_s", "resnet20", "--distill", "fitnet"])
     err = capsys.readouterr().err
     assert "--distill" in err and all(name in err for name in DISTILL_LOSSES)
     with pytest.raises(SystemExit):
         train_student.main(["--path_t", str(tmp_path / "teacher.pth"), "--model_s", "resnet20", "--distill", "kd"])
     assert "--teacher-model" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="valid names: kd, ab, dkd, abdkd, ls, abls"):
+    with pytest.raises(ValueError, match="valid names: kd, fkl, rkl, jsd, tvd, sfkl, srkl, ab, dkd, abdkd, ls, abls, ttm, wttm, abttm, dist"):
         build_distill_loss("kl", temperature=4.0)
 
 

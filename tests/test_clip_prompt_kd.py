@@ -252,7 +252,7 @@ def test_promptkd_reductions_are_abkd_s():
     ls = sum(_kl(_softmax(z(tr), T), _softmax(z(sr), T)) for sr, tr in zip(STUDENT, TEACHER)) * T**2 / (B * C)
     assert PromptKDLoss("ls", temperature=T, kd_ratio=w, num_classes=C)(s, t).item() == pytest.approx(w * ls, rel=1e-6)
 
-    with pytest.raises(ValueError, match="valid names: kd, dkd, ls, ab"):
+    with pytest.raises(ValueError, match="valid names: kd, fkl, rkl, jsd, tvd, sfkl, srkl, dkd, ls, ab, ttm, dist"):
         PromptKDLoss("fkd", temperature=1.0, kd_ratio=1.0, num_classes=2)
     with pytest.raises(ValueError, match="--ab_alpha"):
         PromptKDLoss("ab", temperature=1.0, kd_ratio=1.0, num_classes=2, ab_beta=0.5)
@@ -300,8 +300,8 @@ def test_bad_inputs_fail_clearly(promptkd, tmp_path):
     missing = tmp_path / "empty" / "dtd" / "split_zhou_DescribableTextures.json"
     with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):
         datasets.load_dataset("dtd", tmp_path / "empty")
-    with pytest.raises(ValueError, match="valid names: kd, dkd, ls, ab"):
-        train.main(student_argv(promptkd, tmp_path / "x", "--distill", "fkl"))
+    with pytest.raises(ValueError, match="valid names: kd, fkl, rkl, jsd, tvd, sfkl, srkl, dkd, ls, ab, ttm, dist"):
+        train.main(student_argv(promptkd, tmp_path / "x", "--distill", "crd"))
     # A 6-class dataset with the 4-class teacher's checkpoint.
     other = tmp_path / "other"
     write_images(other, datasets.DATASETS["oxford_pets"], CLASSES + ["red ant", "green leaf"], {"train": 1, "val": 1, "test": 1}, seed=1)

@@ -39,7 +39,8 @@ LORA_FAMILIES = ("openllama2", "qwen")
 # Read by launch_module rather than by the launcher that declares them.
 LAUNCH_VARIABLES = {"MASTER_PORT", "GPU_NUM", "NNODES", "NODE_RANK", "MASTER_ADDR", "HOSTFILE"}
 # Inherited settings that would change what a script prints.
-SCRIPT_ENV = {"DRY_RUN", "HOSTFILE", "NNODES", "NODE_RANK", "MASTER_ADDR", "AB_ALPHA", "AB_BETA", "DISTILL", "TEACHER_CKPT", "TEACHER_CACHE", "CACHE_TOP_K"} | {
+SCRIPT_ENV = {"DRY_RUN", "HOSTFILE", "NNODES", "NODE_RANK", "MASTER_ADDR", "AB_ALPHA", "AB_BETA", "DISTILL", "TEACHER_CKPT", "ADD_WEIGHT", "DIVERGENCES",
+              "JSD_LAM", "SKEW_ALPHA", "TEACHER_CACHE", "CACHE_TOP_K"} | {
     f"{name}_{end}" for name in ("ALPHA", "BETA") for end in ("START", "END", "STEP")
 }
 
@@ -51,7 +52,9 @@ def name(path: Path) -> str:
 def default_args(script: Path, base: Path) -> tuple[str, ...]:
     """The arguments a launcher is dry-run with: its usage's required ones, BASE_PATH for the LLM launchers."""
     if script.parent.name == "cifar":
-        return ("1.0", "1.1", "0.7", "0.9", "resnet56", "resnet20", "2", "0.5") if script.name == "train_ab.sh" else ("resnet32x4", "resnet8x4", "1")
+        if script.name == "train_ab.sh":
+            return ("1.0", "1.1", "0.7", "0.9", "resnet56", "resnet20", "2", "0.5")
+        return ("resnet32x4", "resnet8x4", "1", *(("8", "0.2") if script.name == "train_wttm.sh" else ()))
     if script.parent.name == "clip":
         return ("dtd", str(base / "coop"), "1")
     if script.name.startswith("eval_main_"):
@@ -129,6 +132,10 @@ def parse(module: str, argv: list[str], base: Path):
         from distillation_llm.rank_difficulty import build_parser as curriculum_parser
 
         return curriculum_parser().parse_args(argv)
+    elif module == "standard_classification.rank_difficulty":
+        from standard_classification.rank_difficulty import parse_args
+    elif module == "base_to_new_classification.rank_difficulty":
+        from base_to_new_classification.rank_difficulty import parse_args
     elif module.startswith("tools."):
         import importlib
 
@@ -183,7 +190,7 @@ def test_launchers_are_thin():
     """An experiment is its differences from the defaults; the shared logic lives in the sourced files."""
     for script in TRAINING:
         assert len(script.read_text().splitlines()) <= 25, name(script)
-    assert sum(len(path.read_text().splitlines()) for path in ALL_SCRIPTS) < 1500
+    assert sum(len(path.read_text().splitlines()) for path in ALL_SCRIPTS) < 1650
     assert not list((REPO / "standard_classification").glob("*.sh")) and not list((REPO / "base_to_new_classification").rglob("*.sh"))
 
 
@@ -489,10 +496,29 @@ CLASSIFICATION_SETTINGS = {
     "cifar/train_dkd.sh": {"--distill": "dkd", "--kd_T": "4", "--dkd_alpha": "1", "--dkd_warmup": "20", "--ce-weight": "1", "--kd-weight": "1"},
     "cifar/train_ls.sh": {"--distill": "ls", "--kd_T": "2", "--ce-weight": "0.1", "--kd-weight": "9"},
     "cifar/train_ab.sh": {"--distill": "ab", "--kd_T": "4", "--ce-weight": "1", "--kd-weight": "0.5"},
+    # ABKD train_ttm.sh "bash train_ttm.sh 1.1 1.1 0.5 1.6 wrn_40_2 wrn_40_1 0 76 0.1": --ttm_l 0.1, -r 1 -b 76 -a 0
+    "cifar/train_ttm.sh": {"--distill": "ttm", "--ttm_l": "0.1", "--ce-weight": "1", "--kd-weight": "76"},
+    "cifar/train_wttm.sh": {"--distill": "wttm", "--ttm_l": "0.2", "--ce-weight": "1", "--kd-weight": "8"},
+    # ABKD train_student.py defaults --dist_beta 1 --dist_gamma 1 --dist_tau 4, -r 1
+    "cifar/train_dist.sh": {"--distill": "dist", "--dist_beta": "1", "--dist_gamma": "1", "--dist_tau": "4", "--ce-weight": "1", "--kd-weight": "1"},
+    # RepDistiller run_cifar_distill.sh "--distill crd -a 0 -b 0.8" with its defaults (nce_k 16384, nce_t 0.07, nce_m 0.5, feat_dim 128)
+    "cifar/train_crd.sh": {"--distill": "crd", "--nce_k": "16384", "--nce_t": "0.07", "--nce_m": "0.5", "--feat_dim": "128", "--mode": "exact",
+                           "--ce-weight": "1", "--kd-weight": "0.8", "--add-weight": "0"},
+    # ABKD train_student.py defaults --lambda_corr 2.0 --lambda_mutual 1.0 --alpha_it 1.50, -r 1
+    "cifar/train_itrd.sh": {"--distill": "itrd", "--lambda_corr": "2", "--lambda_mutual": "1", "--alpha_it": "1.5", "--ce-weight": "1", "--kd-weight": "1"},
+    "cifar/train_divergences.sh": {"--kd_T": "4", "--ce-weight": "1", "--kd-weight": "2", "--jsd-lam": "0.1", "--skew-alpha": "0.1"},
     "clip/train_kd.sh": {"--distill": "kd", "--kd-weight": "200.0", "--temperature": "1.0", "--epochs": "20", "--lr": "0.0001", "--batch-size": "8"},
     "clip/train_dkd.sh": {"--distill": "dkd", "--dkd-alpha": "1.0", "--dkd-warmup": "1", "--kd-weight": "100.0", "--lr": "0.0001"},
     "clip/train_ab.sh": {"--distill": "ab", "--ab_alpha": "0.5", "--ab_beta": "0.5", "--kd-weight": "100.0", "--lr": "0.0001"},
+    # ABKD base2new_train_ttm.sh: KD_WEIGHT=1000.0, LR=0.005, TEMPERATURE 1.0; train.py --ttm_l default 0.1
+    "clip/train_ttm.sh": {"--distill": "ttm", "--ttm_l": "0.1", "--kd-weight": "1000.0", "--lr": "0.005", "--temperature": "1.0"},
+    "clip/train_dist.sh": {"--distill": "dist", "--dist_tau": "1.0", "--dist_beta": "1.0", "--dist_gamma": "1.0", "--kd-weight": "1.0", "--lr": "0.0001"},
+    "clip/train_divergences.sh": {"--kd-weight": "200.0", "--lr": "0.0001", "--temperature": "1.0"},
+    # POCL (abkd/curriculum.py): train_kd.sh's KD in 4 stages, from a ranking by the run's initialised student.
+    "cifar/train_pocl.sh": {"--distill": "kd", "--kd_T": "4", "--ce-weight": "1", "--kd-weight": "2", "--curriculum": "pocl", "--num-stages": "4"},
+    "clip/train_pocl.sh": {"--distill": "kd", "--kd-weight": "200.0", "--temperature": "1.0", "--epochs": "20", "--curriculum": "pocl", "--num-stages": "4"},
 }  # fmt: skip
+RANKING_MODULES = ("standard_classification.rank_difficulty", "base_to_new_classification.rank_difficulty")
 
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS.glob("cifar/*.sh")) + sorted(SCRIPTS.glob("clip/*.sh")), ids=name)
@@ -501,10 +527,16 @@ def test_classification_launchers(script, tmp_path):
         return
     assert name(script) in CLASSIFICATION_SETTINGS, f"{name(script)} has no row in CLASSIFICATION_SETTINGS"
     commands = printed_commands(script, *default_args(script, tmp_path))
-    training = [argv for module, argv in commands if module != "base_to_new_classification.summarize"]
+    training = [argv for module, argv in commands if module != "base_to_new_classification.summarize" and module not in RANKING_MODULES]
     for argv in training:
         for flag, value in CLASSIFICATION_SETTINGS[name(script)].items():
             assert flag_value(argv, flag) == value, (flag, argv)
+    if script.name == "train_pocl.sh":  # each run is preceded by its ranking: its seed, teacher and end temperature
+        for (rank_module, rank_argv), (train_module, train_argv) in zip(commands[0::2], commands[1::2]):
+            assert rank_module in RANKING_MODULES and train_module not in RANKING_MODULES
+            ranked, run = parse(rank_module, rank_argv, tmp_path), parse(train_module, train_argv, tmp_path)
+            assert (ranked.ranking, ranked.seed, ranked.teacher_ckpt) == (run.ranking, run.seed, run.teacher_ckpt)
+            assert ranked.kd_temperature == run.kd_temperature_end
     if script.parent.name == "clip":  # seeds 1-3 per setting, each in its own directory, then the summary
         assert commands[-1][0] == "base_to_new_classification.summarize"
         seeds = sorted(flag_value(argv, "--seed") for argv in training)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Defaults of the PromptKD launchers (sourced by scripts/clip/*.sh): arguments [DATASET] [DATA_ROOT] [GPU_NUM];
 # Hugging Face CLIP ViT-L/14 teacher with the prompts of train_teacher, ViT-B/16 student, seeds 1-3.
-# Settings of ABKD's PromptKD config and scripts/promptkd/*.sh: T = 1, 20 epochs, batch 8, lr 1e-4.
+# Settings of ABKD's PromptKD config and scripts/promptkd/*.sh: T = 1, 20 epochs, batch 8, lr 1e-4; KD_WEIGHT of --distill kd 1000 (200 for fgvc_aircraft, oxford_flowers, dtd).
 # FINAL_MODEL=best_val: the reference's pick of the best base-class *test* accuracy (default: last epoch).
 # `train_seeds NAME ARGS...` trains once per seed into SAVE_ROOT/NAME/seed<seed> (resumable), and
 # `summarize` prints the base/new/HM table averaged over the seeds. DRY_RUN=1 prints the commands.
@@ -25,6 +25,10 @@ LR=0.0001
 SEEDS="1 2 3"
 FINAL_MODEL=${FINAL_MODEL:-last}
 SAVE_ROOT="${REPO_ROOT}/results/promptkd/${DATASET}"
+case "${DATASET}" in
+    fgvc_aircraft | oxford_flowers | dtd) KD_WEIGHT=200.0 ;;
+    *) KD_WEIGHT=1000.0 ;;
+esac
 
 train_seeds() {
     local name=$1 seed

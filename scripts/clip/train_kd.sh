@@ -5,9 +5,5 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/defaults.sh"
 
-case "${DATASET}" in
-    fgvc_aircraft | oxford_flowers | dtd) KD_WEIGHT=200.0 ;;
-    *) KD_WEIGHT=1000.0 ;;
-esac
 train_seeds kd --distill kd --kd-weight "${KD_WEIGHT}"
 summarize
