@@ -6,7 +6,7 @@ On disk (`CACHE/`):
 
     build.json              the build's settings (teacher and its hash, dataset, tokenizer, K, ...),
                             written first: a restart compares it and refuses another build's folder
-    <split>/<nnnnn>.arrow   shard n of the split: a fixed run of SHARD_SIZE examples in dataset order
+    <split>/<nnnnn>.arrow   shard n of the split: a fixed run of --shard-size examples in dataset order
     <split>/<nnnnn>.json    written after its shard: examples, tokens, bytes and SHA-256 (a shard
                             without a matching record is rebuilt)
     meta.json               the settings plus every shard, the counts and the size; written last,
