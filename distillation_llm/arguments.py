@@ -20,7 +20,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model = parser.add_argument_group("models")
     model.add_argument("--model-path", required=True, help="local directory of the student checkpoint (Hugging Face format)")
-    model.add_argument("--teacher-model-path", help="local directory of the teacher checkpoint; required by every KD --type")
+    model.add_argument("--teacher-model-path", help="local directory of the teacher checkpoint; required by every KD --type unless --teacher-cache gives its outputs")
+    model.add_argument("--teacher-cache",
+        help="distil from the teacher's top-K distributions cached by tools.cache_teacher_logits instead of running the teacher "
+             "(replaces --teacher-model-path; the cache must be built for --data-dir, --max-length and the KD temperature(s))")
     model.add_argument("--ckpt-name", help="student name used in logs (default: the --model-path directory name)")
     model.add_argument("--teacher-ckpt-name", help="teacher name used in logs (default: the --teacher-model-path directory name)")
     model.add_argument("--model-type", help="model family (gpt2, opt, llama, qwen2, ...); read from config.json when omitted")
@@ -168,10 +171,12 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argpa
         method = lookup(args.type)
     except ValueError as error:
         parser.error(str(error))
-    if method.needs_teacher and not args.teacher_model_path:
-        parser.error(f"--type {args.type} distils from a teacher: give --teacher-model-path")
-    if not method.needs_teacher and args.teacher_model_path:
-        parser.error(f"--type {args.type} trains the student alone: drop --teacher-model-path")
+    if method.needs_teacher and not args.teacher_model_path and not args.teacher_cache:
+        parser.error(f"--type {args.type} distils from a teacher: give --teacher-model-path (or a --teacher-cache of its outputs)")
+    if not method.needs_teacher and (args.teacher_model_path or args.teacher_cache):
+        parser.error(f"--type {args.type} trains the student alone: drop {'--teacher-cache' if args.teacher_cache else '--teacher-model-path'}")
+    if args.teacher_cache:
+        check_teacher_cache_flags(args, parser, method)
     if method.divergence == "ab" and (args.ab_alpha is None or args.ab_beta is None):
         parser.error("--type ab needs both --ab_alpha and --ab_beta")
     if method.divergence != "ab" and (args.ab_alpha is not None or args.ab_beta is not None):
@@ -249,11 +254,27 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argpa
     args.ckpt_name = args.ckpt_name or Path(args.model_path).name
     if args.teacher_model_path:
         args.teacher_ckpt_name = args.teacher_ckpt_name or Path(args.teacher_model_path).name
+    if args.teacher_cache:
+        args.teacher_ckpt_name = args.teacher_ckpt_name or f"cache {Path(args.teacher_cache).name}"
     if args.peft_path:
         args.peft_name = args.peft_name or Path(args.peft_path).name
     if args.teacher_peft_path:
         args.teacher_peft_name = args.teacher_peft_name or Path(args.teacher_peft_path).name
     return args
+
+
+def check_teacher_cache_flags(args: argparse.Namespace, parser: argparse.ArgumentParser, method) -> None:
+    """--teacher-cache replaces the teacher, and holds its outputs on the dataset's responses only."""
+    if args.teacher_model_path or args.teacher_peft_path:
+        parser.error("--teacher-cache replaces the teacher: drop --teacher-model-path/--teacher-peft-path (the cache records which teacher made it)")
+    if method.source_kind(args.student_gen) in STUDENT_SOURCES:
+        parser.error(
+            f"--teacher-cache: --type {args.type} trains on the student's own samples, generated during training, and the teacher must "
+            "score each new sample; a cache holds its outputs on the dataset's responses only. Give --teacher-model-path "
+            "(or --no-student-gen to train on the dataset alone)"
+        )
+    if not (Path(args.teacher_cache) / "meta.json").is_file():
+        parser.error(f"--teacher-cache {args.teacher_cache}: no complete teacher cache (missing meta.json); build it with tools.cache_teacher_logits")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -262,8 +283,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def args_record(args: argparse.Namespace) -> dict:
-    """What args.json holds: the parsed flags and, under "method", what --type resolved to in
-    distillation_llm/methods.py."""
+    """What args.json holds: the parsed flags, under "method" what --type resolved to in
+    distillation_llm/methods.py, and with --teacher-cache under "teacher_cache_meta" the cache's identity."""
     method = lookup(args.type)
     resolved = {"divergence": method.divergence, "params": method.params(args), "source": method.source_kind(args.student_gen), "selection": method.selection}
-    return {**vars(args), "method": resolved}
+    record = {**vars(args), "method": resolved}
+    if args.teacher_cache:  # which cache, not only where: --resume refuses a different one at the same path
+        from distillation_llm.teacher_cache import identity, read_meta
+
+        record["teacher_cache_meta"] = identity(read_meta(args.teacher_cache))
+    return record

@@ -6,7 +6,8 @@ train on nothing, or on ids that mean other tokens, stops at once with one line 
 logging loss 0 (or a traceback) later:
 
 - the data was tokenised by the student's tokenizer (`load_processed` compares fingerprints), and
-  the teacher's tokenizer indexes the same tokens;
+  the teacher's tokenizer indexes the same tokens, or a --teacher-cache was built for this data,
+  tokenizer, --max-length and every KD temperature of the run;
 - --max-length leaves response tokens to train on (the collator cuts prompt + response to it);
 - the training split fills at least one global batch, so the run plans at least one step.
 
@@ -22,7 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from abkd import engine as E
-from distillation_llm.data import load_processed
+from abkd.pocl import BabyStepScheduler
+from distillation_llm.data import load_processed, tokenizer_fingerprint
 from distillation_llm.methods import STUDENT_SOURCES, check_ab_params, lookup
 from distillation_llm.models import check_shared_vocabulary, load_tokenizer
 
@@ -43,9 +45,11 @@ def run_checks(args: argparse.Namespace, tokenizer, warn: Callable[[str], None],
     method = lookup(args.type)
     if method.divergence == "ab" and (message := check_ab_params(args.ab_alpha, args.ab_beta)):
         warn(f"warning: {message}")
-    if method.needs_teacher:
+    if method.needs_teacher and not args.teacher_cache:
         check_teacher_tokenizer(args, tokenizer)
     data, meta = load_processed(args.data_dir, tokenizer, warn=lambda message: warn(f"warning: {message}"))
+    if args.teacher_cache:
+        check_teacher_cache(args, tokenizer, meta)
     if args.lm_data_dir:
         load_processed(args.lm_data_dir, tokenizer, flag="--lm-data-dir", warn=lambda message: warn(f"warning: {message}"))
     if args.do_train:
@@ -64,6 +68,26 @@ def check_teacher_tokenizer(args: argparse.Namespace, tokenizer) -> None:
         check_shared_vocabulary(tokenizer, teacher_tokenizer, _config_vocab(args.model_path, tokenizer), _config_vocab(args.teacher_model_path, teacher_tokenizer))
     except ValueError as error:
         raise StartupError(f"--teacher-model-path {args.teacher_model_path}: {error}") from None
+
+
+def kd_temperatures(args: argparse.Namespace) -> list[float]:
+    """Every KD temperature the run distils at: --kd-temperature, or each POCL stage's."""
+    if args.curriculum != "pocl":
+        return [args.kd_temperature]
+    schedule = BabyStepScheduler(range(args.num_stages), args.num_stages, temperature=(args.kd_temperature_start, args.kd_temperature_end))
+    return [schedule.temperature(stage) for stage in range(args.num_stages)]
+
+
+def check_teacher_cache(args: argparse.Namespace, tokenizer, data_meta: dict) -> None:
+    """The --teacher-cache was built for this dataset, tokenizer and --max-length, at every KD
+    temperature of the run, with the splits it reads (distillation_llm/teacher_cache.py)."""
+    from distillation_llm.teacher_cache import check_compatible, read_meta
+
+    splits = ["train"] * args.do_train + ["valid"] * args.do_valid
+    check_compatible(
+        read_meta(args.teacher_cache), path=args.teacher_cache, data_dir=args.data_dir, data_meta=data_meta,
+        tokenizer_fingerprint=tokenizer_fingerprint(tokenizer), max_length=args.max_length, temperatures=kd_temperatures(args), splits=splits,
+    )
 
 
 def _config_vocab(model_path: str, tokenizer) -> int:

@@ -49,6 +49,7 @@ from distillation_llm.models import ADAPTER_WEIGHTS, add_lora, check_shared_voca
 from distillation_llm.objective import Objective
 from distillation_llm.rank_difficulty import load_ranking
 from distillation_llm.sources import AdaptiveThreshold, DatasetSource, StudentGeneratedSource, fresh_share
+from distillation_llm.teacher_cache import TeacherCache
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -432,8 +433,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.model_type and args.model_type != student.config.model_type:
         raise ValueError(f"--model-type {args.model_type} does not match {args.model_path}/config.json (model_type '{student.config.model_type}')")
     vocab = student.get_output_embeddings().weight.shape[0] if student.get_output_embeddings() is not None else len(tokenizer)
-    teacher = None
-    if method.needs_teacher:
+    teacher, cache = None, None
+    if args.teacher_cache:  # the teacher's outputs come from the cache: it is never loaded
+        cache = TeacherCache.open(args.teacher_cache)
+        if vocab < cache.vocab_size:
+            raise ValueError(f"--teacher-cache {args.teacher_cache} covers {cache.vocab_size} tokens, but the student's head has only {vocab} rows")
+        vocab = cache.vocab_size
+        log.info(f"teacher: cached top {cache.top_k} of {cache.vocab_size} tokens from {args.teacher_cache} (teacher {cache.meta['teacher']['path']}, "
+                 f"temperatures {', '.join(f'{t:g}' for t in cache.temperatures)}, {cache.dtype}); the teacher is not loaded")
+    elif method.needs_teacher:
         teacher_dtype = torch.float16 if args.teacher_model_fp16 and device.type == "cuda" else dtype
         teacher = load_causal_lm(args.teacher_model_path, dtype=teacher_dtype, device=device, flag="--teacher-model-path")
         if args.teacher_peft_path:
@@ -458,6 +466,11 @@ def main(argv: list[str] | None = None) -> None:
     if valid_set is not None and args.dev_num >= 0:
         valid_set = valid_set.select(range(min(args.dev_num, len(valid_set))))
     collate = InstructionCollator(tokenizer.pad_token_id, args.max_length)
+    if cache is not None:  # every batch carries its examples' cached teacher rows
+        cache.check_covers(train_set["id"], "train")
+        if args.do_valid:
+            cache.check_covers(valid_set["id"], "valid")
+        collate = cache.collator(collate)
     curriculum = None
     if args.curriculum == "pocl":
         curriculum = BabyStepScheduler(
@@ -480,6 +493,7 @@ def main(argv: list[str] | None = None) -> None:
     objective = Objective(
         student, teacher, method.divergence, method.params(args), args.kd_ratio, args.kd_temperature, vocab,
         lm_coef=args.lm_coef, temperature_squared=method.temperature_squared, partitioned_parameters=zero_stage == 3, chunk_size=args.chunk_size,
+        teacher_cache=cache,
     )
 
     source = build_source(args, collate, student, tokenizer)

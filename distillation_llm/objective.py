@@ -3,7 +3,9 @@ with s = T^2 for the POCL types that scale their tempered divergence (`temperatu
 
 Computed through `abkd.fused.fused_linear_divergence` from the final hidden states and the LM
 heads, so full-vocabulary logits never exist; models without an accessible head fall back to
-full logits (logged once). Under ZeRO-3 the student's head weight is partitioned across ranks:
+full logits (logged once). With a teacher cache (`distillation_llm.teacher_cache`) there is no
+teacher model: each batch carries the teacher's cached top K, and the divergence is taken between
+its (K + 1)-bucket distribution and the student's, coarse-grained on the same buckets. Under ZeRO-3 the student's head weight is partitioned across ranks:
 the fused loss then runs as the head module's forward, where DeepSpeed gathers it
 (`distillation_llm.models.call_as_forward`).
 """
@@ -18,9 +20,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from abkd.fused import FusedLossOutput, fused_linear_divergence
-from abkd.losses import divergence, masked_mean
+from abkd.losses import bucketed_divergence, divergence, masked_mean
 from distillation_llm.data import IGNORE_INDEX
 from distillation_llm.models import HeadSplit, call_as_forward, final_hidden_states, split_head
+from distillation_llm.teacher_cache import TeacherCache
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +47,8 @@ class Objective:
     full_logits: bool = False
     # POCL's tfkl, tsrkl and tjsd multiply the divergence by T^2 (POCL pocl/losses.py).
     temperature_squared: bool = False
+    # The teacher's cached top-K distributions, read from each batch instead of running `teacher`.
+    teacher_cache: TeacherCache | None = None
 
     def __post_init__(self):
         self.student_split = split_head(self.student)
@@ -98,7 +103,9 @@ class Objective:
             return self._full_logits_loss(batch, kd_ratio)
         hidden = final_hidden_states(self.student_split, batch["input_ids"], batch["attention_mask"])
         teacher = {}
-        if self.divergence is not None:
+        if self.divergence is not None and self.teacher_cache is not None:
+            teacher = {"teacher_buckets": self.teacher_cache.buckets(batch, self.temperature)}
+        elif self.divergence is not None:
             teacher = {"teacher_hidden": self._teacher_hidden(batch), "teacher_weight": self.teacher_split.weight[: self.vocab]}
 
         def head_loss(hidden: Tensor) -> FusedLossOutput:
@@ -145,7 +152,11 @@ class Objective:
         ce = F.cross_entropy(student_logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
         ce = torch.where(torch.any(labels != IGNORE_INDEX), ce, ce.new_zeros(()))  # all-masked batch
         kd = ce.new_zeros(())
-        if self.divergence is not None:
+        if self.divergence is not None and self.teacher_cache is not None:
+            buckets = self.teacher_cache.buckets(batch, self.temperature)
+            per_token = bucketed_divergence(self.divergence, student_logits, buckets.ids, buckets.log_probs, temperature=self.temperature, **self.params)
+            kd = masked_mean(per_token, labels != IGNORE_INDEX)
+        elif self.divergence is not None:
             with torch.no_grad():
                 teacher_logits = self.teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits[..., : self.vocab]
             per_token = divergence(self.divergence, student_logits, teacher_logits, temperature=self.temperature, **self.params)

@@ -87,6 +87,12 @@ KD_TEMPERATURE_START=1.0
 KD_TEMPERATURE_END=2.0
 KD_RATIO_START=0.7
 KD_RATIO_END=1.0
+# Offline teacher: with TEACHER_CACHE set (a folder), the teacher's top CACHE_TOP_K tokens on DATA_DIR are cached
+# there once (tools.cache_teacher_logits, when the folder holds no complete cache yet) and the KD runs read them
+# with --teacher-cache instead of loading the teacher, e.g. `TEACHER_CACHE=... bash scripts/gpt2/ab/sweep_ab.sh`.
+# Not for imitkd, gkd, distillm: they need the teacher on the student's fresh samples.
+TEACHER_CACHE=${TEACHER_CACHE:-}
+CACHE_TOP_K=${CACHE_TOP_K:-128}
 
 # Set TEACHER_CKPT (and TEACHER_PEFT_PATH) / CKPT unless the launcher did.
 resolve_teacher() {
@@ -136,9 +142,14 @@ finetune() {
     case "${METHOD}" in
         sft|init) ;;
         seqkd) generate_seqkd_data; data_dir=${SEQKD_DATA_DIR} ;;
-        *) args+=(--teacher-model-path "${TEACHER_CKPT}" --teacher-ckpt-name "${TEACHER_CKPT_NAME}-sft")
-           if [[ "${PEFT}" == lora ]]; then args+=(--teacher-peft-path "${TEACHER_PEFT_PATH}"); fi
-           if [[ "${TEACHER_FP16}" == 1 ]]; then args+=(--teacher-model-fp16); fi ;;
+        *) if [[ -n "${TEACHER_CACHE}" ]]; then
+               if [[ ! -f "${TEACHER_CACHE}/meta.json" ]]; then cache_teacher; fi
+               args+=(--teacher-cache "${TEACHER_CACHE}" --teacher-ckpt-name "${TEACHER_CKPT_NAME}-sft")
+           else
+               args+=(--teacher-model-path "${TEACHER_CKPT}" --teacher-ckpt-name "${TEACHER_CKPT_NAME}-sft")
+               if [[ "${PEFT}" == lora ]]; then args+=(--teacher-peft-path "${TEACHER_PEFT_PATH}"); fi
+               if [[ "${TEACHER_FP16}" == 1 ]]; then args+=(--teacher-model-fp16); fi
+           fi ;;
     esac
     case "${METHOD}" in
         kd|imitkd) args+=(--kd-ratio "${KD_RATIO}") ;;
@@ -162,6 +173,21 @@ finetune() {
         --data-dir "${data_dir}" --lr "${LR}" --batch-size "${BATCH_SIZE}" --gradient-accumulation-steps "${GRAD_ACC}" \
         --eval-batch-size "${EVAL_BATCH_SIZE}" --max-length "${MAX_LENGTH}" --max-prompt-length "${MAX_PROMPT_LENGTH}" \
         --dev-num "${DEV_NUM}" --lr-min "${LR_MIN}" --do-train --do-valid --eval-gen --eval-interval -1 --log-interval 10 --save "${SAVE_PATH}" --seed "${SEED}" --deepspeed_config "${DS_CONFIG}"
+}
+
+# Cache the teacher's top CACHE_TOP_K on DATA_DIR into TEACHER_CACHE, at every KD temperature of the run (POCL:
+# each stage's), in the teacher's precision of the online runs.
+cache_teacher() {
+    local temperatures=1 extra=()
+    if [[ "${METHOD}" == pocl ]]; then
+        temperatures=$(LC_ALL=C awk -v s="${KD_TEMPERATURE_START}" -v e="${KD_TEMPERATURE_END}" -v n="${NUM_STAGES}" \
+            'BEGIN { for (i = 0; i < n; i++) printf "%s%.7g", (i ? "," : ""), (n == 1 ? s : s + (e - s) * i / (n - 1)) }')
+    fi
+    if [[ "${PEFT}" == lora ]]; then extra+=(--teacher-peft-path "${TEACHER_PEFT_PATH}"); fi
+    if [[ "${TEACHER_FP16}" == 1 ]]; then extra+=(--teacher-dtype float16); fi
+    launch_module tools.cache_teacher_logits --teacher-model-path "${TEACHER_CKPT}" "${extra[@]}" --data-dir "${DATA_DIR}" \
+        --out "${TEACHER_CACHE}" --top-k "${CACHE_TOP_K}" --temperatures "${temperatures}" --max-length "${MAX_LENGTH}" \
+        --batch-size "${EVAL_BATCH_SIZE}"
 }
 
 # POCL: rank the training data with the student (reused when it exists), then the curriculum flags.

@@ -40,7 +40,7 @@ LORA_FAMILIES = ("openllama2", "qwen")
 LAUNCH_VARIABLES = {"MASTER_PORT", "GPU_NUM", "NNODES", "NODE_RANK", "MASTER_ADDR", "HOSTFILE"}
 # Inherited settings that would change what a script prints.
 SCRIPT_ENV = {"DRY_RUN", "HOSTFILE", "NNODES", "NODE_RANK", "MASTER_ADDR", "AB_ALPHA", "AB_BETA", "DISTILL", "TEACHER_CKPT", "ADD_WEIGHT", "DIVERGENCES",
-              "JSD_LAM", "SKEW_ALPHA"} | {
+              "JSD_LAM", "SKEW_ALPHA", "TEACHER_CACHE", "CACHE_TOP_K"} | {
     f"{name}_{end}" for name in ("ALPHA", "BETA") for end in ("START", "END", "STEP")
 }
 
