@@ -145,9 +145,15 @@ def test_a_folder_holding_another_cache_is_refused(tmp_path, processed_dir, tiny
     assert (out / "meta.json").read_bytes() == (topk_cache / "meta.json").read_bytes()
 
 
+# float32 on every device: the cache is built in float32, and on CUDA the default config would train
+# (and run the online teacher) in bf16.
+FP32_CONFIG = Path(__file__).parent / "data" / "ds_config_fp32.json"
+
+
 def _argv(save, processed, student, *extra):
     return [
         "--model-path", str(student), "--data-dir", str(processed), "--save", str(save), "--do-train", "--batch-size", "4", "--lr", "5e-3",
+        "--deepspeed_config", str(FP32_CONFIG),
         "--log-interval", "1", "--seed", "3", "--max-length", str(MAX_LENGTH), "--max-prompt-length", str(MAX_PROMPT_LENGTH), "--total-iters", "3",
         *map(str, extra),
     ]
