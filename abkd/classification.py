@@ -25,6 +25,7 @@ statistics and the losses stay float32).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Callable
 
@@ -184,29 +185,18 @@ def build_abls(*, temperature: float, ab_alpha: float, ab_beta: float, **_: floa
     return DistillLoss("ab", temperature, standardized=True, alpha=ab_alpha, beta=ab_beta)
 
 
-def build_rkl(*, temperature: float, **_: float) -> nn.Module:
-    """T^2 KL(q_student || p_teacher), `kd`'s convention."""
-    return DistillLoss("rkl", temperature)
+# The `abkd.losses` divergences offered under kd's convention (T^2 x batch mean), and the option
+# holding each one's mixing weight lam (absent: `abkd.losses`' default, 0.1).
+KD_DIVERGENCE_OPTIONS = {"fkl": None, "rkl": None, "jsd": "jsd_lam", "tvd": None, "sfkl": "skew_alpha", "srkl": "skew_alpha"}
 
 
-def build_jsd(*, temperature: float, jsd_lam: float = 0.1, **_: float) -> nn.Module:
-    """T^2 generalised JSD with mixture weight lam (`abkd.losses` jsd), `kd`'s convention."""
-    return DistillLoss("jsd", temperature, lam=jsd_lam)
-
-
-def build_tvd(*, temperature: float, **_: float) -> nn.Module:
-    """T^2 total variation distance, `kd`'s convention."""
-    return DistillLoss("tvd", temperature)
-
-
-def build_sfkl(*, temperature: float, skew_alpha: float = 0.1, **_: float) -> nn.Module:
-    """T^2 skew KL (DistiLLM, Ko et al., ICML 2024, eq. 3) with skew `skew_alpha`, `kd`'s convention."""
-    return DistillLoss("sfkl", temperature, lam=skew_alpha)
-
-
-def build_srkl(*, temperature: float, skew_alpha: float = 0.1, **_: float) -> nn.Module:
-    """T^2 skew reverse KL (DistiLLM, eq. 4) with skew `skew_alpha`, `kd`'s convention."""
-    return DistillLoss("srkl", temperature, lam=skew_alpha)
+def build_divergence(name: str, *, temperature: float, **options: float) -> nn.Module:
+    """T^2 x the batch mean of `abkd.losses` divergence `name`, `kd`'s convention: fkl (= kd), rkl,
+    jsd (lam = jsd_lam), tvd, and DistiLLM's skew KL / skew reverse KL (Ko et al., ICML 2024,
+    eqs. 3-4; lam = skew_alpha)."""
+    option = KD_DIVERGENCE_OPTIONS[name]
+    params = {"lam": options[option]} if option is not None and options.get(option) is not None else {}
+    return DistillLoss(name, temperature, **params)
 
 
 class TTMLoss(nn.Module):
@@ -306,12 +296,7 @@ def build_dist(*, dist_temperature: float, dist_inter_weight: float = 1.0, dist_
 
 DISTILL_LOSSES: dict[str, Callable[..., nn.Module]] = {
     "kd": build_kd,
-    "fkl": build_kd,
-    "rkl": build_rkl,
-    "jsd": build_jsd,
-    "tvd": build_tvd,
-    "sfkl": build_sfkl,
-    "srkl": build_srkl,
+    **{name: functools.partial(build_divergence, name) for name in KD_DIVERGENCE_OPTIONS},
     "ab": build_ab,
     "dkd": build_dkd,
     "abdkd": build_abdkd,
@@ -343,12 +328,7 @@ def build_distill_loss(name: str, **options: float) -> nn.Module:
 # The terms the CLIP recipe is run with and the command-line parameters each needs.
 PROMPTKD_LOSSES: dict[str, tuple[str, ...]] = {
     "kd": (),
-    "fkl": (),
-    "rkl": (),
-    "jsd": ("jsd_lam",),
-    "tvd": (),
-    "sfkl": ("skew_alpha",),
-    "srkl": ("skew_alpha",),
+    **{name: () if option is None else (option,) for name, option in KD_DIVERGENCE_OPTIONS.items()},
     "dkd": ("tckd_weight", "nckd_weight"),
     "ls": (),
     "ab": ("ab_alpha", "ab_beta"),
@@ -361,10 +341,7 @@ PROMPTKD_LOSSES: dict[str, tuple[str, ...]] = {
 # averages correlations. The divergences without a PromptKD reference (fkl = kd, rkl, jsd, tvd, sfkl,
 # srkl) replace kd's KL in kd's formula, so they keep its T^2 / C: switching kd to one of them at the
 # same --kd-ratio (PromptKD's KD_WEIGHT, tuned for that scale) changes the divergence only.
-PROMPTKD_PER_CLASS = {
-    "kd": True, "fkl": True, "rkl": True, "jsd": True, "tvd": True, "sfkl": True, "srkl": True, "ls": True,
-    "ab": False, "dkd": False, "ttm": False, "dist": False,
-}  # fmt: skip
+PROMPTKD_PER_CLASS = {"kd": True, **dict.fromkeys(KD_DIVERGENCE_OPTIONS, True), "ls": True, "ab": False, "dkd": False, "ttm": False, "dist": False}
 # The command-line flag of each parameter, for the error that names a missing one.
 FLAGS = {
     "ab_alpha": "--ab_alpha", "ab_beta": "--ab_beta", "tckd_weight": "--tckd-weight", "nckd_weight": "--nckd-weight",

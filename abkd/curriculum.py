@@ -63,8 +63,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
+from abkd.engine import file_sha256
 from abkd.losses import DIVERGENCES, check_temperature, divergence
-from abkd.pocl import RANK_TIES, BabyStepScheduler, Signal, fuse_ranks
+from abkd.pocl import RANK_TIES, BabyStepScheduler, Signal, fuse_ranks, read_ranked_ids
 from abkd.sampling import GlobalBatchSampler
 
 CURRICULA = ("none", "pocl")
@@ -271,6 +272,35 @@ def add_ranking_args(parser: argparse.ArgumentParser, *, temperature: float, bat
     group.add_argument("--overwrite", action="store_true", help="rank again even if a matching ranking exists")
 
 
+def check_ranking_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """`parser.error` for a --divergence without its parameters or a --batch-size below 1."""
+    try:
+        divergence_params(args)
+    except ValueError as error:
+        parser.error(str(error))
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
+
+
+def student_origin(args: argparse.Namespace, **student) -> dict:
+    """The meta entries naming the ranking's student: `student` (what the run builds) initialised
+    from --seed as the run initialises it, or --student-ckpt, recorded with its SHA-256."""
+    origin = {**student, "seed": args.seed, "student_ckpt": None}
+    if args.student_ckpt:
+        origin.update(seed=None, student_ckpt=str(Path(args.student_ckpt).resolve()), student_fingerprint=file_sha256(Path(args.student_ckpt)))
+    return origin
+
+
+def rank_and_write(args: argparse.Namespace, meta: dict, batches: Iterable[tuple[list[int], Tensor, Tensor]],
+                   logits: Callable[[Tensor], tuple[Tensor, Tensor]], total: int) -> list[int]:
+    """Score every example (`example_signals` with the command's --divergence and --kd-temperature)
+    and write the fused ranking and its meta (`write_ranking`); returns the ids scored."""
+    ids, ce, divergences = example_signals(batches, logits, name=args.divergence, temperature=args.kd_temperature,
+                                           params=divergence_params(args), total=total)
+    write_ranking(args.ranking, meta, ids, ce, divergences, k=args.rrf_k, ties=args.rank_ties)
+    return ids
+
+
 def divergence_params(args: argparse.Namespace) -> dict[str, float]:
     """The --divergence's parameters from the flags (validated by `abkd.losses`)."""
     params = {"ab": {"alpha": args.ab_alpha, "beta": args.ab_beta}, "jsd": {"lam": args.lam}, "sfkl": {"lam": args.lam}, "srkl": {"lam": args.lam}}
@@ -364,12 +394,7 @@ def load_ranking(path: str | Path, identity: dict, rank_command: str) -> list[in
             f"--ranking {path} was made for {meta.get('dataset')} ({meta.get('examples')} examples) with teacher {meta.get('teacher')}, "
             f"not for this run's {identity['dataset']} ({identity['examples']} examples) with teacher {identity['teacher']} "
             f"(different {', '.join(differ)}); rank this run's data with `python -m {rank_command}`")
-    ids = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        try:
-            ids.append(int(json.loads(line)["id"]))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"{path}:{number}: not a ranking line ({error})") from None
+    ids = read_ranked_ids(path)
     if sorted(ids) != list(range(identity["examples"])):
         raise ValueError(f"--ranking {path} does not rank each of the {identity['examples']} training examples exactly once")
     return ids

@@ -27,8 +27,10 @@ says why there.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 
 def fractional_ranks(values: Sequence[float], *, descending: bool) -> list[float]:
@@ -128,6 +130,18 @@ def reciprocal_rank_fusion(
         raise ValueError(f"ids, rouge and loss must have the same length, got {len(ids)}, {len(rouge)}, {len(loss)}")
     rows = fuse_ranks(ids, [Signal("rouge", rouge, higher_is_easier=True), Signal("loss", loss)], k=k, ties=ties)
     return [RankedExample(**row) for row in rows]
+
+
+def read_ranked_ids(path: str | Path) -> list[int]:
+    """The example ids of a ranking file (`ranking.jsonl`, one JSON object with an "id" per line),
+    in its order, easy to hard. A line without an integer id is a ValueError naming file:line."""
+    ids = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        try:
+            ids.append(int(json.loads(line)["id"]))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{path}:{number}: not a ranking line ({error})") from None
+    return ids
 
 
 def _linear(start: float, end: float, stage: int, num_stages: int) -> float:

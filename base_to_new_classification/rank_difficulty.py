@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from abkd import engine as E
-from abkd.curriculum import add_ranking_args, divergence_params, example_signals, ranking_settings, reuse_ranking, write_ranking
+from abkd.curriculum import add_ranking_args, check_ranking_args, rank_and_write, ranking_settings, reuse_ranking, student_origin
 from base_to_new_classification.clip_prompts import StudentPromptLearner, load_frozen_clip, load_tokenizer
 from base_to_new_classification.datasets import DATASETS, ImageDataset, load_dataset
 from base_to_new_classification.preprocess import EvalTransform
@@ -54,12 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.dataset not in DATASETS:
         parser.error(f"unknown dataset '{args.dataset}'; valid names: {', '.join(DATASETS)}")
-    try:
-        divergence_params(args)
-    except ValueError as error:
-        parser.error(str(error))
-    if args.batch_size < 1:
-        parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
+    check_ranking_args(parser, args)
     return args
 
 
@@ -86,11 +81,9 @@ def load_models(args: argparse.Namespace, data, device: torch.device):
 
 def rank(args: argparse.Namespace) -> Path:
     data = load_dataset(args.dataset, args.root)
-    student_init = {"student": str(Path(args.student_model_path).resolve()), "seed": args.seed, "student_ckpt": None,
-                    "prompt_depth_vision": args.prompt_depth_vision, "n_ctx_vision": args.n_ctx_vision}
-    if args.student_ckpt:
-        student_init.update(seed=None, student_ckpt=str(Path(args.student_ckpt).resolve()), student_fingerprint=E.file_sha256(Path(args.student_ckpt)))
-    meta = {**ranking_identity(args, data), **student_init, **ranking_settings(args)}
+    origin = student_origin(args, student=str(Path(args.student_model_path).resolve()), prompt_depth_vision=args.prompt_depth_vision,
+                             n_ctx_vision=args.n_ctx_vision)
+    meta = {**ranking_identity(args, data), **origin, **ranking_settings(args)}
     if reuse_ranking(args.ranking, meta, args.overwrite):
         return Path(args.ranking)
 
@@ -105,9 +98,7 @@ def rank(args: argparse.Namespace) -> Path:
     loader = DataLoader(ImageDataset(data.train, EvalTransform(size)), batch_size=args.batch_size, shuffle=False)
     batches = ((list(range(i * args.batch_size, i * args.batch_size + len(labels))), pixel_values.to(device), labels.to(device))
                for i, (pixel_values, labels) in enumerate(loader))
-    ids, ce, divergences = example_signals(batches, logits, name=args.divergence, temperature=args.kd_temperature,
-                                           params=divergence_params(args), total=len(loader))
-    write_ranking(args.ranking, meta, ids, ce, divergences, k=args.rrf_k, ties=args.rank_ties)
+    ids = rank_and_write(args, meta, batches, logits, total=len(loader))
     print(f"ranked {len(ids)} {args.dataset} training images by the student's cross-entropy and {args.divergence} to the teacher -> {args.ranking}")
     return Path(args.ranking)
 

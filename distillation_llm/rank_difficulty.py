@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from abkd.pocl import RANK_TIES, reciprocal_rank_fusion
+from abkd.pocl import RANK_TIES, read_ranked_ids, reciprocal_rank_fusion
 from abkd.sampling import batches
 from distillation_llm.data import IGNORE_INDEX, InstructionCollator, load_processed
 from distillation_llm.generation import GenerationSettings, add_generation_args, generate, settings_from_args
@@ -134,13 +134,7 @@ def load_ranking(path: str | Path, data_dir: str | Path, data_meta: dict) -> lis
     meta = json.loads(meta_path.read_text())
     if meta.get("dataset_fingerprint") != data_meta.get("fingerprint"):
         raise ValueError(f"--ranking {path} was made for {meta.get('dataset')}, not for --data-dir {data_dir} (dataset fingerprints differ)")
-    ids = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        try:
-            ids.append(int(json.loads(line)["id"]))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"{path}:{number}: not a ranking line ({error})") from None
-    return ids
+    return read_ranked_ids(path)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from abkd import engine as E
-from abkd.curriculum import add_ranking_args, divergence_params, example_signals, ranking_settings, reuse_ranking, write_ranking
+from abkd.curriculum import add_ranking_args, check_ranking_args, rank_and_write, ranking_settings, reuse_ranking, student_origin
 from abkd.sampling import batches
 from standard_classification.data import load_cifar100, normalize
 from standard_classification.models import build_model, model_dict
@@ -50,12 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.teacher_model = teacher_name(args.teacher_ckpt)
         if args.teacher_model is None:
             parser.error(f"cannot tell the teacher architecture from --teacher-ckpt {args.teacher_ckpt} (expected <name>_vanilla/...); pass --teacher-model")
-    try:
-        divergence_params(args)
-    except ValueError as error:
-        parser.error(str(error))
-    if args.batch_size < 1:
-        parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
+    check_ranking_args(parser, args)
     return args
 
 
@@ -75,10 +70,7 @@ def load_models(args: argparse.Namespace, num_classes: int) -> tuple[torch.nn.Mo
 
 def rank(args: argparse.Namespace) -> Path:
     train_set = load_cifar100(args.data_folder, "train")
-    student_init = {"student": args.model, "seed": args.seed, "student_ckpt": None}
-    if args.student_ckpt:
-        student_init.update(seed=None, student_ckpt=str(Path(args.student_ckpt).resolve()), student_fingerprint=E.file_sha256(Path(args.student_ckpt)))
-    meta = {**ranking_identity(args.data_folder, train_set, args.teacher_ckpt), **student_init, **ranking_settings(args)}
+    meta = {**ranking_identity(args.data_folder, train_set, args.teacher_ckpt), **student_origin(args, student=args.model), **ranking_settings(args)}
     if reuse_ranking(args.ranking, meta, args.overwrite):
         return Path(args.ranking)
 
@@ -91,9 +83,7 @@ def rank(args: argparse.Namespace) -> Path:
 
     index_batches = batches(range(len(train_set)), args.batch_size)
     inputs = ((index, normalize(train_set.images[index].to(device)), train_set.labels[index].to(device)) for index in index_batches)
-    ids, ce, divergences = example_signals(inputs, logits, name=args.divergence, temperature=args.kd_temperature,
-                                           params=divergence_params(args), total=len(index_batches))
-    write_ranking(args.ranking, meta, ids, ce, divergences, k=args.rrf_k, ties=args.rank_ties)
+    ids = rank_and_write(args, meta, inputs, logits, total=len(index_batches))
     print(f"ranked {len(ids)} training images by {args.model}'s cross-entropy and {args.divergence} to {args.teacher_model} -> {args.ranking}")
     return Path(args.ranking)
 
