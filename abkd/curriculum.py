@@ -54,7 +54,6 @@ import hashlib
 import itertools
 import json
 import math
-import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -63,7 +62,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from abkd.engine import file_sha256
+from abkd.engine import atomic_write_text, file_sha256
 from abkd.losses import DIVERGENCES, check_temperature, divergence
 from abkd.pocl import RANK_TIES, BabyStepScheduler, Signal, fuse_ranks, read_ranked_ids
 from abkd.sampling import GlobalBatchSampler
@@ -373,10 +372,8 @@ def write_ranking(ranking: str | Path, meta: dict, ids: list[int], ce: list[floa
     ranking = Path(ranking)
     rows = fuse_ranks(ids, [Signal("ce", ce), Signal("divergence", divergences)], k=k, ties=ties)
     ranking.parent.mkdir(parents=True, exist_ok=True)
-    for path, text in ((ranking, "".join(json.dumps(row) + "\n" for row in rows)), (meta_path(ranking), json.dumps(_plain(meta), indent=2) + "\n")):
-        staging = path.with_name(f".{path.name}.tmp")
-        staging.write_text(text)
-        os.replace(staging, path)
+    atomic_write_text(ranking, "".join(json.dumps(row) + "\n" for row in rows))
+    atomic_write_text(meta_path(ranking), json.dumps(_plain(meta), indent=2) + "\n")
     return rows
 
 

@@ -222,6 +222,14 @@ def _pause(phase: str) -> None:
         time.sleep(seconds)
 
 
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """`text` to a temporary file beside `path`, then rename: a reader never sees half a file."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
 def file_sha256(path: Path) -> str:
     """Hex SHA-256 of a file, read in 16 MiB blocks (checkpoint manifests, data fingerprints)."""
     digest = hashlib.sha256()

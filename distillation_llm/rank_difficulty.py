@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from abkd.engine import atomic_write_text
 from abkd.pocl import RANK_TIES, read_ranked_ids, reciprocal_rank_fusion
 from abkd.sampling import batches
 from distillation_llm.data import IGNORE_INDEX, InstructionCollator, load_processed
@@ -117,9 +117,7 @@ def rank(args: argparse.Namespace) -> Path:
     ranked = reciprocal_rank_fusion(train["id"], rouge, losses, k=args.rrf_k, ties=args.rank_ties)
 
     ranking.parent.mkdir(parents=True, exist_ok=True)
-    staging = ranking.with_name(f".{ranking.name}.tmp")
-    staging.write_text("".join(json.dumps(vars(example)) + "\n" for example in ranked))
-    os.replace(staging, ranking)
+    atomic_write_text(ranking, "".join(json.dumps(vars(example)) + "\n" for example in ranked))
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
     print(f"ranked {len(ranked)} examples ({output.prompt_truncated} prompts truncated) -> {ranking}")
     return ranking

@@ -9,7 +9,6 @@ would find an empty tensor.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
@@ -80,7 +79,7 @@ def test_zero3_fused_loss_equals_zero1(tiny_gpt2_dir, tiny_gpt2_teacher_dir, tin
 
 
 WORKER = """
-import json, os, sys, torch
+import os, sys, torch
 sys.path.insert(0, {tests!r})
 from test_zero3 import ZERO3, loss_and_gradients, _batch
 from transformers import AutoTokenizer
@@ -110,7 +109,6 @@ def test_two_process_zero3_equals_zero1(tmp_path, tiny_gpt2_dir, tiny_gpt2_teach
         done = subprocess.run(command, env=multiprocess_env(2), capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-4000:]
         results[stage] = torch.load(out, weights_only=True)
-    assert json.dumps(results[3]["losses"]) != json.dumps([None, None])
     torch.testing.assert_close(torch.tensor(results[3]["losses"]), torch.tensor(results[1]["losses"]), rtol=1e-5, atol=1e-6)
     assert results[3]["losses"][0] != results[3]["losses"][1]  # the ranks saw different rows
     for name, gradient in results[1]["gradients"].items():

@@ -135,9 +135,7 @@ def complete_shard(out: Path, name: str, examples: int) -> dict | None:
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(staging, path)
+    E.atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
 
 
 def build_settings(args: argparse.Namespace, data_meta: dict, tokenizer, splits: dict) -> dict:
