@@ -10,6 +10,8 @@ repetitions, which is robust to other jobs sharing the cores.
     python benchmarks/bench_fused_loss.py                       # the full table (about 15 min on 2 cores)
     python benchmarks/bench_fused_loss.py --tokens 1024 --reps 2
     python benchmarks/bench_fused_loss.py --device cuda --json fused.json   # the three H200 shapes, bf16
+    python benchmarks/bench_fused_loss.py --head ~/.cache/abkd/checkpoints/smollm2-135m-instruct --tokens 1024,4096,8192
+                                            # a real head: SmolLM2's tied 49,152 x 576 (tools.real_checkpoint)
 
 Rows: the naive path (`divergence` then `masked_mean` on full logits, autograd backward); the
 fused path at several chunk sizes (compiled) and once eager; the bare matmul floor (student
@@ -48,19 +50,37 @@ def _reset_peak_rss() -> None:
         clear_refs.write("5")
 
 
-def worker(impl: str, tokens: int, chunk_size: int, reps: int) -> dict:
+def real_head(path: str):
+    """The LM head weight [V, H] of the checkpoint at `path` (tied or not), as float32."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True)
+    weight = model.get_output_embeddings().weight.detach().clone()
+    del model
+    gc.collect()
+    return weight
+
+
+def worker(impl: str, tokens: int, chunk_size: int, reps: int, head: str | None = None) -> dict:
     import torch
 
     from abkd.fused import fused_linear_divergence
     from abkd.losses import divergence, masked_mean
 
     torch.manual_seed(0)
-    student_hidden = (torch.randn(tokens, H) * 0.5).requires_grad_()
-    student_weight = (torch.randn(V, H) * 0.05).requires_grad_()
-    teacher_hidden = torch.randn(tokens, H) * 0.5
-    teacher_weight = torch.randn(V, H) * 0.05
+    if head:  # a real head for student and teacher: a layer-dropped student starts with the teacher's
+        teacher_weight = real_head(head)
+        hidden_size = teacher_weight.shape[1]
+        student_weight = teacher_weight.clone().requires_grad_()
+    else:
+        hidden_size = H
+        student_weight = (torch.randn(V, H) * 0.05).requires_grad_()
+        teacher_weight = torch.randn(V, H) * 0.05
+    student_hidden = (torch.randn(tokens, hidden_size) * 0.5).requires_grad_()
+    teacher_hidden = torch.randn(tokens, hidden_size) * 0.5
     teacher_logits = teacher_hidden @ teacher_weight.T
-    labels = torch.randint(0, V, (tokens,))
+    labels = torch.randint(0, teacher_weight.shape[0], (tokens,))
     setup_rss = _rss_mib("VmRSS")
 
     if impl == "naive":
@@ -207,8 +227,9 @@ def cuda_main(presets: list[str], impls: list[str], reps: int, json_path: str | 
             json.dump(rows, handle, indent=2)
 
 
-def _run_worker(impl: str, tokens: int, chunk: int, reps: int) -> dict | str:
+def _run_worker(impl: str, tokens: int, chunk: int, reps: int, head: str | None) -> dict | str:
     command = [sys.executable, __file__, "--worker", impl, "--tokens", str(tokens), "--chunk-sizes", str(chunk), "--reps", str(reps)]
+    command += ["--head", head] if head else []
     proc = subprocess.run(command, capture_output=True, text=True)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -234,6 +255,7 @@ def main() -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cpu: the table above, each row in a fresh process; cuda: the --presets")
     parser.add_argument("--presets", default=",".join(CUDA_PRESETS), help=f"with --device cuda: comma-separated subset of {', '.join(CUDA_PRESETS)}")
     parser.add_argument("--json", help="with --device cuda: also write the rows to this JSON file")
+    parser.add_argument("--head", help="CPU: a local checkpoint whose LM head (H and V from it) serves as student and teacher head, e.g. the real SmolLM2 (tools.real_checkpoint)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.device == "cuda":
@@ -244,7 +266,7 @@ def main() -> None:
     chunks = [int(c) for c in args.chunk_sizes.split(",")]
 
     if args.worker:
-        print(json.dumps(worker(args.worker, token_counts[0], chunks[0], args.reps)))
+        print(json.dumps(worker(args.worker, token_counts[0], chunks[0], args.reps, args.head)))
         return
 
     from abkd.fused import DEFAULT_CHUNK_SIZE
@@ -264,14 +286,15 @@ def main() -> None:
         if impl == "naive" and naive_mib_per_token and naive_mib_per_token * tokens > args.max_naive_gib * 1024:
             result = f"skipped: projected {naive_mib_per_token * tokens / 1024:.0f} GiB"
         else:
-            result = _run_worker(impl, tokens, chunk, args.reps)
+            result = _run_worker(impl, tokens, chunk, args.reps, args.head)
         if impl == "naive" and isinstance(result, dict):
             naive_mib_per_token = result["above_mib"] / tokens
         rows.append((impl, tokens, chunk, result))
         summary = result if isinstance(result, str) else f"{result['time_s']:.2f} s"
         print(f"  done {impl} N={tokens} chunk={chunk}: {summary}", file=sys.stderr)
 
-    print(f"\nH={H}, V={V}, float32, divergence ab(alpha={ALPHA}, beta={BETA}), forward+backward, {os.cpu_count()} CPUs")
+    shape = f"the LM head of {args.head}" if args.head else f"H={H}, V={V}"
+    print(f"\n{shape}, float32, divergence ab(alpha={ALPHA}, beta={BETA}), forward+backward, {os.cpu_count()} CPUs")
     print(f"{'implementation':<25}{'N':>6}{'peak RSS MiB':>14}{'above floor MiB':>17}{'best s':>10}{'warm-up s':>11}")
     for impl, tokens, chunk, result in rows:
         label = f"{impl} (chunk {chunk})" if impl.startswith("fused") or impl == "liger-jsd" else impl

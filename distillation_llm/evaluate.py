@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from distillation_llm.generation import GenerationSettings, add_generation_args, generate, resolve_backend, settings_from_args
-from distillation_llm.instructions import InstructionExample, load_instruction_jsonl
+from distillation_llm.instructions import InstructionExample, chat_prompt, load_instruction_jsonl
 from distillation_llm.metrics import exact_match, max_over_references, rouge_l
 
 DEFAULT_SETS = ("dolly", "self-inst", "vicuna", "sinst", "uinst")
@@ -70,7 +70,8 @@ def evaluate_model(
 
     Returns (scores, records): scores = {"rougeL", "exact_match" (0-100, best reference per
     example), "length" (mean generated tokens), "n", "prompt_truncated"}; records hold per example
-    {"prompt", "generation", "references", "rougeL", "exact_match" (in [0, 1]), "length"}.
+    {"prompt", "generation", "references", "rougeL", "exact_match" (in [0, 1]), "length", "stopped"
+    (the answer ended with EOS before --max-new-tokens)}.
     Used by this CLI (`add_special_tokens=True`, as DistiLLM's evaluate_main.py) and by
     `finetune --eval-gen` on the dev split (False: the prompts as the training data holds them, as
     DistiLLM's finetune.py generates from its processed prompts).
@@ -92,6 +93,8 @@ def evaluate_model(
             "rougeL": max_over_references(rouge_l, text, references),
             "exact_match": max_over_references(exact_match, text, references),
             "length": len(ids),
+            # The answer ended with an EOS token rather than at --max-new-tokens (ids are cut at EOS).
+            "stopped": len(ids) < settings.max_new_tokens,
         })
     n = len(records)
     scores = {
@@ -270,6 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate_main.py; --no-prompt-special-tokens encodes them as the training data does (default on)",
     )
 
+    data.add_argument(
+        "--chat-template", action="store_true",
+        help="wrap each prompt in the model's chat template as the user turn (instruction-tuned models; as "
+        "tools.process_data_dolly --chat-template); the references use the plain template (default off)",
+    )
+
     run = parser.add_argument_group("run")
     run.add_argument("--seeds", default=",".join(map(str, DEFAULT_SEEDS)), help=f"comma-separated generation seeds; scores are mean ± std over them (default {','.join(map(str, DEFAULT_SEEDS))})")
     run.add_argument("--eval-batch-size", type=int, default=8, help="prompts generated together in one batch (default 8)")
@@ -341,7 +350,7 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
             per_seed[set_name] = {}
             for seed in args.seeds:
                 settings = settings_from_args(args, seed)
-                pairs = [(e.prompt, e.references) for e in examples]
+                pairs = [(chat_prompt(e.prompt, tokenizer) if args.chat_template else e.prompt, e.references) for e in examples]
                 scores, records = evaluate_model(
                     model, tokenizer, pairs, settings, args.eval_batch_size, args.max_prompt_length,
                     backend=args.backend, progress=not args.no_progress, add_special_tokens=args.prompt_special_tokens,
@@ -366,6 +375,7 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
             "backend": args.backend,
             "max_prompt_length": args.max_prompt_length,
             "prompt_special_tokens": args.prompt_special_tokens,
+            "chat_template": args.chat_template,
             "max_examples": args.max_examples,
             **summarise(per_seed),
         }

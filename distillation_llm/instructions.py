@@ -21,6 +21,15 @@ PROMPT_WITH_INPUT = (
 )
 
 
+def chat_prompt(prompt: str, tokenizer) -> str:
+    """`prompt` as the user turn of the tokenizer's chat template, ending where the assistant's
+    answer begins (`add_generation_prompt`): the format an instruction-tuned model was trained on.
+    Opt-in (`--chat-template`); the references use the plain template above for every model."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"--chat-template: the tokenizer ({type(tokenizer).__name__}) has no chat template")
+    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+
+
 class DataFormatError(ValueError):
     """A malformed line in an instruction file; the message starts with `path:line:`."""
 

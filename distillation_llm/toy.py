@@ -42,6 +42,9 @@ def train_bpe_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: i
     return wrapped
 
 
+KINDS = ("gpt2", "opt", "llama", "qwen2")
+
+
 def make_causal_lm(
     kind: str,
     out_dir: str | Path,
@@ -55,13 +58,13 @@ def make_causal_lm(
     dropout: float = 0.0,
     seed: int = 0,
 ):
-    """Build a randomly initialised causal LM of family `kind` (gpt2, opt or llama) from a config,
+    """Build a randomly initialised causal LM of family `kind` (one of KINDS) from a config,
     save it with its tokenizer to `out_dir` (safetensors) and return the model.
 
     `vocab_size` defaults to the tokenizer's length; a larger value mimics a padded vocabulary.
     """
     import torch
-    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, OPTConfig
+    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, OPTConfig, Qwen2Config
 
     vocab_size = vocab_size or len(tokenizer)
     special = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
@@ -84,8 +87,14 @@ def make_causal_lm(
             num_attention_heads=num_heads, num_key_value_heads=num_heads, max_position_embeddings=max_positions,
             tie_word_embeddings=False, **special,
         )
+    elif kind == "qwen2":  # tied embeddings and grouped-query attention, as Qwen2.5's small models
+        config = Qwen2Config(
+            vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=num_layers,
+            num_attention_heads=num_heads, num_key_value_heads=max(1, num_heads // 2), max_position_embeddings=max_positions,
+            tie_word_embeddings=True, attention_dropout=dropout, **special,
+        )
     else:
-        raise ValueError(f"unknown model kind '{kind}'; valid: gpt2, opt, llama")
+        raise ValueError(f"unknown model kind '{kind}'; valid: {', '.join(KINDS)}")
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     out_dir = Path(out_dir)
@@ -112,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     tok.add_argument("--out", required=True, help="directory the transformers tokenizer is saved to")
     tok.add_argument("--vocab-size", type=int, default=1024, help="BPE vocabulary size, special token included")
     model = commands.add_parser("model", help="create a randomly initialised causal LM from a config")
-    model.add_argument("--kind", default="gpt2", choices=("gpt2", "opt", "llama"), help="model family")
+    model.add_argument("--kind", default="gpt2", choices=KINDS, help="model family")
     model.add_argument("--tokenizer", required=True, help="tokenizer directory (saved beside the model)")
     model.add_argument("--out", required=True, help="directory the model is saved to (safetensors)")
     model.add_argument("--hidden-size", type=int, default=64, help="width of the model")

@@ -27,6 +27,7 @@ from distillation_llm.instructions import (
     PROMPT_NO_INPUT,
     PROMPT_WITH_INPUT,
     DataFormatError,
+    chat_prompt,
     load_instruction_jsonl,
 )
 from tools._common import (
@@ -82,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     tokens.add_argument(
         "--data-process-workers", type=int, default=1, metavar="N",
         help="processes tokenising in parallel; the output does not depend on it (default 1)",
+    )
+    tokens.add_argument(
+        "--chat-template", action="store_true",
+        help="wrap each prompt in the tokenizer's chat template as the user turn (instruction-tuned models, e.g. "
+        "SmolLM2-Instruct); the references use the plain template for every model (default off)",
     )
     tokens.add_argument(
         "--only-prompt", action="store_true",
@@ -157,6 +163,7 @@ def process(args: argparse.Namespace) -> dict:
         max_prompt_length=args.max_prompt_length,
         max_length=args.max_length,
         only_prompt=args.only_prompt,
+        chat_template=tokenizer.chat_template if args.chat_template else None,
         source_sha256=source_sha256,
         dev_num=args.dev_num,
         dev_split=args.dev_split,
@@ -170,6 +177,12 @@ def process(args: argparse.Namespace) -> dict:
     examples, invalid = load_instruction_jsonl(
         source, require_output=not args.only_prompt, skip_invalid=args.skip_invalid
     )
+    if args.chat_template:
+        try:
+            for example in examples:
+                example.prompt = chat_prompt(example.prompt, tokenizer)
+        except ValueError as error:
+            raise ProcessingError(f"{error} (--model-path {args.model_path})") from None
     workers = args.data_process_workers
     prompts = list(tokenize([e.prompt for e in examples], tokenizer, args.model_path, workers, "prompts"))
     if args.only_prompt:
@@ -222,6 +235,7 @@ def process(args: argparse.Namespace) -> dict:
         "max_length": args.max_length,
         "max_prompt_length": args.max_prompt_length,
         "only_prompt": args.only_prompt,
+        "chat_template": args.chat_template,
         "dev_num": args.dev_num,
         "dev_split": args.dev_split,
         "seed": args.seed,
