@@ -21,7 +21,14 @@ Parts:
             first K's build counted in the sweep's cost, the others are float32 controls: K = V is
             the exact loss, up to float32 rounding): wall time and peak RSS of every run (each a fresh
             `python -m distillation_llm.finetune` process, one at a time, --threads each), then
-            ROUGE-L of every student with the demo's evaluation protocol (3 sampling seeds, T = 0.7).
+            ROUGE-L of every student with the demo's evaluation protocol (3 sampling seeds, T = 0.7);
+  real      (not in the default; after benchmarks/study_real_model.py, --study) the same at a real
+            vocabulary: SmolLM2-135M-Instruct (V = 49,152) as the teacher, caches of the study's dev
+            split at each K (bytes per token), and the bucketed divergence against the exact one on
+            held-out real prompts (the study's evaluation sets, chat template, --limit each) for
+            the study's layer-dropped student before training and after KD.
+
+    python benchmarks/bench_teacher_cache.py --parts real --limit 40      # after study_real_model.py
 """
 
 from __future__ import annotations
@@ -194,6 +201,120 @@ def accuracy_part(demo: Path, ks: list[int], limit: int) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------
+# The cache at a real vocabulary (SmolLM2-135M-Instruct, V = 49,152; benchmarks/study_real_model.py).
+# ------------------------------------------------------------------------------------------------
+
+
+def real_rows(paths: list[Path], tokenizer, limit: int, max_prompt_length: int, max_length: int) -> list[dict]:
+    """Held-out examples as tools.process_data_dolly --chat-template tokenises them (the study's data)."""
+    from distillation_llm.instructions import chat_prompt, load_instruction_jsonl
+
+    rows = []
+    for path in paths:
+        examples, _ = load_instruction_jsonl(path, skip_invalid=True)
+        for example in examples[:limit]:
+            text = chat_prompt(example.prompt, tokenizer)
+            prompt = tokenizer(text, add_special_tokens=False)["input_ids"]
+            full = tokenizer(text + example.references[0], add_special_tokens=False)["input_ids"]
+            response = (full[len(prompt):] + [tokenizer.eos_token_id])[: max_length - min(len(prompt), max_prompt_length)]
+            if response:
+                rows.append({"prompt_ids": prompt[:max_prompt_length], "response_ids": response})
+    return rows
+
+
+def accumulate(totals: dict, teacher_logits: torch.Tensor, student_logits: torch.Tensor, ks: list[int], positions: int) -> None:
+    """Add one batch of response positions to `totals`: per divergence the exact and, per K, the
+    bucketed (float16 cache, T = 1) sums of the loss, and the dot products and squared norms of
+    their gradients with respect to the student logits (the loss being the mean over `positions`)."""
+    from abkd.losses import bucketed_divergence, divergence, teacher_bucket_log_probs
+    from distillation_llm.teacher_cache import logits_to_storage, storage_to_logits
+    from tools.cache_teacher_logits import tail_log_mass
+
+    buckets = {}
+    for k in ks:
+        top, ids = teacher_logits.topk(k, dim=-1)
+        stored = storage_to_logits(logits_to_storage(top - top[:, :1], "float16"), "float16").view(-1, k)
+        tail = tail_log_mass(teacher_logits, ids, 1.0)
+        buckets[k] = (ids, teacher_bucket_log_probs(stored.float(), tail, 1.0))
+        totals.setdefault(f"tail {k}", 0.0)
+        totals[f"tail {k}"] += tail.exp().sum().item()
+    for label, params in DIVERGENCES.items():
+        name = label.split()[0]
+        z = student_logits.clone().requires_grad_(True)
+        exact = divergence(name, z, teacher_logits, **params).sum()
+        (exact / positions).backward()
+        exact_grad = z.grad.double()
+        entry = totals.setdefault(label, {"exact": 0.0, "exact_norm2": 0.0, **{k: {"bucketed": 0.0, "dot": 0.0, "norm2": 0.0} for k in ks}})
+        entry["exact"] += exact.item()
+        entry["exact_norm2"] += exact_grad.square().sum().item()
+        for k, (ids, log_probs) in buckets.items():
+            z = student_logits.clone().requires_grad_(True)
+            approx = bucketed_divergence(name, z, ids, log_probs, **params).sum()
+            (approx / positions).backward()
+            entry[k]["bucketed"] += approx.item()
+            entry[k]["dot"] += (z.grad.double() * exact_grad).sum().item()
+            entry[k]["norm2"] += z.grad.double().square().sum().item()
+
+
+def real_part(study: Path, out: Path, ks: list[int], limit: int) -> dict:
+    """Bytes per token of a cache at each K (built on the study's dev split with the real teacher),
+    and the bucketed divergence against the exact one on held-out real prompts, for the
+    layer-dropped student before and after KD."""
+    from distillation_llm.data import IGNORE_INDEX, InstructionCollator
+    from distillation_llm.models import load_causal_lm, load_tokenizer
+
+    settings = json.loads((study / "settings.json").read_text())
+    teacher_path = Path(json.loads((study / "student-init" / "init_student.json").read_text())["teacher"]["path"])
+    tokenizer = load_tokenizer(teacher_path)
+    sizes = []
+    for k in ks:
+        cache = out / "real" / f"cache-k{k}"
+        command = [sys.executable, "-m", "tools.cache_teacher_logits", "--teacher-model-path", str(teacher_path), "--data-dir", str(study / "data" / "processed"),
+                   "--out", str(cache), "--top-k", str(k), "--temperatures", "1", "--splits", "valid", "--batch-size", "8"]
+        cost = run(command, out / "logs" / f"real-cache-k{k}.log") if not (cache / "meta.json").is_file() else {}
+        meta = json.loads((cache / "meta.json").read_text())
+        tokens = meta["splits"]["valid"]["tokens"]
+        sizes.append({"k": k, "tokens": tokens, "bytes_per_token": meta["bytes"] / tokens, "build_s": cost.get("seconds", meta["build"]["seconds"])})
+    vocab = len(tokenizer)
+    collate = InstructionCollator(tokenizer.pad_token_id, settings["max_length"])
+    evaluation = study / "data" / "eval"
+    rows = real_rows([evaluation / name / "valid.jsonl" for name in ("dolly", "self-inst", "vicuna")], tokenizer, limit,
+                     settings["max_prompt_length"], settings["max_length"])
+    teacher = load_causal_lm(teacher_path).eval()
+    students = {"layer-dropped (before training)": study / "student-init", "after KD (the study's kd student)": study / "runs" / "kd" / str(settings["steps"])}
+    positions = sum(len(row["response_ids"]) for row in rows)
+    results, tables = {"sizes": sizes, "positions": positions, "examples": len(rows)}, []
+    for student_name, path in students.items():
+        student = load_causal_lm(path).eval()
+        totals: dict = {}
+        for start in range(0, len(rows), 8):
+            batch = collate(rows[start : start + 8])
+            mask = batch["labels"] != IGNORE_INDEX
+            with torch.no_grad():
+                teacher_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[..., :vocab].float()[mask]
+                student_logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[..., :vocab].float()[mask]
+            accumulate(totals, teacher_logits, student_logits, ks, positions)
+            print(f"  {student_name}: {min(start + 8, len(rows))}/{len(rows)} examples", file=sys.stderr, flush=True)
+        summary = {}
+        for k in ks:
+            summary[k] = {"tail_mass": totals[f"tail {k}"] / positions}
+            for label in DIVERGENCES:
+                entry = totals[label]
+                cosine = entry[k]["dot"] / (entry["exact_norm2"] * entry[k]["norm2"]) ** 0.5
+                summary[k][label] = {"exact": entry["exact"] / positions, "bucketed": entry[k]["bucketed"] / positions,
+                                     "relative_error": abs(entry[k]["bucketed"] - entry["exact"]) / entry["exact"], "cosine": cosine}
+        results[student_name] = summary
+        header = "| K | bytes per token | teacher tail mass | " + " | ".join(f"{label}: rel. err / cos" for label in DIVERGENCES) + " |"
+        lines = [f"**{student_name}** ({positions:,} response tokens of {len(rows)} held-out prompts, V = {vocab})", "", header,
+                 "|---:|---:|---:|" + "---:|" * len(DIVERGENCES)]
+        for size, (k, row) in zip(sizes, summary.items()):
+            cells = [f"{row[label]['relative_error']:.2e} / {row[label]['cosine']:.4f}" for label in DIVERGENCES]
+            lines.append(f"| {k} | {size['bytes_per_token']:.0f} | {row['tail_mass']:.2e} | " + " | ".join(cells) + " |")
+        tables.append("\n".join(lines))
+    return {**results, "table": "\n\n".join(tables)}
+
+
+# ------------------------------------------------------------------------------------------------
 # The sweep.
 # ------------------------------------------------------------------------------------------------
 
@@ -300,7 +421,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--demo", default=str(REPO / "results" / "demo"), help="output folder of `bash scripts/demo.sh` (its data, teacher and students)")
     parser.add_argument("--out", default=str(REPO / "results" / "bench_teacher_cache"), help="caches, runs, logs and the tables")
-    parser.add_argument("--parts", default="size,accuracy,sweep", help="comma-separated: size, accuracy, sweep")
+    parser.add_argument("--parts", default="size,accuracy,sweep", help="comma-separated: size, accuracy, sweep, real (not in the default)")
+    parser.add_argument("--study", default=str(REPO / "results" / "study_real_model"), help="the real part: output folder of benchmarks/study_real_model.py")
     parser.add_argument("--ks", default="8,32,128,512", help="K values of the size and accuracy parts")
     parser.add_argument("--sweep-ks", default="128,600",
                         help="K of the sweep's caches: the first is the recommended one whose cost is compared, the others controls (600 = V: the exact loss)")
@@ -309,7 +431,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     THREADS = args.threads
     demo, out = Path(args.demo).resolve(), Path(args.out).resolve()
-    if not (demo / "runs" / "teacher" / "best").is_dir():
+    if set(args.parts.split(",")) - {"real"} and not (demo / "runs" / "teacher" / "best").is_dir():
         raise SystemExit(f"--demo {demo}: no demo outputs (runs/teacher/best); run `bash scripts/demo.sh --out {demo}` first")
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -325,15 +447,17 @@ def main(argv: list[str] | None = None) -> None:
             results["accuracy"] = accuracy_part(demo, ks, args.limit)
         elif part == "sweep":
             results["sweep"] = sweep_part(demo, out, [int(k) for k in args.sweep_ks.split(",")], GRID)
+        elif part == "real":
+            results["real"] = real_part(Path(args.study).resolve(), out, ks, args.limit)
         else:
-            raise SystemExit(f"--parts: unknown part '{part}' (size, accuracy, sweep)")
+            raise SystemExit(f"--parts: unknown part '{part}' (size, accuracy, sweep, real)")
         results[part]["date"] = started
         results_path.write_text(json.dumps(results, indent=1, default=str) + "\n")
         for key in ("table", "rouge_table"):
             if key in results[part]:
                 print(f"\n{results[part][key]}\n", flush=True)
     tables = [f"## {part} ({results[part]['date']}, {results['machine']})\n\n" + "\n\n".join(results[part][key] for key in ("table", "rouge_table") if key in results[part])
-              for part in ("size", "accuracy", "sweep") if part in results]
+              for part in ("size", "accuracy", "sweep", "real") if part in results]
     (out / "tables.md").write_text("\n\n".join(tables) + "\n")
 
 

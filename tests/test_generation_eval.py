@@ -339,10 +339,11 @@ def test_evaluate_writes_answers_and_consistent_results(tmp_path, the_sayer_dir,
             answers = _answers(save / name / set_name / f"seed{seed}" / "answers.jsonl")
             assert [a["line"] for a in answers] == [1, 2, 3, 4]
             assert [a["references"] for a in answers] == [[row["output"]] for row in rows[set_name][:4]]
-            assert set(answers[0]) == {"line", "prompt", "generation", "references", "rougeL", "exact_match", "length"}
+            assert set(answers[0]) == {"line", "prompt", "generation", "references", "rougeL", "exact_match", "length", "stopped"}
             for a in answers:
                 assert a["rougeL"] == pytest.approx(rouge_l(a["generation"], a["references"][0]))
                 assert a["length"] <= 16
+                assert a["stopped"] == (a["length"] < 16)  # stopped by EOS, not by the token budget
             runs.append({
                 "rougeL": 100 * sum(a["rougeL"] for a in answers) / 4,
                 "exact_match": 100 * sum(a["exact_match"] for a in answers) / 4,
