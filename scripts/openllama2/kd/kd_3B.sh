@@ -2,8 +2,7 @@
 # KD (forward KL) of OpenLLaMA-3B from OpenLLaMA-7B on Dolly;
 # needs sft/sft_7B.sh (the teacher's LoRA adapter).
 # Usage: bash scripts/openllama2/kd/kd_3B.sh [BASE_PATH] [MASTER_PORT] [GPU_NUM]
-# No OpenLLaMA on this machine? A real Llama-family model without a download: python -m tools.real_checkpoint smollm2-135m-instruct
-# --out checkpoints/smollm2-135m-instruct (SmolLM2-135M-Instruct; set CKPT_NAME / TEACHER_CKPT_NAME to it, see README.md).
+# No OpenLLaMA here? SmolLM2-135M-Instruct, a real Llama model without a download: see scripts/openllama2/defaults.sh.
 set -euo pipefail
 METHOD=kd
 source "$(dirname "${BASH_SOURCE[0]}")/../defaults.sh"

