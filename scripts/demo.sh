@@ -16,8 +16,6 @@
 #   6. POCL: the pretrained student ranks the data from easy to hard, then kd and ab with the curriculum;
 #   7. with --all, an SFT-initialised student (--type init), from which GKD and DistiLLM start, as DistiLLM;
 #   8. evaluate every model with ROUGE-L and print the table (also CSV and a PNG chart).
-# The table is deterministic for constraints.txt's versions and one kind of CPU arithmetic (vendor,
-# vector instructions, threads): OUT/machine.txt records which (see tools/demo_table.py).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -49,16 +47,14 @@ fi
 TEACHER_SIZE=(--hidden-size 128 --num-layers 4 --num-heads 4)
 STUDENT_SIZE=(--hidden-size 64 --num-layers 2 --num-heads 4)
 TASKS=copy,lookup,reverse,sort,add
-# Threads split a matmul's sums, so they change float32 rounding and with it the table: 2, as on the
-# 2-core machine the README's table was measured on, unless OMP_NUM_THREADS says otherwise.
-THREADS="${OMP_NUM_THREADS:-2}"
 LR=3e-3
 KD_RATIO=1.0
 AB_ALPHA=0.9
 AB_BETA=0.2
 
 cd "${ROOT}"
-export TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS="${THREADS}"
+# Threads split a matmul's sums and so change the table (tools/demo_table.py): 2 unless OMP_NUM_THREADS says.
+export TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 mkdir -p "${OUT}"
 START=${SECONDS}
 "${PYTHON}" -m tools.demo_table --machine > "${OUT}/machine.txt"
