@@ -10,7 +10,7 @@ recorded table carries the machine line it was measured on, and is compared only
 
     python -m tools.demo_table --machine        # what scripts/demo.sh writes to OUT/machine.txt
     python -m tools.demo_table results/demo     # the final table of OUT/table.txt, with its machine
-    python -m tools.demo_table results/demo --write tests/data/demo_table.txt
+    python -m tools.demo_table OUT --write FILE  # a recorded copy (tests/data/demo_quick_table.txt is one)
 """
 
 from __future__ import annotations
