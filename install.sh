@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Installs the framework. Idempotent: a second run only checks and returns in seconds.
+# Dependencies come at the versions in constraints.txt (those the README's demo table was
+# measured with); torch is chosen below.
 #   bash install.sh                            # creates .venv at the repository root
 #   ABKD_USE_CURRENT_ENV=1 bash install.sh     # installs into the active environment (conda)
 set -euo pipefail
@@ -23,7 +25,7 @@ fi
 # The stamp records what was installed; when nothing changed we only check the imports.
 STAMP_DIR="$("$PY" -c 'import sys; print(sys.prefix)')"
 STAMP="$STAMP_DIR/.abkd-install-stamp"
-WANT="$(cat pyproject.toml install.sh | sha256sum | cut -c1-16) $TORCH_SPEC"
+WANT="$(cat pyproject.toml install.sh constraints.txt | sha256sum | cut -c1-16) $TORCH_SPEC"
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]] \
     && "$PY" -c "import torch, transformers, deepspeed, abkd" >/dev/null 2>&1; then
     echo "install.sh: up to date ($("$PY" -c 'import torch; print("torch", torch.__version__)'))"
@@ -40,9 +42,16 @@ fi
 CONSTRAINTS="$(mktemp)"
 trap 'rm -f "$CONSTRAINTS"' EXIT
 "$PY" -c 'import torch; print("torch==" + torch.__version__)' > "$CONSTRAINTS"
+# constraints.txt's versions need Python >= 3.11 (transformers, numpy); an older Python gets
+# pyproject.toml's ranges, and the demo's numbers may then differ from the README's.
+PINS=(-c constraints.txt)
+if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    echo "install.sh: Python $("$PY" -c 'import platform; print(platform.python_version())') is older than 3.11: constraints.txt not applied"
+    PINS=()
+fi
 
 echo "install.sh: installing the framework and its dependencies"
-"$PY" -m pip install --quiet -c "$CONSTRAINTS" -e '.[dev]'
+"$PY" -m pip install --quiet -c "$CONSTRAINTS" "${PINS[@]}" -e '.[dev]'
 
 "$PY" -c "import torch, transformers, deepspeed, abkd; print('install.sh: ok, torch', torch.__version__, '| transformers', transformers.__version__, '| deepspeed', deepspeed.__version__)"
 echo "$WANT" > "$STAMP"

@@ -53,9 +53,11 @@ AB_ALPHA=0.9
 AB_BETA=0.2
 
 cd "${ROOT}"
-export TOKENIZERS_PARALLELISM=false
+# Threads split a matmul's sums and so change the table (tools/demo_table.py): 2 unless OMP_NUM_THREADS says.
+export TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 mkdir -p "${OUT}"
 START=${SECONDS}
+"${PYTHON}" -m tools.demo_table --machine > "${OUT}/machine.txt"
 
 "${PYTHON}" -m tools.make_toy_data --out "${OUT}/data" --train "${TRAIN_EXAMPLES}" --eval "${EVAL_EXAMPLES}" --pretrain "${PRETRAIN_DOCS}"
 "${PYTHON}" -m distillation_llm.toy tokenizer --data "${OUT}/data/raw.jsonl" --out "${OUT}/tokenizer" --vocab-size "${VOCAB}"
@@ -114,4 +116,5 @@ MODEL_PATHS=$(printf "${OUT}/runs/%s/best," "${MODELS[@]}")
 "${PYTHON}" -m distillation_llm.evaluate --model-path "${MODEL_PATHS%,}" \
     --data-dir "${OUT}/data/eval" --eval-sets "${TASKS}" --seeds "${SEEDS}" --do-sample --temperature 0.7 \
     --max-new-tokens 32 --eval-batch-size 64 --save "${OUT}/eval" --no-progress | tee "${OUT}/table.txt"
+cat "${OUT}/machine.txt"
 echo "demo finished in $((SECONDS - ${START})) s: table ${OUT}/table.txt, chart ${OUT}/eval/comparison.png"
