@@ -44,8 +44,10 @@ Preemption. From `Run.start` to `close`, SIGTERM and SIGINT set a flag instead o
 process. The loop finishes the optimizer step it is in, all ranks agree on the flag (one all_reduce
 of an int per step), a resumable checkpoint is written, and `exit_stopped` ends the process with
 EXIT_STOPPED (75, sysexits' EX_TEMPFAIL: "try again") and a one-line message; --resume continues
-exactly. A second signal does what the signal normally does (the checkpoint writes are atomic, so
-it loses at most the checkpoint being written).
+exactly. Repeated signals are ignored: a launcher forwarding the signal to ranks that the
+scheduler or the terminal already signalled (torchrun, srun's whole step, Ctrl-C's process group)
+delivers it twice. SIGKILL stops at once; the checkpoint writes are atomic, so it loses at most the
+checkpoint being written.
 
 Resuming checks the arguments. With --resume, the new arguments are compared with the run's
 `args.json` (plus the changes recorded since): a difference in anything that shapes the training
@@ -363,8 +365,8 @@ def resume_changes(old: dict, new: dict, allow_changes: bool, defaults: dict | N
 
 
 class StopSignals:
-    """SIGTERM and SIGINT as a request to stop at the next optimizer step's end (module docstring).
-    A signal ignored when the process started (SIG_IGN) stays ignored."""
+    """SIGTERM and SIGINT as a request to stop at the next optimizer step's end; later ones are
+    ignored (module docstring). A signal ignored when the process started (SIG_IGN) stays ignored."""
 
     active: StopSignals | None = None  # the installed instance: one per process
 
@@ -383,13 +385,12 @@ class StopSignals:
         StopSignals.active = self
 
     def _handle(self, number: int, frame) -> None:
+        name = signal.Signals(number).name
         if self.received is None:
             self.received = number
-            os.write(2, f"received {signal.Signals(number).name}: stopping after this optimizer step with a resumable checkpoint "
-                        "(a second signal stops at once)\n".encode())
-            return
-        self.restore()
-        signal.raise_signal(number)
+            os.write(2, f"received {name}: stopping after this optimizer step with a resumable checkpoint (SIGKILL stops at once)\n".encode())
+        else:
+            os.write(2, f"received {name} again: already stopping\n".encode())
 
     def restore(self) -> None:
         for number, handler in self.previous.items():

@@ -6,7 +6,13 @@
 Runs as one process (`python`), under `torchrun`, or under the `deepspeed` launcher. See
 `distillation_llm/arguments.py` for every flag. Outputs in `--save`: args.json, log.txt,
 <step>/ (Hugging Face model + tokenizer), best/ (the best validated model of the whole run, by the
-selection metric: dev ROUGE-L with --eval-gen, else validation loss), checkpoints/ (resumable).
+selection metric: dev ROUGE-L with --eval-gen, else validation loss), checkpoints/ (resumable),
+run.json (run id, world size, the SHA-256 of the data, models and tokenizer: --resume refuses others).
+
+Preemption: on SIGTERM or SIGINT the run finishes its optimizer step, writes <step>/ and a resumable
+checkpoint, and exits with status 75 (abkd.run.EXIT_STOPPED); `--resume` continues bit for bit.
+The --lm-data-dir position is a function of the step (one global LM batch per step, a new order
+per pass), so it resumes exactly too.
 
 POCL (--curriculum pocl) runs its Baby Step stages as POCL's per-stage launchers do, in one
 resumable command: each stage trains with a fresh AdamW and a learning-rate schedule (warm-up,

@@ -237,3 +237,19 @@ def test_ranks_agree_to_stop_at_the_step_one_of_them_was_signalled(tmp_path):
     assert E.verify_checkpoint(checkpoint) is None
     assert sorted(p.name for p in checkpoint.glob("rank_state_*.pt")) == ["rank_state_0.pt", "rank_state_1.pt"]
     assert "stopped by SIGTERM after step 2 of" in (tmp_path / "run" / "log.txt").read_text()
+
+
+def test_a_cifar_resume_refuses_data_replaced_at_the_same_path(tmp_path):
+    """The classification loops record their inputs' contents too (here: the CIFAR pickles)."""
+    from standard_classification import train_teacher
+    from standard_classification.data import write_synthetic_cifar
+
+    write_synthetic_cifar(tmp_path / "cifar", num_classes=10, train_per_class=6, test_per_class=2, seed=0)
+    argv = ["--model", "resnet8", "--data-folder", str(tmp_path / "cifar"), "--epochs", "2", "--save", str(tmp_path / "run"),
+            "--batch-size", "12", "--lr", "0.05", "--lr-decay-epochs", "", "--weight-decay", "0"]
+    train_teacher.main([*argv, "--stop-after-epochs", "1"])
+    recorded = json.loads((tmp_path / "run" / IDENTITY).read_text())["fingerprints"]
+    assert set(recorded) == {"--data-folder cifar-100-python/train", "--data-folder cifar-100-python/test"}
+    write_synthetic_cifar(tmp_path / "cifar", num_classes=10, train_per_class=6, test_per_class=2, seed=1)
+    with pytest.raises(ResumeMismatch, match="^--resume: the contents of --data-folder cifar-100-python/train \\(sha256"):
+        train_teacher.main([*argv, "--resume"])
