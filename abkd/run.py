@@ -248,7 +248,7 @@ def acquire_lock(save_dir: Path, warn: Callable[[str], None]) -> Path:
             continue
         holder = _read_holder(descriptor)
         try:
-            _check_stale(holder, mine, save_dir, path, descriptor, warn, locked)
+            _check_stale(holder, mine, save_dir, path, descriptor, warn)
         except RunLocked:
             os.close(descriptor)
             raise
@@ -259,7 +259,7 @@ def acquire_lock(save_dir: Path, warn: Callable[[str], None]) -> Path:
         return path
 
 
-def _check_stale(holder: dict | None, mine: dict, save_dir: Path, path: Path, descriptor: int, warn: Callable[[str], None], locked: bool) -> None:
+def _check_stale(holder: dict | None, mine: dict, save_dir: Path, path: Path, descriptor: int, warn: Callable[[str], None]) -> None:
     """Raise RunLocked if the lock file's holder may still run; else warn about what is taken over."""
     if holder is None:
         if os.fstat(descriptor).st_size:

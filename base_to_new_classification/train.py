@@ -335,10 +335,10 @@ def input_fingerprints(args: argparse.Namespace) -> dict[str, str]:
     from distillation_llm.models import weights_fingerprint
 
     prints = {}
-    for flag in ("--teacher-model-path", "--student-model-path"):
-        if path := getattr(args, flag[2:].replace("-", "_"), None):
+    for flag in ("--teacher-model-path", "--student-model-path"):  # a missing input is reported by its loader
+        if (path := getattr(args, flag[2:].replace("-", "_"), None)) and Path(path).is_dir():
             prints[f"{flag} weights"] = weights_fingerprint(path)["sha256"]
-    if getattr(args, "teacher_ckpt", None):
+    if getattr(args, "teacher_ckpt", None) and Path(args.teacher_ckpt).exists():
         prints["--teacher-ckpt"] = E.file_sha256(promptsrc_checkpoint.find_checkpoint(Path(args.teacher_ckpt)))
     entry = spec(args.dataset)
     if (split_file := Path(args.root) / entry.directory / entry.split_file).is_file():

@@ -462,13 +462,13 @@ def content_fingerprints(args) -> dict[str, str]:
         for split in splits if directory else ():
             if digest := split_fingerprint(Path(directory) / split):
                 prints[f"{flag} {split} split"] = digest
-    prints["--model-path weights"] = weights_fingerprint(args.model_path)["sha256"]
-    prints["--model-path tokenizer"] = tokenizer_fingerprint(load_tokenizer(args.model_path))
-    models = [("--peft-path", args.peft_path)]
+    if Path(args.model_path).is_dir():  # a missing folder is reported by the loaders, flag and all
+        prints["--model-path tokenizer"] = tokenizer_fingerprint(load_tokenizer(args.model_path))
+    models = [("--model-path", args.model_path), ("--peft-path", args.peft_path)]
     if lookup(args.type).needs_teacher and not args.teacher_cache:
         models += [("--teacher-model-path", args.teacher_model_path), ("--teacher-peft-path", args.teacher_peft_path)]
     for flag, path in models:
-        if path:
+        if path and Path(path).is_dir():
             prints[f"{flag} weights"] = weights_fingerprint(path)["sha256"]
     return prints
 

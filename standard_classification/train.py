@@ -121,7 +121,7 @@ def input_fingerprints(args: argparse.Namespace) -> dict[str, str]:
     run's run.json and compared by --resume (abkd.run), which refuses other contents at the same path."""
     folder = Path(args.data_folder)
     prints = {f"--data-folder {name}": E.file_sha256(folder / name) for name in (f"{DIRECTORY}/train", f"{DIRECTORY}/test", ARCHIVE) if (folder / name).is_file()}
-    if getattr(args, "teacher_ckpt", None):
+    if getattr(args, "teacher_ckpt", None) and Path(args.teacher_ckpt).is_file():  # a missing one is reported by the loader
         prints["--teacher-ckpt"] = E.file_sha256(Path(args.teacher_ckpt))
     return prints
 
