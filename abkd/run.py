@@ -24,9 +24,30 @@ statistics follow its own shard of the data. At every epoch end, before evaluati
 the buffer's dtype): one model is evaluated and saved. A mid-epoch stop saves each rank's own
 buffers instead, so resuming does not change them.
 
-One writer per run. `Run.start` takes `<save>/run.lock` (pid, host, process start time) and
-`close` releases it: a second run on the same --save is refused while the first is alive, and the
-lock of a run that was killed is taken over with a warning.
+One writer per run. `Run.start` takes `<save>/run.lock` and holds it for the run's lifetime with
+`fcntl.flock` (the file names the holder: pid, host, process start time); `close` releases it. A
+second run on the same --save is refused while the first is alive. The kernel drops the flock of a
+process that dies, however it dies, so a stale lock is taken over (with a warning naming the dead
+holder) by exactly one of the processes that race for it: there is no read-check-delete window. A
+lock file naming another host is refused, since a file system whose locks are local to each host
+(NFS mounted with local_lock, some Lustre mounts) cannot tell whether that run is alive; a file
+system without locks at all falls back to the pid check, with a warning.
+
+Run identity. A new run writes `<save>/run.json`: a run id, the world size and, where the loop
+gives them (`Run.start(fingerprints=...)`), the SHA-256 of its inputs' contents (data, teacher and
+student weights, tokenizer). Every checkpoint's client state carries the run id and world size.
+--resume refuses, in one line: a --save holding checkpoints but no args.json, another world size,
+inputs whose contents changed since the run started (same path, other bytes), and a checkpoint of
+another run. A new run (without --resume) refuses a --save that already holds checkpoints.
+
+Preemption. From `Run.start` to `close`, SIGTERM and SIGINT set a flag instead of killing the
+process. The loop finishes the optimizer step it is in, all ranks agree on the flag (one all_reduce
+of an int per step), a resumable checkpoint is written, and `exit_stopped` ends the process with
+EXIT_STOPPED (75, sysexits' EX_TEMPFAIL: "try again") and a one-line message; --resume continues
+exactly. Repeated signals are ignored: a launcher forwarding the signal to ranks that the
+scheduler or the terminal already signalled (torchrun, srun's whole step, Ctrl-C's process group)
+delivers it twice. SIGKILL stops at once; the checkpoint writes are atomic, so it loses at most the
+checkpoint being written.
 
 Resuming checks the arguments. With --resume, the new arguments are compared with the run's
 `args.json` (plus the changes recorded since): a difference in anything that shapes the training
@@ -47,15 +68,19 @@ report_to.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import signal
 import socket
+import threading
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch import Tensor, nn
@@ -69,6 +94,10 @@ from abkd.sampling import GlobalBatchSampler
 CHECKPOINTS = "checkpoints"
 LOCK = "run.lock"
 HISTORY = "args_history.jsonl"
+IDENTITY = "run.json"
+# Exit status of a run stopped by SIGTERM/SIGINT after writing a resumable checkpoint (EX_TEMPFAIL).
+EXIT_STOPPED = 75
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 # Flags of one invocation, never compared when resuming (--save: a run directory may be moved).
 PER_INVOCATION = frozenset({"save", "resume", "resume_with_changes", "stop_after_iters", "stop_after_epochs", "local_rank", "deepspeed"})
@@ -140,7 +169,18 @@ def _process_start(pid: int) -> str | None:
         return None
 
 
+def _max_pid() -> int:
+    try:
+        return int(Path("/proc/sys/kernel/pid_max").read_text())
+    except (OSError, ValueError):
+        return 2**22  # Linux's largest pid_max
+
+
 def _alive(pid: int, started: str | None) -> bool:
+    """Whether process `pid` (started at `started`, if known) still runs on this host. A pid
+    outside 1..pid_max names no process (0 and -1 would address process groups in os.kill)."""
+    if not 0 < pid <= _max_pid():
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -150,53 +190,103 @@ def _alive(pid: int, started: str | None) -> bool:
     return started is None or _process_start(pid) in (None, started)
 
 
+def _read_holder(descriptor: int) -> dict | None:
+    """The lock file's record {pid, host, started}, or None if it is empty or unreadable."""
+    os.lseek(descriptor, 0, os.SEEK_SET)
+    text = os.read(descriptor, 4096).decode(errors="replace")
+    try:
+        holder = json.loads(text)
+        return {**holder, "pid": int(holder["pid"])}
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+# The locks this process holds, {resolved path: descriptor}, kept open for the run's lifetime.
+_HELD: dict[str, int] = {}
+
+
 def acquire_lock(save_dir: Path, warn: Callable[[str], None]) -> Path:
-    """Create `<save>/run.lock` for this process, or raise RunLocked if a live run holds it. The
-    lock of a dead process (or of an earlier run of this same process) is taken over, with a
-    warning."""
+    """Take `<save>/run.lock` for this process, or raise RunLocked if a live run holds it.
+
+    The lock is an exclusive `fcntl.flock` on the file, held until `release_lock` (or the
+    process's death, when the kernel drops it); the file's text only names the holder for the
+    messages. Of processes racing for a stale lock exactly one gets the flock. The file is
+    re-checked after locking to be the one at `path` (a releasing holder unlinks it), so an old
+    inode's lock never counts. The lock of an earlier, unclosed run of this same process is taken
+    over silently; that of a dead process with a warning. See the module docstring for the file
+    systems whose locks do not reach other hosts, and those without locks."""
+    import fcntl
+
     path = save_dir / LOCK
+    key = str(path.resolve())
+    if key in _HELD:  # an earlier run of this process that was never closed (an exception in a loop)
+        os.close(_HELD.pop(key))
     mine = {"pid": os.getpid(), "host": socket.gethostname(), "started": _process_start(os.getpid())}
     while True:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        locked = True
         try:
-            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                holder = json.loads(path.read_text())
-                pid, host = int(holder["pid"]), holder.get("host")
-            except (OSError, ValueError, KeyError, TypeError):
-                holder, pid, host = None, None, None  # being written, or garbage from a crash
-            if holder is not None and pid != os.getpid():
-                if host != mine["host"]:
-                    raise RunLocked(
-                        f"--save {save_dir} is in use by process {pid} on host {host} (lock {path}); "
-                        f"if that run is dead, delete {path}") from None
-                if _alive(pid, holder.get("started")):
-                    raise RunLocked(
-                        f"--save {save_dir} is in use by process {pid} (lock {path}): one run writes to a directory at a time; "
-                        f"wait for it, stop it, or give another --save") from None
-                warn(f"warning: taking over the lock {path} of process {pid}, which is no longer running")
-            elif holder is None:
-                try:
-                    if time.time() - path.stat().st_mtime < 5:  # another run is writing it now
-                        time.sleep(0.1)
-                        continue
-                except FileNotFoundError:
-                    continue
-                warn(f"warning: replacing the unreadable lock {path}")
-            path.unlink(missing_ok=True)
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(descriptor)
+            os.close(descriptor)
+            who = "another process" if holder is None else f"process {holder['pid']}" + (f" on host {holder.get('host')}" if holder.get("host") != mine["host"] else "")
+            raise RunLocked(f"--save {save_dir} is in use by {who} (lock {path}): one run writes to a directory at a time; "
+                            "wait for it, stop it, or give another --save") from None
+        except OSError as error:
+            if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                os.close(descriptor)
+                raise
+            locked = False
+            warn(f"warning: the file system of {path} does not support file locks ({error.strerror}): "
+                 "a second run on this --save is refused by its pid only, and two starting at once are not")
+        try:
+            if locked and os.fstat(descriptor).st_ino != os.stat(path).st_ino:
+                raise FileNotFoundError  # released and unlinked by its holder since we opened it
+        except FileNotFoundError:
+            os.close(descriptor)
             continue
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(json.dumps(mine) + "\n")
+        holder = _read_holder(descriptor)
+        try:
+            _check_stale(holder, mine, save_dir, path, descriptor, warn)
+        except RunLocked:
+            os.close(descriptor)
+            raise
+        os.ftruncate(descriptor, 0)
+        os.lseek(descriptor, 0, os.SEEK_SET)
+        os.write(descriptor, (json.dumps(mine) + "\n").encode())
+        _HELD[key] = descriptor
         return path
 
 
-def release_lock(path: Path) -> None:
-    try:
-        holder = json.loads(path.read_text())
-    except (OSError, ValueError):
+def _check_stale(holder: dict | None, mine: dict, save_dir: Path, path: Path, descriptor: int, warn: Callable[[str], None]) -> None:
+    """Raise RunLocked if the lock file's holder may still run; else warn about what is taken over."""
+    if holder is None:
+        if os.fstat(descriptor).st_size:
+            warn(f"warning: replacing the unreadable lock {path}")
         return
-    if holder.get("pid") == os.getpid():
-        path.unlink(missing_ok=True)
+    pid, host = holder["pid"], holder.get("host")
+    if pid == mine["pid"] and host == mine["host"]:
+        return
+    if host != mine["host"]:
+        raise RunLocked(f"--save {save_dir} is in use by process {pid} on host {host} (lock {path}); if that run is dead, delete {path}")
+    if not 0 < pid <= _max_pid():
+        warn(f"warning: replacing the lock {path}, which names the invalid pid {pid}")
+        return
+    if _alive(pid, holder.get("started")):  # with the flock ours: a run of an older version of this code
+        raise RunLocked(f"--save {save_dir} is in use by process {pid} (lock {path}): one run writes to a directory at a time; "
+                        "wait for it, stop it, or give another --save")
+    warn(f"warning: taking over the lock {path} of process {pid}, which is no longer running")
+
+
+def release_lock(path: Path) -> None:
+    """Unlink the lock file, then drop the flock (in this order: a process that opened the file
+    meanwhile finds, once it gets the flock, that it is no longer the file at `path`)."""
+    descriptor = _HELD.pop(str(path.resolve()), None)
+    if descriptor is None:
+        return
+    path.unlink(missing_ok=True)
+    os.close(descriptor)
 
 
 def _plain(record: dict) -> dict:
@@ -204,18 +294,43 @@ def _plain(record: dict) -> dict:
     return json.loads(json.dumps(record, sort_keys=True, default=str))
 
 
+def _read_json(path: Path, text: str | None = None):
+    """JSON from `path` (or its line `text`), with a one-line error naming the file if it is not JSON."""
+    try:
+        return json.loads(path.read_text() if text is None else text)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is unreadable (truncated or edited? {error}): restore it, or start a new run in another --save") from None
+
+
 def recorded_args(save_dir: Path) -> dict | None:
     """The run's arguments: args.json with the changes of args_history.jsonl applied in order."""
     path = save_dir / "args.json"
     if not path.is_file():
         return None
-    record = json.loads(path.read_text())
+    record = _read_json(path)
     history = save_dir / HISTORY
     if history.is_file():
         for line in history.read_text().splitlines():
             if line.strip():
-                record.update({key: change["new"] for key, change in json.loads(line)["changes"].items()})
+                entry = _read_json(history, line)
+                if not isinstance(entry, dict) or not isinstance(entry.get("changes"), dict):
+                    raise ValueError(f"{history} is unreadable (a line without 'changes'): restore it, or start a new run in another --save")
+                record.update({key: change["new"] for key, change in entry["changes"].items()})
     return record
+
+
+def check_identity(save_dir: Path, recorded: dict, fingerprints: dict[str, str]) -> None:
+    """Refuse a resume under another world size or with inputs whose contents changed since the
+    run started (`recorded`: its run.json), in one line naming what changed."""
+    if recorded.get("world_size") not in (None, E.world_size()):
+        raise ResumeMismatch(f"--resume: the run in {save_dir} was started with {recorded['world_size']} processes, this one has {E.world_size()}: "
+                             f"its global batch and data order depend on it; resume with {recorded['world_size']} processes")
+    before = recorded.get("fingerprints", {})
+    changed = [f"{name} (sha256 {before[name][:12]} then, {digest[:12]} now)" for name, digest in fingerprints.items()
+               if name in before and before[name] != digest]
+    if changed:
+        raise ResumeMismatch(f"--resume: the contents of {'; '.join(changed)} changed since the run in {save_dir} started "
+                             f"(recorded in {save_dir / IDENTITY}); resume with the run's inputs, or start a new run in another --save")
 
 
 def parser_defaults(parser: argparse.ArgumentParser) -> dict[str, Any]:
@@ -249,6 +364,42 @@ def resume_changes(old: dict, new: dict, allow_changes: bool, defaults: dict | N
     return changes
 
 
+class StopSignals:
+    """SIGTERM and SIGINT as a request to stop at the next optimizer step's end; later ones are
+    ignored (module docstring). A signal ignored when the process started (SIG_IGN) stays ignored."""
+
+    active: StopSignals | None = None  # the installed instance: one per process
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        if StopSignals.active is not None:  # an earlier run of this process that was never closed
+            StopSignals.active.restore()
+        if threading.current_thread() is not threading.main_thread():
+            return  # only the main thread may set handlers; the signals keep their default action
+        for number in STOP_SIGNALS:
+            if signal.getsignal(number) is not signal.SIG_IGN:
+                self.previous[number] = signal.signal(number, self._handle)
+        StopSignals.active = self
+
+    def _handle(self, number: int, frame) -> None:
+        name = signal.Signals(number).name
+        if self.received is None:
+            self.received = number
+            os.write(2, f"received {name}: stopping after this optimizer step with a resumable checkpoint (SIGKILL stops at once)\n".encode())
+        else:
+            os.write(2, f"received {name} again: already stopping\n".encode())
+
+    def restore(self) -> None:
+        for number, handler in self.previous.items():
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)
+        self.previous = {}
+        if StopSignals.active is self:
+            StopSignals.active = None
+
+
 def _collective(action: Callable[[], Any]) -> Any:
     """Run `action` on rank 0 and return its result on every rank; an exception it raises is
     raised on every rank (so none waits for the others at a barrier)."""
@@ -279,14 +430,20 @@ class Run:
     lr: float = 0.0  # learning rate of the last step
     history: list[dict[str, float]] = field(default_factory=list)  # epoch metrics of this invocation
     lock: Path | None = None  # rank 0's <save>/run.lock
+    identity: dict[str, Any] = field(default_factory=dict)  # <save>/run.json: run_id, world_size, fingerprints
+    signals: StopSignals | None = None
+    stopped_by: str | None = None  # the signal all ranks agreed to stop on
 
     @classmethod
-    def start(cls, args: argparse.Namespace, record: dict | None = None, defaults: dict | None = None) -> Run:
+    def start(cls, args: argparse.Namespace, record: dict | None = None, defaults: dict | None = None,
+              fingerprints: Callable[[], dict[str, str]] | None = None) -> Run:
         """Distributed init, seeding, the output directory (refused if it is a file) and its lock,
         the resolved arguments (`record` where the command line resolves more than its flags, else
         `vars(args)`): written to `<save>/args.json` by a new run, checked against it by --resume
         (see the module docstring; `defaults` = `parser_defaults(parser)` lets flags newer than the
-        run keep their defaults), and the log (collective)."""
+        run keep their defaults), the run's identity `<save>/run.json` (`fingerprints()`, called on
+        rank 0 only, gives {what: SHA-256} of the run's inputs, recorded by a new run and compared
+        by --resume), the stop-signal handlers, and the log (collective)."""
         save_dir = Path(args.save)
         if save_dir.exists() and not save_dir.is_dir():
             raise NotADirectoryError(f"--save {save_dir} is a file; give a directory for the run's outputs")
@@ -297,15 +454,34 @@ class Run:
         E.set_seed(args.seed)
         notes: list[str] = []
 
-        def prepare() -> Path:
+        def new_identity() -> dict:
+            identity = {"run_id": uuid.uuid4().hex, "world_size": E.world_size(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                        "fingerprints": fingerprints() if fingerprints is not None else {}}
+            E.atomic_write_text(save_dir / IDENTITY, json.dumps(identity, indent=2, sort_keys=True) + "\n")
+            return identity
+
+        def prepare() -> tuple[Path, dict]:
             save_dir.mkdir(parents=True, exist_ok=True)
             lock = acquire_lock(save_dir, notes.append)
             try:
                 previous = recorded_args(save_dir) if args.resume else None
                 if previous is None:
-                    (save_dir / "args.json").write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
-                    return lock
+                    if E.complete_checkpoints(save_dir / CHECKPOINTS):
+                        if args.resume:
+                            raise ResumeMismatch(f"--resume: {save_dir} holds checkpoints but no args.json, so the arguments they were trained "
+                                                 "with are unknown; restore args.json, or start a new run in another --save")
+                        raise FileExistsError(f"--save {save_dir} already holds another run's checkpoints ({save_dir / CHECKPOINTS}): "
+                                              "continue that run with --resume, or give another --save (or delete them)")
+                    E.atomic_write_text(save_dir / "args.json", json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+                    return lock, new_identity()
                 changes = resume_changes(previous, record, getattr(args, "resume_with_changes", False), defaults)
+                if (save_dir / IDENTITY).is_file():
+                    identity = _read_json(save_dir / IDENTITY)
+                    check_identity(save_dir, identity, fingerprints() if fingerprints is not None else {})
+                else:
+                    identity = new_identity()
+                    notes.append(f"warning: {save_dir} has no {IDENTITY} (a run started by an older version): the contents of its "
+                                 "inputs are recorded now and checked from now on, not against those it started with")
                 if changes:
                     entry = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "changes": changes}
                     with (save_dir / HISTORY).open("a") as handle:
@@ -315,13 +491,15 @@ class Run:
             except BaseException:
                 release_lock(lock)
                 raise
-            return lock
+            return lock, identity
 
-        lock = _collective(prepare)
+        lock, identity = _collective(prepare)
         log = RunLog(save_dir, enabled=E.is_main_process(), tensorboard=getattr(args, "report_to", "none") == "tensorboard")
         for note in notes:
             log.info(note)
-        return cls(args, save_dir, device, log, lock=lock if E.is_main_process() else None)
+        signals = StopSignals()
+        signals.install()
+        return cls(args, save_dir, device, log, lock=lock if E.is_main_process() else None, identity=identity, signals=signals)
 
     @property
     def checkpoints(self) -> Path:
@@ -337,6 +515,15 @@ class Run:
             self.log.info(f"--resume: no checkpoint in {self.checkpoints} yet, starting from scratch")
             return {}
         client = E.load_checkpoint(engine, self.checkpoints, tag)
+        owner = client.get("run_id")
+        if owner is None:
+            self._warn(f"warning: checkpoint {tag} records no run id (written by an older version): not checked to belong to this run")
+        elif owner != self.identity.get("run_id"):
+            raise ResumeMismatch(f"--resume: checkpoint {self.checkpoints / tag} belongs to another run (run id {owner[:12]}, "
+                                 f"{self.save_dir / IDENTITY} names {str(self.identity.get('run_id'))[:12]}); start a new run in another --save")
+        if client.get("world_size", E.world_size()) != E.world_size():
+            raise ResumeMismatch(f"--resume: checkpoint {self.checkpoints / tag} was written by {client['world_size']} processes, "
+                                 f"this run has {E.world_size()}; resume with {client['world_size']} processes")
         missing = [key for key in self.state if key not in client]
         if missing:
             raise ValueError(f"checkpoint {self.checkpoints / tag} lacks {', '.join(missing)}: was it written by another program?")
@@ -362,7 +549,27 @@ class Run:
         if reserved := {"sums", "buffers"} & set(rank_state):
             raise ValueError(f"rank_state keys {sorted(reserved)} are the run's own")
         saved = {**rank_state, "sums": dict(self.sums), "buffers": floating_buffers(engine.module)}
-        return E.save_checkpoint(engine, self.checkpoints, tag, client_state=dict(self.state), keep_last=self.args.keep_checkpoints, rank_state=saved)
+        client_state = {**self.state, "run_id": self.identity.get("run_id"), "world_size": E.world_size()}
+        return E.save_checkpoint(engine, self.checkpoints, tag, client_state=client_state, keep_last=self.args.keep_checkpoints, rank_state=saved)
+
+    def stop_requested(self) -> bool:
+        """Whether any rank has received SIGTERM or SIGINT (collective: every rank calls it at the
+        end of every optimizer step, so all stop at the same one). Sets `stopped_by`."""
+        received = self.signals.received if self.signals is not None else None
+        if E.world_size() > 1:
+            flag = torch.tensor([received or 0], dtype=torch.int64, device=self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            received = int(flag.item()) or None
+        if received is not None:
+            self.stopped_by = signal.Signals(received).name
+        return received is not None
+
+    def exit_stopped(self, tag: str, total_steps: int) -> NoReturn:
+        """After the checkpoint `tag` of a stop signal: log one line, close, exit with EXIT_STOPPED."""
+        self.log.info(f"stopped by {self.stopped_by} after step {self.state['step']} of {total_steps}: resumable checkpoint "
+                      f"{self.checkpoints / tag}; continue with --resume (exit status {EXIT_STOPPED})")
+        self.close()
+        raise SystemExit(EXIT_STOPPED)
 
     def stop_point(self, steps_per_epoch: int, total_steps: int, steps_after_epochs: Callable[[int], int] | None = None) -> int:
         """The step this invocation ends at: the run's end, or earlier by --stop-after-iters N
@@ -403,7 +610,7 @@ class Run:
                 bar.set_postfix(loss=f"{values['loss']:.4f}")
             if self.args.log_interval and state["step"] % self.args.log_interval == 0:
                 self.log.metrics(state["step"], {**values, "lr": self.lr, "epoch": state["epoch"]})
-            if state["step"] == stop_at:
+            if state["step"] == stop_at or self.stop_requested():
                 return
 
     def end_epoch(self, seconds: float) -> dict[str, float]:
@@ -455,6 +662,9 @@ class Run:
                 if curriculum is not None:
                     curriculum.end_epoch(state)
             self.save(engine, tag)
+            if self.stopped_by is not None:
+                bar.close()
+                self.exit_stopped(tag, total_steps)
         bar.close()
         finished = state["step"] >= total_steps
         if not finished:
@@ -463,6 +673,8 @@ class Run:
 
     def close(self) -> None:
         self.log.close()
+        if self.signals is not None:
+            self.signals.restore()
         if self.lock is not None:
             release_lock(self.lock)
             self.lock = None

@@ -327,9 +327,28 @@ def ranking_identity(args: argparse.Namespace, data) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
+def input_fingerprints(args: argparse.Namespace) -> dict[str, str]:
+    """The SHA-256 of the run's inputs, recorded in run.json and compared by --resume (abkd.run): the
+    CLIP weights, the teacher's prompt checkpoint and the dataset's split file. The images are not
+    hashed (thousands of files): an image replaced under the same name is not noticed."""
+    from base_to_new_classification.datasets import spec
+    from distillation_llm.models import weights_fingerprint
+
+    prints = {}
+    for flag in ("--teacher-model-path", "--student-model-path"):  # a missing input is reported by its loader
+        if (path := getattr(args, flag[2:].replace("-", "_"), None)) and Path(path).is_dir():
+            prints[f"{flag} weights"] = weights_fingerprint(path)["sha256"]
+    if getattr(args, "teacher_ckpt", None) and Path(args.teacher_ckpt).exists():
+        prints["--teacher-ckpt"] = E.file_sha256(promptsrc_checkpoint.find_checkpoint(Path(args.teacher_ckpt)))
+    entry = spec(args.dataset)
+    if (split_file := Path(args.root) / entry.directory / entry.split_file).is_file():
+        prints["--dataset split file"] = E.file_sha256(split_file)
+    return prints
+
+
 def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
-    run = Run.start(args, defaults=parser_defaults(build_parser()))
+    run = Run.start(args, defaults=parser_defaults(build_parser()), fingerprints=lambda: input_fingerprints(args))
     device = run.device
 
     data = load_dataset(args.dataset, args.root)

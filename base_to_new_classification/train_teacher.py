@@ -21,7 +21,7 @@ from base_to_new_classification.clip_prompts import TeacherPromptLearner, load_f
 from base_to_new_classification.datasets import ImageDataset, few_shot, load_dataset
 from base_to_new_classification.evaluate import evaluate
 from base_to_new_classification.preprocess import EvalTransform, TrainTransform
-from base_to_new_classification.train import TEACHER_FORMAT, add_common_args, check_common_args, fit
+from base_to_new_classification.train import TEACHER_FORMAT, add_common_args, check_common_args, fit, input_fingerprints
 
 TEACHER_CKPT = "teacher_prompts.pt"
 
@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
-    run = Run.start(args, defaults=parser_defaults(build_parser()))
+    run = Run.start(args, defaults=parser_defaults(build_parser()), fingerprints=lambda: input_fingerprints(args))
     device, log, save_dir = run.device, run.log, run.save_dir
 
     data = load_dataset(args.dataset, args.root)

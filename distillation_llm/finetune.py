@@ -6,7 +6,13 @@
 Runs as one process (`python`), under `torchrun`, or under the `deepspeed` launcher. See
 `distillation_llm/arguments.py` for every flag. Outputs in `--save`: args.json, log.txt,
 <step>/ (Hugging Face model + tokenizer), best/ (the best validated model of the whole run, by the
-selection metric: dev ROUGE-L with --eval-gen, else validation loss), checkpoints/ (resumable).
+selection metric: dev ROUGE-L with --eval-gen, else validation loss), checkpoints/ (resumable),
+run.json (run id, world size, the SHA-256 of the data, models and tokenizer: --resume refuses others).
+
+Preemption: on SIGTERM or SIGINT the run finishes its optimizer step, writes <step>/ and a resumable
+checkpoint, and exits with status 75 (abkd.run.EXIT_STOPPED); `--resume` continues bit for bit.
+The --lm-data-dir position is a function of the step (one global LM batch per step, a new order
+per pass), so it resumes exactly too.
 
 POCL (--curriculum pocl) runs its Baby Step stages as POCL's per-stage launchers do, in one
 resumable command: each stage trains with a fresh AdamW and a learning-rate schedule (warm-up,
@@ -22,9 +28,12 @@ import argparse
 import contextlib
 import functools
 import gc
+import hashlib
 import json
 import os
+import re
 import shutil
+import signal
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -36,16 +45,16 @@ from tqdm import tqdm
 
 from abkd import engine as E
 from abkd.pocl import BabyStepScheduler
-from abkd.run import Run, parser_defaults
+from abkd.run import STOP_SIGNALS, Run, parser_defaults
 from abkd.runlog import RunLog
 from abkd.sampling import GlobalBatchSampler, batches, shard_indices
 from abkd.schedules import build_scheduler, lr_multiplier
 from distillation_llm.arguments import args_record, build_parser, parse_args, reference_notes
 from distillation_llm.checks import check_startup
-from distillation_llm.data import InstructionCollator, LMCollator, load_processed
+from distillation_llm.data import InstructionCollator, LMCollator, load_processed, tokenizer_fingerprint
 from distillation_llm.generation import GenerationSettings
 from distillation_llm.methods import lookup
-from distillation_llm.models import ADAPTER_WEIGHTS, add_lora, check_shared_vocabulary, enable_gradient_checkpointing, load_causal_lm, load_lora, load_tokenizer, merge_lora
+from distillation_llm.models import ADAPTER_WEIGHTS, add_lora, check_shared_vocabulary, enable_gradient_checkpointing, load_causal_lm, load_lora, load_tokenizer, merge_lora, weights_fingerprint
 from distillation_llm.objective import Objective
 from distillation_llm.rank_difficulty import load_ranking
 from distillation_llm.sources import AdaptiveThreshold, DatasetSource, StudentGeneratedSource, fresh_share
@@ -75,6 +84,24 @@ def forever(loader: DataLoader, sampler: GlobalBatchSampler, state: dict) -> Ite
         yield from loader
 
 
+def lm_micro_batches(loader: DataLoader, sampler: GlobalBatchSampler, step: int) -> Iterator[dict]:
+    """The --lm-data-dir micro-batches from optimizer step `step` on. Each step takes one global
+    batch, so the position is a function of the step alone: pass `step // steps_per_epoch` (whose
+    permutation, seeded by the pass, differs from pass to pass), `step % steps_per_epoch` steps in."""
+    epoch, skip = divmod(step, sampler.steps_per_epoch)
+    while True:
+        sampler.set_epoch(epoch, skip_steps=skip)
+        yield from loader
+        epoch, skip = epoch + 1, 0
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers leave SIGTERM/SIGINT to the training process, which stops at the end of
+    its step (abkd.run); a worker killed by a signal sent to the whole process group would fail it."""
+    for number in STOP_SIGNALS:
+        signal.signal(number, signal.SIG_IGN)
+
+
 class TrainingData:
     """Which training rows a run draws: the whole train split, or with POCL the current stage's
     easiest fraction of it (`select` re-targets the sampler when the stage changes). The rows of
@@ -98,7 +125,8 @@ class TrainingData:
         if self.curriculum is not None:
             examples = self.train_set.select([self.row_of_id[i] for i in self.curriculum.active_ids()])
         self.sampler = self._sampler(len(examples))
-        self.loader = DataLoader(examples, batch_sampler=self.sampler, collate_fn=list, num_workers=self.args.num_workers)
+        self.loader = DataLoader(examples, batch_sampler=self.sampler, collate_fn=list, num_workers=self.args.num_workers,
+                                 worker_init_fn=ignore_stop_signals if self.args.num_workers else None)
 
     def micro_batches(self, state: dict) -> Iterator[dict]:
         return forever(self.loader, self.sampler, state)
@@ -247,8 +275,9 @@ def selection(metrics: dict[str, float], args) -> tuple[str, float]:
     return "valid_loss", metrics["valid_loss"]
 
 
-def copy_model(save_dir: Path, step: int, name: str, record: dict) -> None:
-    """Copy the model saved at `step` to `<save>/<name>/` (atomically), with `record` as <name>.json."""
+def copy_model(save_dir: Path, step: int, name: str, record: dict, barrier: bool = True) -> None:
+    """Copy the model saved at `step` to `<save>/<name>/` (atomically), with `record` as <name>.json
+    (collective unless `barrier` is False)."""
     if E.is_main_process():
         staging = save_dir / f".{name}.tmp"
         shutil.rmtree(staging, ignore_errors=True)
@@ -256,7 +285,8 @@ def copy_model(save_dir: Path, step: int, name: str, record: dict) -> None:
         (staging / f"{name}.json").write_text(json.dumps({"step": step, **record}, indent=2))
         shutil.rmtree(save_dir / name, ignore_errors=True)
         os.replace(staging, save_dir / name)
-    E.barrier()
+    if barrier:
+        E.barrier()
 
 
 def record_best(save_dir: Path, step: int, metrics: dict, state: dict, args, log: RunLog) -> None:
@@ -400,20 +430,77 @@ def train(run: Run, engines: Engines, objective: Objective, data: TrainingData, 
                 log.info(f"stage {curriculum.stage + 1} starts from step {selected}'s model with a fresh AdamW and a {args.lr_decay_style} "
                          f"learning-rate schedule over its {data.stage_steps(curriculum.stage)} steps")
                 micro_batches = data.micro_batches(state)
-        if save_due(step, epoch_end, stop_at):
+        stopping = step < stop_at and run.stop_requested()  # SIGTERM/SIGINT on any rank (collective)
+        if save_due(step, epoch_end, stop_at) or stopping:
             if not (save_dir / str(step)).is_dir():
                 save_model(engine, tokenizer, save_dir / str(step))
             state["curriculum"] = curriculum.state_dict() if curriculum is not None else None
             run.save(engine, f"step{step}", rank_state={"source": source.state_dict()})
             log.info(f"saved model {save_dir / str(step)} and resumable checkpoint step{step}")
+        if stopping:
+            bar.close()
+            run.exit_stopped(f"step{step}", total_steps)
     bar.close()
     if state["step"] < total_steps and not (curriculum is not None and curriculum.finished):
         log.info(f"stopped after step {state['step']} of {total_steps} (--stop-after-iters); continue with --resume")
 
 
+def split_fingerprint(directory: Path) -> str | None:
+    """SHA-256 over the Arrow files of one split of a processed dataset (None if it has none)."""
+    files = sorted(directory.glob("*.arrow")) if directory.is_dir() else []
+    if not files:
+        return None
+    return hashlib.sha256(json.dumps({p.name: E.file_sha256(p) for p in files}, sort_keys=True).encode()).hexdigest()
+
+
+def content_fingerprints(args) -> dict[str, str]:
+    """What the run reads, by content (recorded at start and compared by --resume, abkd.run): the
+    processed splits, the student's starting weights and tokenizer, the teacher's weights (unless
+    a --teacher-cache stands in for it: args.json records the cache's identity) and the adapters."""
+    prints: dict[str, str] = {}
+    for flag, directory, splits in (("--data-dir", args.data_dir, ("train", "valid")), ("--lm-data-dir", args.lm_data_dir, ("train",))):
+        for split in splits if directory else ():
+            if digest := split_fingerprint(Path(directory) / split):
+                prints[f"{flag} {split} split"] = digest
+    if Path(args.model_path).is_dir():  # a missing folder is reported by the loaders, flag and all
+        prints["--model-path tokenizer"] = tokenizer_fingerprint(load_tokenizer(args.model_path))
+    models = [("--model-path", args.model_path), ("--peft-path", args.peft_path)]
+    if lookup(args.type).needs_teacher and not args.teacher_cache:
+        models += [("--teacher-model-path", args.teacher_model_path), ("--teacher-peft-path", args.teacher_peft_path)]
+    for flag, path in models:
+        if path and Path(path).is_dir():
+            prints[f"{flag} weights"] = weights_fingerprint(path)["sha256"]
+    return prints
+
+
+def remove_abandoned_models(save_dir: Path, state: dict, log: RunLog) -> None:
+    """Model folders a resumed (or restarted) run would not have written by its step: <k>/ past it,
+    and best/ or best_stage<k>/ chosen after it, left by a run that went further and was killed.
+    best/ is restored from the step the checkpoint names as best, if that folder is still there."""
+    if not E.is_main_process():
+        E.barrier()
+        return
+    step, removed = state["step"], []
+    for folder in save_dir.iterdir():
+        stage = re.fullmatch(r"best_stage(\d+)", folder.name)
+        if (folder.name.isdigit() and int(folder.name) > step) or (stage and int(stage[1]) > len(state.get("stage_selected") or [])):
+            shutil.rmtree(folder)
+            removed.append(folder.name)
+    best = save_dir / "best" / "best.json"
+    if best.is_file() and json.loads(best.read_text())["step"] != state.get("best_step"):
+        shutil.rmtree(best.parent)
+        removed.append("best")
+        if state.get("best_step") is not None and (save_dir / str(state["best_step"])).is_dir():
+            copy_model(save_dir, state["best_step"], "best", {"restored": "on resume"}, barrier=False)
+            removed[-1] = f"best (restored from {state['best_step']}/)"
+    if removed:
+        log.info(f"removed the model folders of steps after {step}, left by an earlier invocation: {', '.join(sorted(removed))}")
+    E.barrier()
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    run = Run.start(args, record=args_record(args), defaults=parser_defaults(build_parser()))
+    run = Run.start(args, record=args_record(args), defaults=parser_defaults(build_parser()), fingerprints=lambda: content_fingerprints(args))
     device, log = run.device, run.log
 
     ds_config = E.load_deepspeed_config(
@@ -480,12 +567,11 @@ def main(argv: list[str] | None = None) -> None:
     data = TrainingData(train_set, args, curriculum)
     if data.sampler.dropped:
         log.info(f"{data.sampler.dropped} of {len(data.loader.dataset)} training examples do not fill a global batch and are left out of each epoch")
-    lm_batches = None
+    lm_loader = None
     if args.lm_data_dir:
         lm_data, _ = load_processed(args.lm_data_dir, tokenizer, flag="--lm-data-dir")
         lm_sampler = GlobalBatchSampler(len(lm_data["train"]), args.batch_size, args.gradient_accumulation_steps, E.world_size(), E.rank(), args.seed)
-        lm_state = {"epoch": 0, "step_in_epoch": 0}
-        lm_batches = forever(DataLoader(lm_data["train"], batch_sampler=lm_sampler, collate_fn=LMCollator()), lm_sampler, lm_state)
+        lm_loader = DataLoader(lm_data["train"], batch_sampler=lm_sampler, collate_fn=LMCollator())
 
     total_steps = data.total_steps()
     engines = Engines(student, args, ds_config)
@@ -508,6 +594,9 @@ def main(argv: list[str] | None = None) -> None:
             curriculum.load_state_dict(run.state["curriculum"])
             engines.set_schedule_steps(data.stage_steps(min(curriculum.stage, curriculum.num_stages - 1)))
         apply_stage(curriculum, objective, data, log)
+    lm_batches = lm_micro_batches(lm_loader, lm_sampler, run.state["step"]) if lm_loader is not None else None
+    if args.do_train:
+        remove_abandoned_models(run.save_dir, run.state, log)
 
     if args.do_train and source.needs_initial_validation:  # DistiLLM's step-0 reference loss
         metrics = validate(engines.engine, objective, valid_set, collate, tokenizer, argparse.Namespace(**{**vars(args), "eval_gen": False}), device)

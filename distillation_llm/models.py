@@ -3,6 +3,8 @@ fused loss can compute the head per chunk instead of materialising full-vocabula
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +64,20 @@ def add_lora(model: nn.Module, r: int, alpha: float, dropout: float) -> nn.Modul
 
 
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+# The files that make a checkpoint's outputs: its configuration and weights (a LoRA adapter's too).
+CHECKPOINT_FILES = ("config.json", "adapter_config.json")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+
+
+def weights_fingerprint(path: str | Path) -> dict:
+    """The SHA-256 of each configuration and weight file of a local checkpoint, and one over all
+    (the teacher cache's record of its teacher, a run's record of its models: abkd.run)."""
+    from abkd.engine import file_sha256
+
+    path = Path(path)
+    names = sorted(p.name for p in path.iterdir() if p.is_file() and (p.name in CHECKPOINT_FILES or p.suffix in WEIGHT_SUFFIXES))
+    files = {name: file_sha256(path / name) for name in names}
+    return {"path": str(path.resolve()), "sha256": hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest(), "files": files}
 
 
 def local_adapter(path: str | Path, flag: str) -> Path:

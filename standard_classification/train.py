@@ -32,7 +32,7 @@ from abkd.curriculum import Curriculum, digest, set_temperature
 from abkd.run import Run, all_reduce_sum, atomic_save
 from abkd.sampling import GlobalBatchSampler
 from abkd.schedules import build_step_decay_scheduler
-from standard_classification.data import CifarSplit, ContrastiveIndices, eval_batches, train_batches
+from standard_classification.data import ARCHIVE, DIRECTORY, CifarSplit, ContrastiveIndices, eval_batches, train_batches
 
 DEFAULT_DS_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "deepspeed" / "ds_config.json"
 RANK_COMMAND = "standard_classification.rank_difficulty"  # the POCL ranking of a run's training images
@@ -114,6 +114,16 @@ def evaluate(model: nn.Module, split: CifarSplit, batch_size: int, device: torch
     model.train(was_training)
     loss, top1, top5, count = all_reduce_sum([loss, top1, top5, count], device)
     return {"test_loss": loss / count, "test_acc": 100.0 * top1 / count, "test_acc_top5": 100.0 * top5 / count}
+
+
+def input_fingerprints(args: argparse.Namespace) -> dict[str, str]:
+    """The SHA-256 of the CIFAR-100 files and, for a student, of --teacher-ckpt: recorded in the
+    run's run.json and compared by --resume (abkd.run), which refuses other contents at the same path."""
+    folder = Path(args.data_folder)
+    prints = {f"--data-folder {name}": E.file_sha256(folder / name) for name in (f"{DIRECTORY}/train", f"{DIRECTORY}/test", ARCHIVE) if (folder / name).is_file()}
+    if getattr(args, "teacher_ckpt", None) and Path(args.teacher_ckpt).is_file():  # a missing one is reported by the loader
+        prints["--teacher-ckpt"] = E.file_sha256(Path(args.teacher_ckpt))
+    return prints
 
 
 def ranking_identity(data_folder: str | Path, train_set: CifarSplit, teacher_ckpt: str | Path) -> dict:

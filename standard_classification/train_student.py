@@ -50,7 +50,7 @@ from abkd.feature_distillation import FEATURE_LOSSES, build_feature_loss
 from abkd.run import Run, parser_defaults
 from standard_classification.data import ContrastiveIndices, load_cifar100
 from standard_classification.models import build_model, model_dict
-from standard_classification.train import RANK_COMMAND, add_training_args, ranking_identity, resolve_training_args, train
+from standard_classification.train import RANK_COMMAND, add_training_args, input_fingerprints, ranking_identity, resolve_training_args, train
 
 # (ce_weight, kd_ratio, temperature) when not given. kd: RepDistiller's README (-r 0.1 -a 0.9, kd_T 4).
 # ab: ABKD's train_ab.sh (-r 1, -b from the command line: no default). dkd, abdkd: mdistiller's
@@ -206,7 +206,7 @@ def load_teacher(path: str | Path, name: str, num_classes: int) -> torch.nn.Modu
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    run = Run.start(args, defaults=parser_defaults(build_parser()))
+    run = Run.start(args, defaults=parser_defaults(build_parser()), fingerprints=lambda: input_fingerprints(args))
     train_set, test_set = load_cifar100(args.data_folder, "train"), load_cifar100(args.data_folder, "test")
     teacher = load_teacher(args.teacher_ckpt, args.teacher_model, len(train_set.classes))
     student = build_model(args.model, num_classes=len(train_set.classes))

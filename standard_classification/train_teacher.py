@@ -17,7 +17,7 @@ from pathlib import Path
 from abkd.run import Run, parser_defaults
 from standard_classification.data import load_cifar100
 from standard_classification.models import build_model, model_dict
-from standard_classification.train import add_training_args, resolve_training_args, train
+from standard_classification.train import add_training_args, input_fingerprints, resolve_training_args, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    run = Run.start(args, defaults=parser_defaults(build_parser()))
+    run = Run.start(args, defaults=parser_defaults(build_parser()), fingerprints=lambda: input_fingerprints(args))
     train_set, test_set = load_cifar100(args.data_folder, "train"), load_cifar100(args.data_folder, "test")
     model = build_model(args.model, num_classes=len(train_set.classes))
     run.log.info(f"model {args.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params); lr {args.lr}")

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from abkd import engine as E
 from abkd.sampling import batches
 from distillation_llm.data import IGNORE_INDEX, InstructionCollator, load_processed, tokenizer_fingerprint
-from distillation_llm.models import final_hidden_states, load_causal_lm, load_tokenizer, merge_lora, split_head
+from distillation_llm.models import final_hidden_states, load_causal_lm, load_tokenizer, merge_lora, split_head, weights_fingerprint
 from distillation_llm.teacher_cache import BUILD, DTYPES, FORMAT_VERSION, META, arrow_schema, record_batch, shard_name
 
 # Rows of teacher logits [rows, V] computed at once (memory: rows x V x 4 bytes).
@@ -44,19 +44,6 @@ LOGIT_ROWS = 1024
 
 class CacheError(Exception):
     """An expected failure (bad argument, a folder holding another cache), reported without a traceback."""
-
-
-# The files that make a checkpoint's outputs: its configuration and weights (a LoRA adapter's too).
-CHECKPOINT_FILES = ("config.json", "adapter_config.json")
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
-
-
-def weights_fingerprint(path: str | Path) -> dict:
-    """The SHA-256 of each configuration and weight file of a local checkpoint, and one over all."""
-    path = Path(path)
-    names = sorted(p.name for p in path.iterdir() if p.is_file() and (p.name in CHECKPOINT_FILES or p.suffix in WEIGHT_SUFFIXES))
-    files = {name: E.file_sha256(path / name) for name in names}
-    return {"path": str(path.resolve()), "sha256": _digest(files), "files": files}
 
 
 def _digest(payload) -> str:
