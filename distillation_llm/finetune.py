@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from abkd import engine as E
-from abkd.pocl import BabyStepScheduler
+from abkd.pocl import BabyStepScheduler, check_ranks_all
 from abkd.run import Run, parser_defaults
 from abkd.runlog import RunLog
 from abkd.sampling import GlobalBatchSampler, batches, shard_indices
@@ -83,11 +83,8 @@ class TrainingData:
     def __init__(self, train_set, args, curriculum: BabyStepScheduler | None = None):
         self.train_set, self.args, self.curriculum = train_set, args, curriculum
         if curriculum is not None:
-            row_of_id = {example_id: row for row, example_id in enumerate(train_set["id"])}
-            missing = [i for i in curriculum.ranked_ids if i not in row_of_id]
-            if missing or len(curriculum.ranked_ids) != len(row_of_id):
-                raise ValueError(f"--ranking {args.ranking} does not rank exactly the training examples of --data-dir ({len(missing)} unknown ids)")
-            self.row_of_id = row_of_id
+            self.row_of_id = {example_id: row for row, example_id in enumerate(train_set["id"])}
+            check_ranks_all(f"--ranking {args.ranking}", curriculum.ranked_ids, list(self.row_of_id))
         self.select()
 
     def _sampler(self, size: int) -> GlobalBatchSampler:
