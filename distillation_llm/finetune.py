@@ -23,6 +23,7 @@ import contextlib
 import functools
 import gc
 import json
+import math
 import os
 import shutil
 import time
@@ -256,10 +257,24 @@ def copy_model(save_dir: Path, step: int, name: str, record: dict) -> None:
     E.barrier()
 
 
+def check_finite_loss(step: int, sums: dict[str, float]) -> None:
+    """Stop (FloatingPointError naming the step and the loss parts) on a NaN or infinite training
+    loss, before anything of the step is saved: training on would only spread NaN to the weights."""
+    if not math.isfinite(sums["loss"]):
+        parts = ", ".join(f"{key} {value:.4g}" for key, value in sums.items())
+        raise FloatingPointError(
+            f"training loss is {sums['loss']} at step {step} ({parts}): stopping; the last saved checkpoint holds finite weights "
+            "(lower --lr, or check the data and the teacher)"
+        )
+
+
 def record_best(save_dir: Path, step: int, metrics: dict, state: dict, args, log: RunLog) -> None:
     """Copy the model saved at `step` to best/ if it is the best so far by the selection metric;
     with POCL also remember the best of the current stage (`stage_best_*`)."""
     metric, value = selection(metrics, args)
+    if not math.isfinite(value):  # NaN compares False with everything: it must never be kept as a best
+        log.info(f"warning: validation {metric} is {metrics[metric]} at step {step}: not a candidate for best/ (or the stage's best)")
+        return
     if "stage_best_step" in state and (state["stage_best_metric"] is None or value < state["stage_best_metric"]):
         state["stage_best_metric"], state["stage_best_step"], state["stage_best_record"] = value, step, {"metric": metric, **metrics}
     if state["best_metric"] is not None and value >= state["best_metric"]:
@@ -276,7 +291,7 @@ def end_stage(save_dir: Path, stage: int, state: dict, log: RunLog) -> int:
     step, record = state["stage_best_step"], state["stage_best_record"]
     if step is None:
         step, record = state["step"], {"metric": None}
-        log.info(f"stage {stage + 1}: no validation, continuing from its last step {step}")
+        log.info(f"stage {stage + 1}: no validated model (no validation, or none finite), continuing from its last step {step}")
     else:
         copy_model(save_dir, step, f"best_stage{stage + 1}", record)
         log.info(f"stage {stage + 1}: selected step {step} by {record['metric']} {record[record['metric']]:.4f}: copied to {save_dir / f'best_stage{stage + 1}'}")
@@ -357,6 +372,7 @@ def train(run: Run, engines: Engines, objective: Objective, data: TrainingData, 
             for key, value in {"loss": loss, **parts}.items():
                 sums[key] += value.item() / args.gradient_accumulation_steps
             tokens += int(batch["attention_mask"].sum()) * E.world_size()
+        check_finite_loss(state["step"] + 1, sums)
         state["step"] += 1
         state["step_in_epoch"] += 1
         epoch_end = state["step_in_epoch"] == data.sampler.steps_per_epoch

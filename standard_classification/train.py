@@ -20,6 +20,7 @@ smaller step (`abkd.sampling.GlobalBatchSampler(drop_last=False)`), split evenly
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import torch
@@ -174,7 +175,9 @@ def train(run: Run, model_name: str, student: nn.Module, train_set: CifarSplit, 
         scores = evaluate(student, test_set, args.eval_batch_size, device, args.precision)
         state = run.state
         files = []
-        if scores["test_acc"] > state["best_accuracy"] or state["best_epoch"] == 0:
+        if not math.isfinite(scores["test_acc"]):  # NaN would become the best and then compare False with every later epoch
+            run.log.info(f"warning: test accuracy {scores['test_acc']} after epoch {done}: not a candidate for {model_name}_best.pth")
+        elif scores["test_acc"] > state["best_accuracy"] or state["best_epoch"] == 0:
             state["best_accuracy"], state["best_epoch"] = scores["test_acc"], done
             files.append(run.save_dir / f"{model_name}_best.pth")
         if done % args.save_freq == 0 or done == args.epochs:
