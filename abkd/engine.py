@@ -230,6 +230,17 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     os.replace(temporary, path)
 
 
+def read_text(path: str | Path) -> str:
+    """A UTF-8 text file; ValueError naming `path:line` and the offending byte's column if it is not
+    UTF-8 (`Path.read_text` names neither)."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line, start = data.count(b"\n", 0, error.start) + 1, data.rfind(b"\n", 0, error.start) + 1
+        raise ValueError(f"{path}:{line}: invalid UTF-8 (byte 0x{data[error.start]:02x} at column {error.start - start + 1})") from None
+
+
 def file_sha256(path: Path) -> str:
     """Hex SHA-256 of a file, read in 16 MiB blocks (checkpoint manifests, data fingerprints)."""
     digest = hashlib.sha256()

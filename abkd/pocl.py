@@ -32,6 +32,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from abkd.engine import read_text
+
 
 def fractional_ranks(values: Sequence[float], *, descending: bool) -> list[float]:
     """1-based ranks of `values`; tied values share the mean of the ranks they span."""
@@ -139,12 +141,10 @@ def read_ranked_ids(path: str | Path) -> list[int]:
     ranked twice."""
     ids: list[int] = []
     line_of: dict[int, int] = {}
-    for number, raw in enumerate(Path(path).read_bytes().splitlines(), start=1):
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
         where = f"{path}:{number}"
         try:
-            value = json.loads(raw.decode("utf-8"))["id"]
-        except UnicodeDecodeError as error:
-            raise ValueError(f"{where}: invalid UTF-8 (byte 0x{raw[error.start]:02x} at column {error.start + 1})") from None
+            value = json.loads(line)["id"]
         except (json.JSONDecodeError, KeyError, TypeError) as error:
             raise ValueError(f"{where}: not a ranking line ({type(error).__name__}: {error})") from None
         if isinstance(value, bool) or not isinstance(value, int):

@@ -196,6 +196,36 @@ def test_aircraft_listings_are_checked_line_by_line(tmp_path):
         datasets.load_dataset("fgvc_aircraft", tmp_path)
 
 
+def test_invalid_utf8_in_a_split_file_or_listing_names_file_line_and_column(tmp_path):
+    """Before: a UnicodeDecodeError naming neither the file nor the line."""
+    path = _write_split(tmp_path, GOOD)
+    text = json.dumps(GOOD, indent=1).encode()
+    path.write_bytes(text.replace(b'"dog_1.jpg"', b'"d\xf6g_1.jpg"'))
+    bad = text.index(b'"dog_1.jpg"') + 2  # the o, now 0xf6
+    line, column = text[:bad].count(b"\n") + 1, bad - text.rfind(b"\n", 0, bad)
+    with pytest.raises(ValueError, match=re.escape(f"{path}:{line}: invalid UTF-8 (byte 0xf6 at column {column})")):
+        datasets.load_dataset("oxford_pets", tmp_path)
+    directory = tmp_path / "fgvc_aircraft"
+    (directory / "images").mkdir(parents=True)
+    (directory / "variants.txt").write_bytes(b"707-320\nA300\xb4\n")
+    with pytest.raises(ValueError, match=re.escape(f"{directory / 'variants.txt'}:2: invalid UTF-8 (byte 0xb4 at column 5)")):
+        datasets.load_dataset("fgvc_aircraft", tmp_path)
+
+
+@pytest.mark.parametrize("data, found", [
+    (np.random.RandomState(0).rand(6, 3072), "a float64 array of shape [6, 3072]"),  # [0, 1] floats used to become black images
+    (np.full((6, 3072), 256, dtype=np.int64), "a int64 array of shape [6, 3072]"),  # 256 used to wrap to 0
+    (np.zeros((6, 3, 32, 32), dtype=np.uint8), "a uint8 array of shape [6, 3, 32, 32]"),
+])
+def test_cifar_data_that_is_not_uint8_pixels_is_refused_naming_the_file(tmp_path, data, found):
+    payloads = _cifar_pickles()
+    payloads["train"]["data"] = data
+    directory = _write(tmp_path / "cifar-100-python", payloads)
+    with pytest.raises(ValueError, match=re.escape(f"{directory / 'train'}: 'data' is {found}; CIFAR-100 images are a uint8 array [N, 3072]")):
+        load_cifar100(tmp_path, "train")
+    assert load_cifar100(tmp_path, "test").images.dtype == torch.uint8
+
+
 # ---------------------------------------------------------------------------------------------
 # PEFT adapters: local directories only.
 # ---------------------------------------------------------------------------------------------
