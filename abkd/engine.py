@@ -18,6 +18,7 @@ types its optimizer state holds.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -230,6 +231,38 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     os.replace(temporary, path)
 
 
+# Free bytes under which a failed write is taken for a full disk: torch.save reports ENOSPC as
+# "unexpected pos ..." or "file write failed", without an errno.
+DISK_FULL_BYTES = 16 * 2**20
+
+
+class DiskFull(OSError):
+    """A write that failed because its file system is full."""
+
+
+def _free_bytes(path: Path) -> int | None:
+    for folder in (path, *path.parents):
+        if folder.exists():
+            return shutil.disk_usage(folder).free
+    return None
+
+
+@contextlib.contextmanager
+def reporting_disk_full(path: str | Path, temporary: str | Path | None = None) -> Iterator[None]:
+    """Re-raise a write to `path` that fails on a full disk (errno ENOSPC, or under DISK_FULL_BYTES
+    free when it failed) as DiskFull "no space left on device while writing <path>"; any other
+    error as it is. `temporary` (the partial file) is removed after the check, either way."""
+    try:
+        yield
+    except (RuntimeError, OSError) as error:
+        free = _free_bytes(Path(path).parent)
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
+        if getattr(error, "errno", None) == errno.ENOSPC or (free is not None and free < DISK_FULL_BYTES):
+            raise DiskFull(errno.ENOSPC, f"no space left on device while writing {path} ({free} bytes free; the write failed with: {str(error).strip()[:200]})") from error
+        raise
+
+
 def read_text(path: str | Path) -> str:
     """A UTF-8 text file; ValueError naming `path:line` and the offending byte's column if it is not
     UTF-8 (`Path.read_text` names neither)."""
@@ -271,9 +304,10 @@ def save_checkpoint(engine, root: str | Path, tag: str, client_state: dict, keep
         shutil.rmtree(staging / tag)
     barrier()
     _pause("staged")
-    engine.save_checkpoint(str(staging), tag=tag, client_state=client_state, save_latest=False)
-    _pause("engine saved")
-    torch.save({"rng": rng_state(), "rank_state": rank_state or {}}, staging / tag / f"rank_state_{rank()}.pt")
+    with reporting_disk_full(staging / tag):
+        engine.save_checkpoint(str(staging), tag=tag, client_state=client_state, save_latest=False)
+        _pause("engine saved")
+        torch.save({"rng": rng_state(), "rank_state": rank_state or {}}, staging / tag / f"rank_state_{rank()}.pt")
     barrier()
     final = root / tag
     if is_main_process():
