@@ -149,9 +149,44 @@ def training_dtype(config: dict) -> torch.dtype:
     return torch.float32
 
 
-def initialize(model: torch.nn.Module, optimizer, lr_scheduler, config: dict):
-    """`deepspeed.initialize` with a client optimizer and scheduler; returns the engine."""
+def offloads_optimizer(config: dict) -> bool:
+    """Whether ZeRO-Offload keeps the optimizer states (and runs its step) on the CPU or NVMe."""
+    offload = config.get("zero_optimization", {}).get("offload_optimizer") or {}
+    return str(offload.get("device", "none")).lower() != "none"
+
+
+def adamw(param_groups: list[dict], lr: float, config: dict, source: str = "--deepspeed_config") -> torch.optim.Optimizer:
+    """torch's AdamW (its defaults: betas (0.9, 0.999), eps 1e-8, weight decay 0.01 unless a group
+    sets it), or with ZeRO-Offload DeepSpeed's CPU Adam in AdamW mode with the same settings:
+    DeepSpeed refuses a torch optimizer there. CPU Adam is a C++ extension compiled on first use
+    (minutes, then cached); a machine that cannot build it gets a one-line RuntimeError naming
+    `source` (the config's flag and path)."""
+    if not offloads_optimizer(config):
+        return torch.optim.AdamW(param_groups, lr=lr)
+    try:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(param_groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, adamw_mode=True)
+    except Exception as error:  # the op builder fails in many ways: no compiler, no headers, a failed compile
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[-1][:200]
+        raise RuntimeError(
+            f"{source}: ZeRO-Offload (zero_optimization.offload_optimizer) steps the optimizer with DeepSpeed's CPU Adam, which "
+            f"could not be built on this machine ({type(error).__name__}: {reason}); install a C++ compiler, or use a config without "
+            "offload_optimizer"
+        ) from None
+
+
+def initialize(model: torch.nn.Module, optimizer, lr_scheduler, config: dict, source: str = "--deepspeed_config"):
+    """`deepspeed.initialize` with a client optimizer and scheduler; returns the engine. With
+    ZeRO-Offload the optimizer must be DeepSpeed's CPU Adam (`adamw`): anything else is refused
+    in one line naming `source` (DeepSpeed's own error is a paragraph)."""
     import deepspeed
+
+    if offloads_optimizer(config) and type(optimizer).__name__ != "DeepSpeedCPUAdam":
+        raise ValueError(
+            f"{source}: ZeRO-Offload (zero_optimization.offload_optimizer) runs DeepSpeed's CPU Adam only, and this recipe trains "
+            f"with {type(optimizer).__name__}: use a config without offload_optimizer (e.g. configs/deepspeed/ds_config_zero2.json)"
+        )
 
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=lr_scheduler, config=config)
     return engine

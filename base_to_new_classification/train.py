@@ -232,7 +232,7 @@ def fit(run: Run, module: torch.nn.Module, objective, train_set: ImageDataset, o
     learnable = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(learnable, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     scheduler = build_lr_scheduler(optimizer, args, sampler.steps_per_epoch, None if curriculum is None else curriculum.full_data_step)
-    engine = E.initialize(module, optimizer, scheduler, ds_config)
+    engine = E.initialize(module, optimizer, scheduler, ds_config, f"--deepspeed_config {args.deepspeed_config}")
     run.log.info(f"{sum(p.numel() for p in learnable)} learnable parameters; precision {args.precision}; lr schedule {args.lr_schedule}")
     if curriculum is not None:
         run.state.update(curriculum=None)

@@ -134,9 +134,10 @@ class Engines:
             self.engine = None
             gc.collect()
         args = self.args
-        optimizer = torch.optim.AdamW(param_groups(self.student, args.weight_decay), lr=args.lr)
+        source = f"--deepspeed_config {args.deepspeed_config}"
+        optimizer = E.adamw(param_groups(self.student, args.weight_decay), args.lr, self.ds_config, source)  # DeepSpeed's CPU Adam with ZeRO-Offload
         scheduler = build_scheduler(optimizer, warmup=args.warmup_iters, total=schedule_steps, style=args.lr_decay_style, min_ratio=args.lr_min / args.lr)
-        self.engine = E.initialize(self.student, optimizer, scheduler, self.ds_config)
+        self.engine = E.initialize(self.student, optimizer, scheduler, self.ds_config, source)
         return self.engine
 
     def set_schedule_steps(self, schedule_steps: int) -> None:

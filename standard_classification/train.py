@@ -154,7 +154,7 @@ def train(run: Run, model_name: str, student: nn.Module, train_set: CifarSplit, 
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     scheduler = build_step_decay_scheduler(optimizer, steps_per_epoch=sampler.steps_per_epoch, decay_epochs=args.lr_decay_epochs, rate=args.lr_decay_rate,
                                            clock=None if curriculum is None else curriculum.full_data_step)
-    engine = E.initialize(model.to(device), optimizer, scheduler, ds_config)
+    engine = E.initialize(model.to(device), optimizer, scheduler, ds_config, f"--deepspeed_config {args.deepspeed_config}")
     if teacher is not None:
         teacher = teacher.to(device).eval().requires_grad_(False)
     objective = LogitDistillation(engine, ce_weight=ce_weight, kd_ratio=kd_ratio, teacher=teacher, distill=distill, precision=args.precision,

@@ -314,3 +314,38 @@ def test_a_nan_training_loss_stops_the_run_naming_the_step(tmp_path, monkeypatch
     with pytest.raises(FloatingPointError, match=r"training loss is nan at step 2 \(loss nan, ce .*\): stopping"):
         finetune.main(_argv(save, processed_dir, tiny_gpt2_dir, None, "--type", "sft", "--total-iters", 3, "--save-interval", 1))
     assert (save / "1").is_dir() and not (save / "2").exists()  # nothing of the NaN step is saved
+
+
+def test_zero2_offload_config_trains_as_zero2(tmp_path, processed_dir, tiny_gpt2_dir):
+    """configs/deepspeed/ds_config_zero2_offload.json used to fail at start (DeepSpeed refuses a
+    torch optimizer with ZeRO-Offload): the optimizer is now DeepSpeed's CPU Adam in AdamW mode,
+    whose steps equal torch AdamW's under ZeRO-2. (CPU Adam is compiled on first use: minutes on
+    a fresh machine, then cached under ~/.cache/torch_extensions.)"""
+    runs = {}
+    for name in ("ds_config_zero2.json", "ds_config_zero2_offload.json"):
+        save = tmp_path / name
+        finetune.main(_argv(save, processed_dir, tiny_gpt2_dir, None, "--type", "sft", "--total-iters", 2, "--weight-decay", 0.1,
+                            "--deepspeed_config", REPO / "configs" / "deepspeed" / name))
+        runs[name] = _weights(save / "2")
+    assert _changed(_weights(tiny_gpt2_dir), runs["ds_config_zero2_offload.json"]) > 1e-4
+    assert _changed(runs["ds_config_zero2.json"], runs["ds_config_zero2_offload.json"]) < 1e-5
+
+
+def test_offload_with_another_optimizer_or_without_cpu_adam_is_one_clear_line(monkeypatch):
+    import deepspeed.ops.adam
+
+    from abkd import engine as E
+
+    config = E.load_deepspeed_config(REPO / "configs" / "deepspeed" / "ds_config_zero2_offload.json", micro_batch_size=2, gradient_accumulation_steps=1)
+    model = torch.nn.Linear(4, 2)
+    with pytest.raises(ValueError, match=r"^--deepspeed_config x.json: ZeRO-Offload .* runs DeepSpeed's CPU Adam only, and this recipe trains with SGD"):
+        E.initialize(model, torch.optim.SGD(model.parameters(), lr=0.1), None, config, "--deepspeed_config x.json")
+
+    class Unbuildable:
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError("Error building extension 'cpu_adam'\nc++: not found")
+
+    monkeypatch.setattr(deepspeed.ops.adam, "DeepSpeedCPUAdam", Unbuildable)
+    with pytest.raises(RuntimeError, match=r"^--deepspeed_config x.json: ZeRO-Offload .* could not be built on this machine \(RuntimeError: c\+\+: not found\)"):
+        E.adamw([{"params": list(model.parameters())}], 0.1, config, "--deepspeed_config x.json")
+    assert type(E.adamw([{"params": list(model.parameters())}], 0.1, {"zero_optimization": {"stage": 2}})) is torch.optim.AdamW
