@@ -64,7 +64,7 @@ from tqdm import tqdm
 
 from abkd.engine import atomic_write_text, file_sha256
 from abkd.losses import DIVERGENCES, check_temperature, divergence
-from abkd.pocl import RANK_TIES, BabyStepScheduler, Signal, fuse_ranks, read_ranked_ids
+from abkd.pocl import RANK_TIES, BabyStepScheduler, Signal, check_ranks_all, fuse_ranks, read_ranked_ids
 from abkd.sampling import GlobalBatchSampler
 
 CURRICULA = ("none", "pocl")
@@ -392,6 +392,5 @@ def load_ranking(path: str | Path, identity: dict, rank_command: str) -> list[in
             f"not for this run's {identity['dataset']} ({identity['examples']} examples) with teacher {identity['teacher']} "
             f"(different {', '.join(differ)}); rank this run's data with `python -m {rank_command}`")
     ids = read_ranked_ids(path)
-    if sorted(ids) != list(range(identity["examples"])):
-        raise ValueError(f"--ranking {path} does not rank each of the {identity['examples']} training examples exactly once")
+    check_ranks_all(f"--ranking {path}", ids, range(identity["examples"]))
     return ids

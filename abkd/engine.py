@@ -18,6 +18,7 @@ types its optimizer state holds.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -148,9 +149,44 @@ def training_dtype(config: dict) -> torch.dtype:
     return torch.float32
 
 
-def initialize(model: torch.nn.Module, optimizer, lr_scheduler, config: dict):
-    """`deepspeed.initialize` with a client optimizer and scheduler; returns the engine."""
+def offloads_optimizer(config: dict) -> bool:
+    """Whether ZeRO-Offload keeps the optimizer states (and runs its step) on the CPU or NVMe."""
+    offload = config.get("zero_optimization", {}).get("offload_optimizer") or {}
+    return str(offload.get("device", "none")).lower() != "none"
+
+
+def adamw(param_groups: list[dict], lr: float, config: dict, source: str = "--deepspeed_config") -> torch.optim.Optimizer:
+    """torch's AdamW (its defaults: betas (0.9, 0.999), eps 1e-8, weight decay 0.01 unless a group
+    sets it), or with ZeRO-Offload DeepSpeed's CPU Adam in AdamW mode with the same settings:
+    DeepSpeed refuses a torch optimizer there. CPU Adam is a C++ extension compiled on first use
+    (minutes, then cached); a machine that cannot build it gets a one-line RuntimeError naming
+    `source` (the config's flag and path)."""
+    if not offloads_optimizer(config):
+        return torch.optim.AdamW(param_groups, lr=lr)
+    try:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(param_groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, adamw_mode=True)
+    except Exception as error:  # the op builder fails in many ways: no compiler, no headers, a failed compile
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[-1][:200]
+        raise RuntimeError(
+            f"{source}: ZeRO-Offload (zero_optimization.offload_optimizer) steps the optimizer with DeepSpeed's CPU Adam, which "
+            f"could not be built on this machine ({type(error).__name__}: {reason}); install a C++ compiler, or use a config without "
+            "offload_optimizer"
+        ) from None
+
+
+def initialize(model: torch.nn.Module, optimizer, lr_scheduler, config: dict, source: str = "--deepspeed_config"):
+    """`deepspeed.initialize` with a client optimizer and scheduler; returns the engine. With
+    ZeRO-Offload the optimizer must be DeepSpeed's CPU Adam (`adamw`): anything else is refused
+    in one line naming `source` (DeepSpeed's own error is a paragraph)."""
     import deepspeed
+
+    if offloads_optimizer(config) and type(optimizer).__name__ != "DeepSpeedCPUAdam":
+        raise ValueError(
+            f"{source}: ZeRO-Offload (zero_optimization.offload_optimizer) runs DeepSpeed's CPU Adam only, and this recipe trains "
+            f"with {type(optimizer).__name__}: use a config without offload_optimizer (e.g. configs/deepspeed/ds_config_zero2.json)"
+        )
 
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=lr_scheduler, config=config)
     return engine
@@ -230,6 +266,49 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     os.replace(temporary, path)
 
 
+# Free bytes under which a failed write is taken for a full disk: torch.save reports ENOSPC as
+# "unexpected pos ..." or "file write failed", without an errno.
+DISK_FULL_BYTES = 16 * 2**20
+
+
+class DiskFull(OSError):
+    """A write that failed because its file system is full."""
+
+
+def _free_bytes(path: Path) -> int | None:
+    for folder in (path, *path.parents):
+        if folder.exists():
+            return shutil.disk_usage(folder).free
+    return None
+
+
+@contextlib.contextmanager
+def reporting_disk_full(path: str | Path, temporary: str | Path | None = None) -> Iterator[None]:
+    """Re-raise a write to `path` that fails on a full disk (errno ENOSPC, or under DISK_FULL_BYTES
+    free when it failed) as DiskFull "no space left on device while writing <path>"; any other
+    error as it is. `temporary` (the partial file) is removed after the check, either way."""
+    try:
+        yield
+    except (RuntimeError, OSError) as error:
+        free = _free_bytes(Path(path).parent)
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
+        if getattr(error, "errno", None) == errno.ENOSPC or (free is not None and free < DISK_FULL_BYTES):
+            raise DiskFull(errno.ENOSPC, f"no space left on device while writing {path} ({free} bytes free; the write failed with: {str(error).strip()[:200]})") from error
+        raise
+
+
+def read_text(path: str | Path) -> str:
+    """A UTF-8 text file; ValueError naming `path:line` and the offending byte's column if it is not
+    UTF-8 (`Path.read_text` names neither)."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line, start = data.count(b"\n", 0, error.start) + 1, data.rfind(b"\n", 0, error.start) + 1
+        raise ValueError(f"{path}:{line}: invalid UTF-8 (byte 0x{data[error.start]:02x} at column {error.start - start + 1})") from None
+
+
 def file_sha256(path: Path) -> str:
     """Hex SHA-256 of a file, read in 16 MiB blocks (checkpoint manifests, data fingerprints)."""
     digest = hashlib.sha256()
@@ -260,9 +339,10 @@ def save_checkpoint(engine, root: str | Path, tag: str, client_state: dict, keep
         shutil.rmtree(staging / tag)
     barrier()
     _pause("staged")
-    engine.save_checkpoint(str(staging), tag=tag, client_state=client_state, save_latest=False)
-    _pause("engine saved")
-    torch.save({"rng": rng_state(), "rank_state": rank_state or {}}, staging / tag / f"rank_state_{rank()}.pt")
+    with reporting_disk_full(staging / tag):
+        engine.save_checkpoint(str(staging), tag=tag, client_state=client_state, save_latest=False)
+        _pause("engine saved")
+        torch.save({"rng": rng_state(), "rank_state": rank_state or {}}, staging / tag / f"rank_state_{rank()}.pt")
     barrier()
     final = root / tag
     if is_main_process():

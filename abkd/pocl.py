@@ -32,6 +32,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from abkd.engine import read_text
+
 
 def fractional_ranks(values: Sequence[float], *, descending: bool) -> list[float]:
     """1-based ranks of `values`; tied values share the mean of the ranks they span."""
@@ -134,14 +136,40 @@ def reciprocal_rank_fusion(
 
 def read_ranked_ids(path: str | Path) -> list[int]:
     """The example ids of a ranking file (`ranking.jsonl`, one JSON object with an "id" per line),
-    in its order, easy to hard. A line without an integer id is a ValueError naming file:line."""
-    ids = []
-    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+    in its order, easy to hard. ValueError naming file:line for a line that is not UTF-8 or not
+    JSON, an id that is not an integer (3.0 or "3" included: an id is never rounded) and an id
+    ranked twice."""
+    ids: list[int] = []
+    line_of: dict[int, int] = {}
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
+        where = f"{path}:{number}"
         try:
-            ids.append(int(json.loads(line)["id"]))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"{path}:{number}: not a ranking line ({error})") from None
+            value = json.loads(line)["id"]
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise ValueError(f"{where}: not a ranking line ({type(error).__name__}: {error})") from None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{where}: id {value!r} is not an integer")
+        if value in line_of:
+            raise ValueError(f"{where}: id {value} is ranked twice (first at line {line_of[value]}); a ranking orders each example once")
+        line_of[value] = number
+        ids.append(value)
     return ids
+
+
+def check_ranks_all(path: str | Path, ranked_ids: Sequence[int], example_ids: Sequence[int]) -> None:
+    """Refuse (ValueError naming the file) a ranking whose ids, read by `read_ranked_ids` (no
+    duplicates, line n holds `ranked_ids[n - 1]`), are not exactly `example_ids`: an id that is no
+    example (with its line), or examples left unranked (their count and the first few ids)."""
+    examples = set(example_ids)
+    for number, example_id in enumerate(ranked_ids, start=1):
+        if example_id not in examples:
+            raise ValueError(f"{path}:{number}: id {example_id} is not a training example of this run's data")
+    if len(ranked_ids) != len(examples):
+        unranked = sorted(examples - set(ranked_ids))
+        raise ValueError(
+            f"{path} ranks {len(ranked_ids)} of the {len(examples)} training examples: {len(unranked)} are missing "
+            f"(ids {', '.join(map(str, unranked[:5]))}{', ...' if len(unranked) > 5 else ''}); rank this run's data again"
+        )
 
 
 def _linear(start: float, end: float, stage: int, num_stages: int) -> float:

@@ -123,7 +123,8 @@ def atomic_save(payload: Any, path: str | Path) -> None:
     """`torch.save` to a temporary file beside `path`, then rename: a reader never sees half a file."""
     path = Path(path)
     temporary = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, temporary)
+    with E.reporting_disk_full(path, temporary):  # torch.save's own error on a full disk reads "unexpected pos ..."
+        torch.save(payload, temporary)
     os.replace(temporary, path)
 
 

@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from abkd.pretrained import check_tokenizer_files, checked_from_pretrained
+
 
 def load_frozen_clip(path: str | Path, flag: str, device: torch.device | str = "cpu"):
     """A `CLIPModel` from a local Hugging Face directory, in eval mode with gradients off."""
@@ -36,13 +38,14 @@ def load_frozen_clip(path: str | Path, flag: str, device: torch.device | str = "
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{flag} {path}: not a Hugging Face CLIP directory (no config.json)")
-    model = CLIPModel.from_pretrained(str(path), dtype=torch.float32, local_files_only=True)
+    model = checked_from_pretrained(CLIPModel, str(path), flag, dtype=torch.float32)
     return model.to(device).eval().requires_grad_(False)
 
 
 def load_tokenizer(path: str | Path, flag: str):
     from transformers import AutoTokenizer
 
+    check_tokenizer_files(path, flag)
     try:
         return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as error:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from abkd.engine import read_text
 from base_to_new_classification.clip_prompts import num_base_classes
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".JPEG")
@@ -105,7 +106,7 @@ def _read_split_file(path: Path, directory: Path, image_dir: Path) -> tuple[list
     """Every entry is checked: `[relative image path inside the dataset, integer label, class name]`,
     the labels exactly 0..C-1, one name per label. Errors name the file and the entry (`train[3]`)."""
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(read_text(path))
     except json.JSONDecodeError as error:
         raise ValueError(f"split file {path}: invalid JSON at line {error.lineno}: {error.msg}") from None
     if not isinstance(raw, dict):
@@ -144,13 +145,13 @@ def _read_split_file(path: Path, directory: Path, image_dir: Path) -> tuple[list
 
 def _read_aircraft(directory: Path, image_dir: Path) -> tuple[list[str], dict[str, list[Item]]]:
     variants = directory / "variants.txt"
-    classnames = [line.strip() for line in variants.read_text().splitlines() if line.strip()]
+    classnames = [line.strip() for line in read_text(variants).splitlines() if line.strip()]
     label_of = {name: label for label, name in enumerate(classnames)}
     splits = {}
     for key in ("train", "val", "test"):
         listing = directory / f"images_variant_{key}.txt"
         items = []
-        for number, line in enumerate(listing.read_text().splitlines(), start=1):
+        for number, line in enumerate(read_text(listing).splitlines(), start=1):
             if line.strip():
                 where = f"split file {listing}, line {number}"
                 image, _, variant = line.strip().partition(" ")
@@ -163,7 +164,7 @@ def _read_aircraft(directory: Path, image_dir: Path) -> tuple[list[str], dict[st
 
 def _read_imagenet(directory: Path, image_dir: Path) -> tuple[list[str], dict[str, list[Item]]]:
     folders, classnames = [], []
-    for line in (directory / "classnames.txt").read_text().splitlines():
+    for line in read_text(directory / "classnames.txt").splitlines():
         if line.strip():
             folder, name = line.strip().split(" ", 1)
             folders.append(folder)

@@ -232,7 +232,7 @@ def fit(run: Run, module: torch.nn.Module, objective, train_set: ImageDataset, o
     learnable = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(learnable, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     scheduler = build_lr_scheduler(optimizer, args, sampler.steps_per_epoch, None if curriculum is None else curriculum.full_data_step)
-    engine = E.initialize(module, optimizer, scheduler, ds_config)
+    engine = E.initialize(module, optimizer, scheduler, ds_config, f"--deepspeed_config {args.deepspeed_config}")
     run.log.info(f"{sum(p.numel() for p in learnable)} learnable parameters; precision {args.precision}; lr schedule {args.lr_schedule}")
     if curriculum is not None:
         run.state.update(curriculum=None)
@@ -401,7 +401,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     def select_best(engine, done: int) -> dict:
         """Dassl's best_val: base-class test images, classified among the base classes."""
         val = test_accuracy(engine.module, data.base(data.test))["base_acc"]
-        if val > run.state["best_val"]:
+        if not math.isfinite(val):
+            run.log.info(f"warning: base accuracy {val} after epoch {done}: not a candidate for best_val")
+        elif val > run.state["best_val"]:
             run.state["best_val"], run.state["best_val_epoch"] = val, done
             if E.is_main_process():
                 atomic_save(engine.module.state_dict(), best_path)
@@ -415,6 +417,8 @@ def main(argv: list[str] | None = None) -> dict | None:
 
     if args.final_model == "best_val":
         E.barrier()
+        if run.state["best_val_epoch"] == 0:
+            raise ValueError(f"--final-model best_val: no epoch had a finite base accuracy, so there is no best model (see {run.save_dir / 'log.txt'})")
         engine.module.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
         run.log.info(f"reporting the epoch-{run.state['best_val_epoch']} model (best base accuracy {run.state['best_val']:.2f})")
     results = test_accuracy(engine.module, data.test)

@@ -330,6 +330,10 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
         except FileNotFoundError as error:
             raise EvaluationError(str(error)) from None
     names = [peft_path.name] if peft_path is not None else model_names(paths)
+    from abkd.pretrained import check_tokenizer_files
+
+    for path in paths:  # before the first model is evaluated, not when the loop reaches it
+        check_tokenizer_files(path, "--model-path")
     sets = load_eval_sets(Path(args.data_dir), args.eval_sets, args.max_examples)
 
     save = Path(args.save)

@@ -30,6 +30,7 @@ import functools
 import gc
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -44,7 +45,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from abkd import engine as E
-from abkd.pocl import BabyStepScheduler
+from abkd.pocl import BabyStepScheduler, check_ranks_all
 from abkd.run import STOP_SIGNALS, Run, parser_defaults
 from abkd.runlog import RunLog
 from abkd.sampling import GlobalBatchSampler, batches, shard_indices
@@ -110,11 +111,8 @@ class TrainingData:
     def __init__(self, train_set, args, curriculum: BabyStepScheduler | None = None):
         self.train_set, self.args, self.curriculum = train_set, args, curriculum
         if curriculum is not None:
-            row_of_id = {example_id: row for row, example_id in enumerate(train_set["id"])}
-            missing = [i for i in curriculum.ranked_ids if i not in row_of_id]
-            if missing or len(curriculum.ranked_ids) != len(row_of_id):
-                raise ValueError(f"--ranking {args.ranking} does not rank exactly the training examples of --data-dir ({len(missing)} unknown ids)")
-            self.row_of_id = row_of_id
+            self.row_of_id = {example_id: row for row, example_id in enumerate(train_set["id"])}
+            check_ranks_all(f"--ranking {args.ranking}", curriculum.ranked_ids, list(self.row_of_id))
         self.select()
 
     def _sampler(self, size: int) -> GlobalBatchSampler:
@@ -164,9 +162,10 @@ class Engines:
             self.engine = None
             gc.collect()
         args = self.args
-        optimizer = torch.optim.AdamW(param_groups(self.student, args.weight_decay), lr=args.lr)
+        source = f"--deepspeed_config {args.deepspeed_config}"
+        optimizer = E.adamw(param_groups(self.student, args.weight_decay), args.lr, self.ds_config, source)  # DeepSpeed's CPU Adam with ZeRO-Offload
         scheduler = build_scheduler(optimizer, warmup=args.warmup_iters, total=schedule_steps, style=args.lr_decay_style, min_ratio=args.lr_min / args.lr)
-        self.engine = E.initialize(self.student, optimizer, scheduler, self.ds_config)
+        self.engine = E.initialize(self.student, optimizer, scheduler, self.ds_config, source)
         return self.engine
 
     def set_schedule_steps(self, schedule_steps: int) -> None:
@@ -289,10 +288,24 @@ def copy_model(save_dir: Path, step: int, name: str, record: dict, barrier: bool
         E.barrier()
 
 
+def check_finite_loss(step: int, sums: dict[str, float]) -> None:
+    """Stop (FloatingPointError naming the step and the loss parts) on a NaN or infinite training
+    loss, before anything of the step is saved: training on would only spread NaN to the weights."""
+    if not math.isfinite(sums["loss"]):
+        parts = ", ".join(f"{key} {value:.4g}" for key, value in sums.items())
+        raise FloatingPointError(
+            f"training loss is {sums['loss']} at step {step} ({parts}): stopping; the last saved checkpoint holds finite weights "
+            "(lower --lr, or check the data and the teacher)"
+        )
+
+
 def record_best(save_dir: Path, step: int, metrics: dict, state: dict, args, log: RunLog) -> None:
     """Copy the model saved at `step` to best/ if it is the best so far by the selection metric;
     with POCL also remember the best of the current stage (`stage_best_*`)."""
     metric, value = selection(metrics, args)
+    if not math.isfinite(value):  # NaN compares False with everything: it must never be kept as a best
+        log.info(f"warning: validation {metric} is {metrics[metric]} at step {step}: not a candidate for best/ (or the stage's best)")
+        return
     if "stage_best_step" in state and (state["stage_best_metric"] is None or value < state["stage_best_metric"]):
         state["stage_best_metric"], state["stage_best_step"], state["stage_best_record"] = value, step, {"metric": metric, **metrics}
     if state["best_metric"] is not None and value >= state["best_metric"]:
@@ -309,7 +322,7 @@ def end_stage(save_dir: Path, stage: int, state: dict, log: RunLog) -> int:
     step, record = state["stage_best_step"], state["stage_best_record"]
     if step is None:
         step, record = state["step"], {"metric": None}
-        log.info(f"stage {stage + 1}: no validation, continuing from its last step {step}")
+        log.info(f"stage {stage + 1}: no validated model (no validation, or none finite), continuing from its last step {step}")
     else:
         copy_model(save_dir, step, f"best_stage{stage + 1}", record)
         log.info(f"stage {stage + 1}: selected step {step} by {record['metric']} {record[record['metric']]:.4f}: copied to {save_dir / f'best_stage{stage + 1}'}")
@@ -390,6 +403,7 @@ def train(run: Run, engines: Engines, objective: Objective, data: TrainingData, 
             for key, value in {"loss": loss, **parts}.items():
                 sums[key] += value.item() / args.gradient_accumulation_steps
             tokens += int(batch["attention_mask"].sum()) * E.world_size()
+        check_finite_loss(state["step"] + 1, sums)
         state["step"] += 1
         state["step_in_epoch"] += 1
         epoch_end = state["step_in_epoch"] == data.sampler.steps_per_epoch

@@ -48,20 +48,38 @@ def format_prompt(instruction: str, input: str | None = None) -> str:
     return PROMPT_NO_INPUT.format(instruction=instruction)
 
 
+def _text(value: str, field: str, where: str) -> str:
+    """`value` if it is Unicode text; JSON's `\\ud800` escapes decode to a lone surrogate, which no
+    tokenizer (nor UTF-8) can encode: DataFormatError naming `where`, the field and the position."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise DataFormatError(
+            f"{where}: field '{field}' holds a lone surrogate (U+{ord(value[error.start]):04X} at character {error.start + 1}), "
+            "which is not Unicode text"
+        ) from None
+    return value
+
+
 def parse_example(obj: object, where: str, require_output: bool = True) -> InstructionExample:
     """Validate one decoded JSON object; `where` is `path:line` for error messages."""
     line = int(where.rsplit(":", 1)[1])
     if not isinstance(obj, dict):
         raise DataFormatError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-    if "prompt" in obj and isinstance(obj["prompt"], str) and "instruction" not in obj:
-        prompt = obj["prompt"]
+    if "prompt" in obj and "instruction" not in obj:
+        if not isinstance(obj["prompt"], str):
+            raise DataFormatError(f"{where}: field 'prompt' must be a string, got {obj['prompt']!r}")
+        prompt = _text(obj["prompt"], "prompt", where)
     else:
         instruction = obj.get("instruction")
-        if not isinstance(instruction, str):
+        if instruction is None:
             raise DataFormatError(f"{where}: missing field 'instruction' (or a ready 'prompt')")
-        extra = obj.get("input") or ""
-        if not isinstance(extra, str):
-            raise DataFormatError(f"{where}: field 'input' must be a string")
+        extra = obj.get("input")
+        extra = "" if extra is None else extra  # absent or null: no input
+        for name, value in (("instruction", instruction), ("input", extra)):
+            if not isinstance(value, str):  # `"input": 0` used to read as no input
+                raise DataFormatError(f"{where}: field '{name}' must be a string, got {value!r}")
+            _text(value, name, where)
         prompt = format_prompt(instruction, extra)
     output = obj.get("output")
     if output is None:
@@ -69,11 +87,11 @@ def parse_example(obj: object, where: str, require_output: bool = True) -> Instr
             raise DataFormatError(f"{where}: missing field 'output'")
         references = []
     elif isinstance(output, str):
-        references = [output]
+        references = [_text(output, "output", where)]
     elif isinstance(output, list) and output and all(isinstance(o, str) for o in output):
-        references = list(output)
+        references = [_text(o, "output", where) for o in output]
     else:
-        raise DataFormatError(f"{where}: field 'output' must be a string or a non-empty list of strings")
+        raise DataFormatError(f"{where}: field 'output' must be a string or a non-empty list of strings, got {output!r}"[:300])
     return InstructionExample(line=line, prompt=prompt, references=references)
 
 

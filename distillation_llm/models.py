@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from abkd.pretrained import check_tokenizer_files, checked_from_pretrained
+
 logger = logging.getLogger(__name__)
 
 
@@ -21,6 +23,7 @@ def load_tokenizer(path: str | Path, flag: str = "--model-path"):
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{flag} {path}: no such directory (models load from local paths only)")
+    check_tokenizer_files(path, flag)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as error:
@@ -36,7 +39,7 @@ def load_causal_lm(path: str | Path, *, dtype: torch.dtype = torch.float32, devi
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{flag} {path}: not a local model directory (no config.json)")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+    model = checked_from_pretrained(AutoModelForCausalLM, path, flag, dtype=dtype)
     return model.to(device)
 
 

@@ -8,7 +8,7 @@ On disk (`CACHE/`):
                             written first: a restart compares it and refuses another build's folder
     <split>/<nnnnn>.arrow   shard n of the split: a fixed run of --shard-size examples in dataset order
     <split>/<nnnnn>.json    written after its shard: examples, tokens, bytes and SHA-256 (a shard
-                            without a matching record is rebuilt)
+                            without a matching record is rebuilt, also after meta.json is written)
     meta.json               the settings plus every shard, the counts and the size; written last,
                             so a folder without it is an unfinished build
 
@@ -20,7 +20,8 @@ and flat lists `top_ids` (n x K int32: the teacher's top-K token ids, best first
 uint16 bit pattern, or float32) and `tail_log_mass` (n x len(temperatures) float32: the log of the
 mass of softmax(z / T) outside the top K at each cached temperature T; -inf when K = V).
 
-Training reads the shards memory-mapped. `TeacherCache.collator` adds an example's cached rows to
+Training reads the shards memory-mapped; each shard's SHA-256 is checked against meta.json when
+its rows are first read, and rows holding NaN or +inf are refused naming the shard and example. `TeacherCache.collator` adds an example's cached rows to
 each collated batch (in label order, `teacher_*` keys), and `TeacherCache.buckets` turns them into
 the teacher's (K + 1)-bucket distribution at the run's temperature (`abkd.fused.TeacherBuckets`).
 """
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from abkd.engine import file_sha256
 from distillation_llm.data import IGNORE_INDEX, InstructionCollator
 
 FORMAT_VERSION = 1
@@ -108,7 +111,38 @@ def record_batch(ids: Sequence[int], counts: Sequence[int], top_ids: Tensor, top
 
 
 class CacheMismatch(ValueError):
-    """A cache that was not built for this run (another dataset, tokenizer, temperature, length)."""
+    """A cache that was not built for this run (another dataset, tokenizer, temperature, length),
+    or whose files are not what its build wrote."""
+
+
+def invalid_rows(top_logits: Tensor, tail_log_mass: Tensor) -> str | None:
+    """What is wrong with cached rows ([N, K] shifted top-K logits, [N, T] tail log-masses), or
+    None. Both hold log-probabilities relative to the row's largest logit, so NaN or +inf is never
+    a teacher output, and each row's first (largest) logit is 0; -inf is a probability of 0 (a
+    tail without mass, or a logit below float16's range) and is kept."""
+    for name, values in (("top-K logit", top_logits), ("tail log-mass", tail_log_mass)):
+        values = values.float()
+        if bad := int(torch.isnan(values).sum() + torch.isposinf(values).sum()):
+            return f"{bad} non-finite {name} value(s) (NaN or +inf)"
+    if top_logits.numel() and bool((top_logits[:, 0].float() != 0).any()):
+        return "a row whose largest top-K logit is not 0 (each row is stored minus its largest)"
+    return None
+
+
+def rebuild_command(path: str | Path, meta: dict) -> str:
+    """The `tools.cache_teacher_logits` command of the build that wrote the cache at `path`
+    (from its recorded settings): run again, it verifies every shard against its SHA-256 and
+    rebuilds the damaged ones."""
+    teacher = meta["teacher"]
+    parts = [
+        "python -m tools.cache_teacher_logits", "--teacher-model-path", teacher["path"],
+        *(("--teacher-peft-path", teacher["peft"]["path"]) if "peft" in teacher else ()),
+        "--data-dir", meta["dataset"], "--out", str(path), "--top-k", str(meta["top_k"]),
+        "--temperatures", ",".join(repr(float(t)) for t in meta["temperatures"]), "--dtype", meta["dtype"],
+        "--splits", ",".join(meta["split_sizes"]), "--max-length", str(meta["max_length"]),
+        "--batch-size", str(meta["batch_size"]), "--shard-size", str(meta["shard_size"]), "--teacher-dtype", meta["teacher_dtype"],
+    ]
+    return " ".join(shlex.quote(str(part)) if i else part for i, part in enumerate(parts))
 
 
 def read_meta(path: str | Path, flag: str = "--teacher-cache") -> dict:
@@ -186,6 +220,7 @@ def check_compatible(
 class _Chunk:
     """The arrays of one Arrow record batch, memory-mapped: per-example list offsets and flat values."""
 
+    shard: int  # index into TeacherCache.shards
     offsets: np.ndarray  # [examples + 1], in rows (tokens)
     top_ids: np.ndarray  # [rows * K] int32
     top_logits: np.ndarray  # [rows * K]
@@ -199,11 +234,12 @@ class TeacherCache:
         self.path, self.meta = path, meta
         self.top_k, self.vocab_size, self.dtype = int(meta["top_k"]), int(meta["vocab_size"]), meta["dtype"]
         self.temperatures = [float(t) for t in meta["temperatures"]]
+        self.shards: list[dict] = [shard for split in meta["splits"].values() for shard in split["shards"]]
+        self._verified: set[int] = set()  # shards whose SHA-256 matched meta.json's record
         self._chunks: list[_Chunk] = []
         self._where: dict[int, tuple[int, int, int]] = {}  # id -> (chunk, example in chunk, tokens)
-        for split in meta["splits"].values():
-            for shard in split["shards"]:
-                self._map_shard(path / shard["file"], shard["bytes"])
+        for index in range(len(self.shards)):
+            self._map_shard(index)
 
     @classmethod
     def open(cls, path: str | Path, flag: str = "--teacher-cache", **expected) -> TeacherCache:
@@ -214,27 +250,49 @@ class TeacherCache:
             check_compatible(meta, path=path, flag=flag, **expected)
         return cls(path, meta)
 
-    def _map_shard(self, file: Path, size: int) -> None:
+    def _damaged(self, shard: dict, what: str) -> CacheMismatch:
+        return CacheMismatch(
+            f"--teacher-cache {self.path}: shard {self.path / shard['file']} {what}: the file was changed or damaged after it was "
+            f"written; rebuild the damaged shards with `{rebuild_command(self.path, self.meta)}`"
+        )
+
+    def _map_shard(self, index: int) -> None:
+        """Memory-map shard `index` and index its example ids (its values are checked on first use, `_verify`)."""
         import pyarrow as pa
 
-        if not file.is_file() or file.stat().st_size != size:
-            found = file.stat().st_size if file.is_file() else "no"
-            raise CacheMismatch(f"--teacher-cache {self.path}: shard {file} has {found} bytes, {size} were written: rebuild the cache")
-        table = pa.ipc.open_stream(pa.memory_map(str(file))).read_all()
+        shard = self.shards[index]
+        file = self.path / shard["file"]
+        if not file.is_file() or file.stat().st_size != shard["bytes"]:
+            found = f"has {file.stat().st_size} bytes" if file.is_file() else "is missing"
+            raise self._damaged(shard, f"{found}, {shard['bytes']} were written")
+        try:
+            table = pa.ipc.open_stream(pa.memory_map(str(file))).read_all()
+        except pa.ArrowException as error:
+            raise self._damaged(shard, f"is not a readable Arrow stream ({error})") from None
         for batch in table.to_batches():
             columns = {name: batch.column(name) for name in ("top_ids", "top_logits", "tail_log_mass")}
             k_offsets = columns["top_ids"].offsets.to_numpy()
             chunk = _Chunk(
+                shard=index,
                 offsets=k_offsets // self.top_k,
                 top_ids=columns["top_ids"].values.to_numpy(),
                 top_logits=columns["top_logits"].values.to_numpy(),
                 tail_log_mass=columns["tail_log_mass"].values.to_numpy(),
             )
-            index = len(self._chunks)
+            number = len(self._chunks)
             self._chunks.append(chunk)
             tokens = batch.column("tokens").to_numpy()
             for row, example_id in enumerate(batch.column("id").to_numpy().tolist()):
-                self._where[example_id] = (index, row, int(tokens[row]))
+                self._where[example_id] = (number, row, int(tokens[row]))
+
+    def _verify(self, index: int) -> None:
+        """The SHA-256 of shard `index` against meta.json's record, once per shard (streamed from disk)."""
+        if index in self._verified:
+            return
+        shard = self.shards[index]
+        if file_sha256(self.path / shard["file"]) != shard["sha256"]:
+            raise self._damaged(shard, f"does not match the SHA-256 recorded in {META}")
+        self._verified.add(index)
 
     def __contains__(self, example_id: int) -> bool:
         return int(example_id) in self._where
@@ -243,6 +301,8 @@ class TeacherCache:
         """Every example the run reads is cached (start-up check; CacheMismatch naming the first missing id)."""
         missing = [i for i in ids if int(i) not in self._where]
         if missing:
+            for index in range(len(self.shards)):  # a damaged shard's ids may read wrong: say so first
+                self._verify(index)
             raise CacheMismatch(
                 f"--teacher-cache {self.path} has no teacher outputs for {len(missing)} {split} examples of --data-dir, "
                 f"e.g. id {missing[0]}: build the cache for this dataset"
@@ -265,15 +325,34 @@ class TeacherCache:
                     f"{int(count)}: the cache was built for other data or another --max-length"
                 )
             chunk = self._chunks[index]
+            self._verify(chunk.shard)
             first, last = chunk.offsets[row], chunk.offsets[row + 1]
             top_ids.append(chunk.top_ids[first * k : last * k])
             top_logits.append(chunk.top_logits[first * k : last * k])
             tails.append(chunk.tail_log_mass[first * width : last * width])
-        return {
+        rows = {
             "teacher_top_ids": torch.from_numpy(np.concatenate(top_ids)).view(-1, k),
             "teacher_top_logits": storage_to_logits(np.concatenate(top_logits), self.dtype).view(-1, k),
             "teacher_tail_log_mass": torch.from_numpy(np.concatenate(tails)).view(-1, width),
         }
+        if (problem := invalid_rows(rows["teacher_top_logits"], rows["teacher_tail_log_mass"])) is not None:
+            self._refuse_invalid(ids, counts, rows, problem)
+        return rows
+
+    def _refuse_invalid(self, ids: Sequence[int], counts: Sequence[int], rows: dict[str, Tensor], problem: str) -> None:
+        """CacheMismatch naming the shard and the first example of `ids` whose cached rows are invalid."""
+        start = 0
+        for example_id, count in zip(ids, counts):
+            end = start + int(count)
+            if (problem := invalid_rows(rows["teacher_top_logits"][start:end], rows["teacher_tail_log_mass"][start:end])) is not None:
+                shard = self.shards[self._chunks[self._where[int(example_id)][0]].shard]
+                raise CacheMismatch(
+                    f"--teacher-cache {self.path}: shard {self.path / shard['file']}, example id {int(example_id)}: {problem}, as its build "
+                    f"wrote it (the SHA-256 matches): delete {self.path} and build it again with `{rebuild_command(self.path, self.meta)}`, "
+                    "which refuses a teacher output holding NaN or +inf naming its examples"
+                )
+            start = end
+        raise CacheMismatch(f"--teacher-cache {self.path}: {problem}")
 
     def collator(self, collate: InstructionCollator) -> CachedTeacherCollator:
         return CachedTeacherCollator(collate, self)

@@ -95,11 +95,11 @@ def _unpickle(data: bytes, source: str) -> dict:
     return _CifarUnpickler(data, source).load()
 
 
-def _read_pickles(data_folder: Path, names: tuple[str, ...]) -> dict[str, dict]:
+def _read_pickles(data_folder: Path, names: tuple[str, ...]) -> dict[str, tuple[dict, str]]:
     """The named pickles from the extracted directory or straight from the archive."""
     for directory in (data_folder / DIRECTORY, data_folder):
         if all((directory / name).is_file() for name in names):
-            return {name: _unpickle((directory / name).read_bytes(), str(directory / name)) for name in names}
+            return {name: (_unpickle((directory / name).read_bytes(), str(directory / name)), str(directory / name)) for name in names}
     archive = data_folder / ARCHIVE
     if archive.is_file():
         with tarfile.open(archive, "r:gz") as tar:
@@ -109,7 +109,7 @@ def _read_pickles(data_folder: Path, names: tuple[str, ...]) -> dict[str, dict]:
                 member = members.get(f"{DIRECTORY}/{name}")
                 if member is None:
                     raise ValueError(f"{archive} has no {DIRECTORY}/{name}; is it the CIFAR-100 python archive?")
-                found[name] = _unpickle(tar.extractfile(member).read(), f"{archive}:{member.name}")
+                found[name] = (_unpickle(tar.extractfile(member).read(), f"{archive}:{member.name}"), f"{archive}:{member.name}")
             return found
     raise _missing(data_folder)
 
@@ -120,12 +120,16 @@ def load_cifar100(data_folder: str | Path, split: str) -> CifarSplit:
         raise ValueError(f"split must be 'train' or 'test', got '{split}'")
     data_folder = Path(data_folder)
     pickles = _read_pickles(data_folder, (split, "meta"))
-    batch, meta = pickles[split], pickles["meta"]
+    (batch, source), (meta, _) = pickles[split], pickles["meta"]
     try:
         data, labels, classes = batch["data"], batch["fine_labels"], list(meta["fine_label_names"])
     except KeyError as error:
         raise ValueError(f"{data_folder}: the {split}/meta pickles lack key {error}; is this CIFAR-100 (python version)?") from None
-    images = torch.from_numpy(np.ascontiguousarray(np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32)))
+    # Casting would wrap or truncate silently (a float image in [0, 1] becomes black, 256 becomes 0).
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        found = f"a {data.dtype} array of shape {list(data.shape)}" if isinstance(data, np.ndarray) else f"a {type(data).__name__}"
+        raise ValueError(f"{source}: 'data' is {found}; CIFAR-100 images are a uint8 array [N, 3072] (pixel values 0-255, as the official pickles hold them)")
+    images = torch.from_numpy(np.ascontiguousarray(data.reshape(-1, 3, 32, 32)))
     labels = torch.as_tensor(labels, dtype=torch.int64)
     if len(labels) != len(images) or (len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < len(classes)):
         raise ValueError(f"{data_folder}/{split}: {len(images)} images, {len(labels)} labels, {len(classes)} classes do not agree")

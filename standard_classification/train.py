@@ -20,6 +20,7 @@ smaller step (`abkd.sampling.GlobalBatchSampler(drop_last=False)`), split evenly
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import torch
@@ -163,7 +164,7 @@ def train(run: Run, model_name: str, student: nn.Module, train_set: CifarSplit, 
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     scheduler = build_step_decay_scheduler(optimizer, steps_per_epoch=sampler.steps_per_epoch, decay_epochs=args.lr_decay_epochs, rate=args.lr_decay_rate,
                                            clock=None if curriculum is None else curriculum.full_data_step)
-    engine = E.initialize(model.to(device), optimizer, scheduler, ds_config)
+    engine = E.initialize(model.to(device), optimizer, scheduler, ds_config, f"--deepspeed_config {args.deepspeed_config}")
     if teacher is not None:
         teacher = teacher.to(device).eval().requires_grad_(False)
     objective = LogitDistillation(engine, ce_weight=ce_weight, kd_ratio=kd_ratio, teacher=teacher, distill=distill, precision=args.precision,
@@ -184,7 +185,9 @@ def train(run: Run, model_name: str, student: nn.Module, train_set: CifarSplit, 
         scores = evaluate(student, test_set, args.eval_batch_size, device, args.precision)
         state = run.state
         files = []
-        if scores["test_acc"] > state["best_accuracy"] or state["best_epoch"] == 0:
+        if not math.isfinite(scores["test_acc"]):  # NaN would become the best and then compare False with every later epoch
+            run.log.info(f"warning: test accuracy {scores['test_acc']} after epoch {done}: not a candidate for {model_name}_best.pth")
+        elif scores["test_acc"] > state["best_accuracy"] or state["best_epoch"] == 0:
             state["best_accuracy"], state["best_epoch"] = scores["test_acc"], done
             files.append(run.save_dir / f"{model_name}_best.pth")
         if done % args.save_freq == 0 or done == args.epochs:

@@ -470,3 +470,22 @@ def test_bf16_opt_in_autocasts_convolutions_and_keeps_batchnorm_in_fp32():
     assert conv_dtypes == [torch.float32]
     with pytest.raises(ValueError, match="valid: fp32, bf16"):
         LogitDistillation(student, precision="fp16")
+
+
+def test_a_nan_test_accuracy_never_becomes_the_best(cifar_dir, tmp_path, monkeypatch):
+    """Epoch 1 tests NaN: before, NaN became the best (the first epoch always did) and then
+    compared False with every later accuracy, so <model>_best.pth stayed the NaN epoch's."""
+    from standard_classification import train as loop
+
+    evaluate, calls = loop.evaluate, []
+
+    def nan_first(*args, **kwargs):
+        scores = evaluate(*args, **kwargs)
+        calls.append(scores["test_acc"])
+        return {**scores, "test_acc": math.nan} if len(calls) == 1 else scores
+
+    monkeypatch.setattr(loop, "evaluate", nan_first)
+    state = train_teacher.main(["--model", "resnet8", "--data-folder", str(cifar_dir), "--epochs", "2", "--save", str(tmp_path), *FAST])
+    assert state["best_epoch"] == 2 and state["best_accuracy"] == calls[1]
+    assert torch.load(tmp_path / "resnet8_best.pth", weights_only=True)["epoch"] == 2
+    assert "test accuracy nan after epoch 1: not a candidate for resnet8_best.pth" in (tmp_path / "log.txt").read_text()

@@ -409,3 +409,12 @@ def test_layerwise_encoders_equal_hf_clip_without_prompts(promptkd):
         assert torch.equal(template.input_ids, ids)
         torch.testing.assert_close(encode_text(clip, template, torch.zeros(0, 32), None),
                                    clip.get_text_features(input_ids=ids).pooler_output)
+
+
+def test_best_val_without_a_finite_base_accuracy_is_a_clear_error(promptkd, tmp_path, monkeypatch):
+    """NaN base accuracies are never a best_val candidate; with none finite there is no best model
+    (before: a FileNotFoundError on best_val_student.pt)."""
+    monkeypatch.setattr(train, "evaluate", lambda *args, **kwargs: {"base_acc": math.nan, "new_acc": math.nan, "hm": math.nan})
+    with pytest.raises(ValueError, match="--final-model best_val: no epoch had a finite base accuracy"):
+        train.main(student_argv(promptkd, tmp_path, "--distill", "kd", "--epochs", "1", "--final-model", "best_val"))
+    assert "base accuracy nan after epoch 1: not a candidate for best_val" in (tmp_path / "log.txt").read_text()

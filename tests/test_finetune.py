@@ -265,3 +265,87 @@ def test_validation_loss_is_the_mean_of_batch_means_as_distillm():
     )
     assert metrics == {"valid_loss": 3.75}
     assert engine.module.training
+
+
+def test_a_nan_validation_loss_never_replaces_best(tmp_path, monkeypatch, processed_dir, tiny_gpt2_dir):
+    """Before, NaN >= best was False, so a NaN validation loss replaced a finite best/."""
+    validate, calls = finetune.validate, []
+
+    def nan_second(*args, **kwargs):
+        metrics = validate(*args, **kwargs)
+        calls.append(metrics["valid_loss"])
+        return {**metrics, "valid_loss": float("nan")} if len(calls) == 2 else metrics
+
+    monkeypatch.setattr(finetune, "validate", nan_second)
+    save = tmp_path / "run"
+    finetune.main(_argv(save, processed_dir, tiny_gpt2_dir, None, "--type", "sft", "--total-iters", 2, "--do-valid", "--eval-interval", 1))
+    best = json.loads((save / "best" / "best.json").read_text())
+    assert len(calls) == 2 and best["step"] == 1 and best["valid_loss"] == calls[0]
+    assert "validation valid_loss is nan at step 2: not a candidate for best/" in (save / "log.txt").read_text()
+
+
+def test_record_best_keeps_nan_out_of_the_stage_best_too(tmp_path):
+    """POCL's stage best (what the next stage starts from) ignores a NaN as best/ does."""
+    from types import SimpleNamespace
+
+    messages = []
+    log = SimpleNamespace(info=messages.append)
+    args = SimpleNamespace(eval_gen=False, type="kd")
+    (tmp_path / "3").mkdir()
+    state = {"best_metric": None, "best_step": None, "stage_best_metric": None, "stage_best_step": None, "stage_best_record": None}
+    finetune.record_best(tmp_path, 3, {"valid_loss": float("nan")}, state, args, log)
+    assert state["best_step"] is None and state["stage_best_step"] is None and not (tmp_path / "best").exists()
+    finetune.record_best(tmp_path, 3, {"valid_loss": 2.0}, state, args, log)
+    assert state["best_step"] == 3 and state["stage_best_step"] == 3
+    finetune.record_best(tmp_path, 4, {"valid_loss": float("inf")}, state, args, log)
+    assert state["best_metric"] == 2.0 and state["stage_best_metric"] == 2.0
+
+
+def test_a_nan_training_loss_stops_the_run_naming_the_step(tmp_path, monkeypatch, processed_dir, tiny_gpt2_dir):
+    forward_train, calls = finetune.Objective.forward_train, []
+
+    def nan_on_step_2(self, *args, **kwargs):
+        loss, parts = forward_train(self, *args, **kwargs)
+        calls.append(1)
+        return (loss * float("nan"), parts) if len(calls) == 2 else (loss, parts)
+
+    monkeypatch.setattr(finetune.Objective, "forward_train", nan_on_step_2)
+    save = tmp_path / "run"
+    with pytest.raises(FloatingPointError, match=r"training loss is nan at step 2 \(loss nan, ce .*\): stopping"):
+        finetune.main(_argv(save, processed_dir, tiny_gpt2_dir, None, "--type", "sft", "--total-iters", 3, "--save-interval", 1))
+    assert (save / "1").is_dir() and not (save / "2").exists()  # nothing of the NaN step is saved
+
+
+def test_zero2_offload_config_trains_as_zero2(tmp_path, processed_dir, tiny_gpt2_dir):
+    """configs/deepspeed/ds_config_zero2_offload.json used to fail at start (DeepSpeed refuses a
+    torch optimizer with ZeRO-Offload): the optimizer is now DeepSpeed's CPU Adam in AdamW mode,
+    whose steps equal torch AdamW's under ZeRO-2. (CPU Adam is compiled on first use: minutes on
+    a fresh machine, then cached under ~/.cache/torch_extensions.)"""
+    runs = {}
+    for name in ("ds_config_zero2.json", "ds_config_zero2_offload.json"):
+        save = tmp_path / name
+        finetune.main(_argv(save, processed_dir, tiny_gpt2_dir, None, "--type", "sft", "--total-iters", 2, "--weight-decay", 0.1,
+                            "--deepspeed_config", REPO / "configs" / "deepspeed" / name))
+        runs[name] = _weights(save / "2")
+    assert _changed(_weights(tiny_gpt2_dir), runs["ds_config_zero2_offload.json"]) > 1e-4
+    assert _changed(runs["ds_config_zero2.json"], runs["ds_config_zero2_offload.json"]) < 1e-5
+
+
+def test_offload_with_another_optimizer_or_without_cpu_adam_is_one_clear_line(monkeypatch):
+    import deepspeed.ops.adam
+
+    from abkd import engine as E
+
+    config = E.load_deepspeed_config(REPO / "configs" / "deepspeed" / "ds_config_zero2_offload.json", micro_batch_size=2, gradient_accumulation_steps=1)
+    model = torch.nn.Linear(4, 2)
+    with pytest.raises(ValueError, match=r"^--deepspeed_config x.json: ZeRO-Offload .* runs DeepSpeed's CPU Adam only, and this recipe trains with SGD"):
+        E.initialize(model, torch.optim.SGD(model.parameters(), lr=0.1), None, config, "--deepspeed_config x.json")
+
+    class Unbuildable:
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError("Error building extension 'cpu_adam'\nc++: not found")
+
+    monkeypatch.setattr(deepspeed.ops.adam, "DeepSpeedCPUAdam", Unbuildable)
+    with pytest.raises(RuntimeError, match=r"^--deepspeed_config x.json: ZeRO-Offload .* could not be built on this machine \(RuntimeError: c\+\+: not found\)"):
+        E.adamw([{"params": list(model.parameters())}], 0.1, config, "--deepspeed_config x.json")
+    assert type(E.adamw([{"params": list(model.parameters())}], 0.1, {"zero_optimization": {"stage": 2}})) is torch.optim.AdamW

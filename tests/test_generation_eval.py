@@ -513,3 +513,22 @@ def test_peft_path_without_weights_is_an_error_not_a_hub_lookup(tmp_path, tiny_g
     monkeypatch.chdir(tmp_path)
     message = _run_error(["--peft-path", "adapter", *_argv(tiny_gpt2_dir, good_data, tmp_path / "out")])
     assert "--peft-path adapter" in message and "adapter_model" in message
+
+
+def test_a_model_without_tokenizer_files_or_with_foreign_weights_is_refused(tmp_path, tiny_gpt2_dir, tiny_llama_dir, good_data):
+    """Before: 'prompt 0 is empty' (no tokenizer), and a randomly initialised model's scores (weights
+    of another architecture) with exit 0."""
+    import shutil
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_gpt2_dir / name, bare / name)
+    message = _run_error(_argv(f"{tiny_gpt2_dir},{bare}", good_data, tmp_path / "out"))
+    assert f"--model-path {bare}: no tokenizer files (none of tokenizer.json" in message
+    assert not (tmp_path / "out").exists()  # refused before the first model is evaluated
+    foreign = tmp_path / "foreign"
+    shutil.copytree(tiny_llama_dir, foreign)
+    shutil.copy(tiny_gpt2_dir / "model.safetensors", foreign / "model.safetensors")
+    message = _run_error(_argv(foreign, good_data, tmp_path / "out2"))
+    assert f"--model-path {foreign}: its weights do not fit the LlamaForCausalLM" in message and "model.embed_tokens.weight" in message

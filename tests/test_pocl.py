@@ -232,3 +232,17 @@ def test_stage_engines_under_zero3(tmp_path, monkeypatch, processed_dir, tiny_gp
     resumed = load_file(interrupted / "27" / "model.safetensors")
     for name in final:
         torch.testing.assert_close(resumed[name], final[name], rtol=1e-6, atol=1e-7)
+
+
+def test_a_ranking_with_an_id_twice_and_one_missing_is_refused(tmp_path, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, ranking):
+    """Same length, every id known: only the duplicate (and the example it displaces) is wrong.
+    Before, such a ranking trained one example twice per epoch and another never."""
+    lines = ranking.read_text().splitlines()
+    bad = tmp_path / "ranking.jsonl"
+    bad.write_text("\n".join([*lines[:-1], lines[0]]) + "\n")
+    bad.with_suffix(".meta.json").write_text(ranking.with_suffix(".meta.json").read_text())
+    with pytest.raises(ValueError, match=rf"{bad}:{len(lines)}: id {json.loads(lines[0])['id']} is ranked twice \(first at line 1\)"):
+        finetune.main(_argv(tmp_path / "run", processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, bad))
+    bad.write_text("\n".join(lines[:-1]) + "\n")  # one example never ranked
+    with pytest.raises(ValueError, match=rf"--ranking {bad} ranks {len(lines) - 1} of the {len(lines)} training examples: 1 are missing \(ids {json.loads(lines[-1])['id']}\)"):
+        finetune.main(_argv(tmp_path / "run2", processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, bad))

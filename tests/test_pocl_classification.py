@@ -355,3 +355,14 @@ def test_clip_ranking_stages_and_resume_inside_stage_2(promptkd, tmp_path, monke
     ranking.with_suffix(".meta.json").write_text(json.dumps({**meta, "teacher_fingerprint": "another"}))
     with pytest.raises(ValueError, match=rf"--ranking {ranking} was made for oxford_pets .* \(different teacher\)"):
         clip_train.main(student_argv(promptkd, tmp_path / "refused", *common))
+
+
+def test_cifar_ranking_with_an_id_twice_is_refused_with_its_line(cifar, tmp_path):
+    lines = cifar["ranking"].read_text().splitlines()
+    bad = tmp_path / "ranking.jsonl"
+    bad.write_text("\n".join([*lines[:-1], lines[1]]) + "\n")
+    bad.with_suffix(".meta.json").write_text(cifar["ranking"].with_suffix(".meta.json").read_text())
+    argv = curriculum_argv(cifar, tmp_path / "run")
+    argv[argv.index("--ranking") + 1] = str(bad)
+    with pytest.raises(ValueError, match=rf"{bad}:{len(lines)}: id {json.loads(lines[1])['id']} is ranked twice \(first at line 2\)"):
+        train_student.main(argv)

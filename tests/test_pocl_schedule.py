@@ -132,3 +132,31 @@ def test_ranking_loss_scores_the_response_as_pocl(tiny_gpt2_dir, tiny_tokenizer)
         logits = model(input_ids=ids).logits[0].float()
     by_hand = F.cross_entropy(logits[len(prompt) - 1 : -1], ids[0, len(prompt) :])
     assert loss == pytest.approx(by_hand.item(), rel=1e-5)
+
+
+def test_ranking_lines_are_refused_with_file_and_line(tmp_path):
+    """A ranking orders each example once by its integer id: a float id (read as a truncated int
+    before), a string, a bool, an id ranked twice or a line that is not UTF-8 is refused naming
+    the file and the line; unranked or unknown examples are refused by `check_ranks_all`."""
+    from abkd.pocl import check_ranks_all, read_ranked_ids
+
+    path = tmp_path / "ranking.jsonl"
+    for lines, message in (
+        ([b'{"id": 0}', b'{"id": 2.7}'], r"ranking.jsonl:2: id 2.7 is not an integer"),
+        ([b'{"id": 1.0}'], r"ranking.jsonl:1: id 1.0 is not an integer"),
+        ([b'{"id": "1"}'], r"ranking.jsonl:1: id '1' is not an integer"),
+        ([b'{"id": true}'], r"ranking.jsonl:1: id True is not an integer"),
+        ([b'{"id": 0}', b'{"id": 1}', b'{"id": 0}'], r"ranking.jsonl:3: id 0 is ranked twice \(first at line 1\)"),
+        ([b'{"id": 0}', b'{"id": "\xe9"}'], r"ranking.jsonl:2: invalid UTF-8 \(byte 0xe9 at column 9\)"),
+        ([b'{"id": 0}', b'{"rank": 1}'], r"ranking.jsonl:2: not a ranking line"),
+    ):
+        path.write_bytes(b"\n".join(lines) + b"\n")
+        with pytest.raises(ValueError, match=message):
+            read_ranked_ids(path)
+    path.write_bytes(b'{"id": 2}\n{"id": 0}\n')
+    assert read_ranked_ids(path) == [2, 0]
+    with pytest.raises(ValueError, match=r"ranking.jsonl ranks 2 of the 3 training examples: 1 are missing \(ids 1\)"):
+        check_ranks_all(path, read_ranked_ids(path), [0, 1, 2])
+    with pytest.raises(ValueError, match=r"ranking.jsonl:1: id 2 is not a training example"):
+        check_ranks_all(path, read_ranked_ids(path), [0, 1])
+    check_ranks_all(path, read_ranked_ids(path), [0, 2])

@@ -472,3 +472,26 @@ def test_pretrain_counts_duplicate_documents_and_keeps_valid_blocks_out_of_train
     assert counts["duplicate_documents"] == 5
     assert (counts["blocks_valid"], counts["blocks_train"], counts["blocks_train_dropped_as_in_valid"]) == (2, 0, 4)
     assert len(load_from_disk(str(tmp_path / "out"))["train"]) == 0
+
+
+def test_lone_surrogates_and_non_string_fields_name_file_and_line(tmp_path, tiny_tokenizer_dir):
+    """JSON's "\\ud800" decodes to a lone surrogate that no tokenizer can encode (before: a crash
+    without file or line); `"input": 0` read as no input; both are refused, or skipped and counted."""
+    source = tmp_path / "raw.jsonl"
+    rows = [json.dumps(row) for row in HAND_ROWS]
+    bad = [r'{"instruction": "Say \ud800 hi", "output": "x"}', '{"instruction": "Add.", "input": 0, "output": "1"}',
+           '{"instruction": "A", "output": "ok \\udfff"}', '{"instruction": 7, "output": "x"}', '{"prompt": ["a"], "output": "x"}']
+    messages = [
+        "field 'instruction' holds a lone surrogate (U+D800 at character 5), which is not Unicode text",
+        "field 'input' must be a string, got 0",
+        "field 'output' holds a lone surrogate (U+DFFF at character 4)",
+        "field 'instruction' must be a string, got 7",
+        "field 'prompt' must be a string, got ['a']",
+    ]
+    for line, message in zip(bad, messages):
+        source.write_text("\n".join([rows[0], line, rows[1]]) + "\n")
+        assert dolly_error(tiny_tokenizer_dir, source, tmp_path / "out", "--dev-num", 0).startswith(f"error: {source}:2: {message}")
+    source.write_text("\n".join([rows[0], *bad, rows[1], '{"instruction": "B", "input": null, "output": "y"}']) + "\n")
+    meta = dolly(tiny_tokenizer_dir, source, tmp_path / "out", "--dev-num", 0, "--skip-invalid")
+    assert meta["counts"]["skipped_invalid"] == len(bad) and meta["counts"]["kept"] == 3  # a null input is no input
+    assert [line for line, _ in meta["skipped_lines"]] == list(range(2, 2 + len(bad)))

@@ -196,6 +196,36 @@ def test_aircraft_listings_are_checked_line_by_line(tmp_path):
         datasets.load_dataset("fgvc_aircraft", tmp_path)
 
 
+def test_invalid_utf8_in_a_split_file_or_listing_names_file_line_and_column(tmp_path):
+    """Before: a UnicodeDecodeError naming neither the file nor the line."""
+    path = _write_split(tmp_path, GOOD)
+    text = json.dumps(GOOD, indent=1).encode()
+    path.write_bytes(text.replace(b'"dog_1.jpg"', b'"d\xf6g_1.jpg"'))
+    bad = text.index(b'"dog_1.jpg"') + 2  # the o, now 0xf6
+    line, column = text[:bad].count(b"\n") + 1, bad - text.rfind(b"\n", 0, bad)
+    with pytest.raises(ValueError, match=re.escape(f"{path}:{line}: invalid UTF-8 (byte 0xf6 at column {column})")):
+        datasets.load_dataset("oxford_pets", tmp_path)
+    directory = tmp_path / "fgvc_aircraft"
+    (directory / "images").mkdir(parents=True)
+    (directory / "variants.txt").write_bytes(b"707-320\nA300\xb4\n")
+    with pytest.raises(ValueError, match=re.escape(f"{directory / 'variants.txt'}:2: invalid UTF-8 (byte 0xb4 at column 5)")):
+        datasets.load_dataset("fgvc_aircraft", tmp_path)
+
+
+@pytest.mark.parametrize("data, found", [
+    (np.random.RandomState(0).rand(6, 3072), "a float64 array of shape [6, 3072]"),  # [0, 1] floats used to become black images
+    (np.full((6, 3072), 256, dtype=np.int64), "a int64 array of shape [6, 3072]"),  # 256 used to wrap to 0
+    (np.zeros((6, 3, 32, 32), dtype=np.uint8), "a uint8 array of shape [6, 3, 32, 32]"),
+])
+def test_cifar_data_that_is_not_uint8_pixels_is_refused_naming_the_file(tmp_path, data, found):
+    payloads = _cifar_pickles()
+    payloads["train"]["data"] = data
+    directory = _write(tmp_path / "cifar-100-python", payloads)
+    with pytest.raises(ValueError, match=re.escape(f"{directory / 'train'}: 'data' is {found}; CIFAR-100 images are a uint8 array [N, 3072]")):
+        load_cifar100(tmp_path, "train")
+    assert load_cifar100(tmp_path, "test").images.dtype == torch.uint8
+
+
 # ---------------------------------------------------------------------------------------------
 # PEFT adapters: local directories only.
 # ---------------------------------------------------------------------------------------------
@@ -275,3 +305,64 @@ def test_a_saved_adapter_loads_from_a_relative_path_offline(tmp_path, monkeypatc
     assert all(kwargs["local_files_only"] is True for _, kwargs in calls)
     assert [kwargs["is_trainable"] for _, kwargs in calls] == [True, False]
     assert no_network == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Model folders: weights of another architecture, no tokenizer files.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def foreign_weights_dir(tmp_path, tiny_llama_dir, tiny_gpt2_dir) -> Path:
+    """A Llama config and tokenizer over a GPT-2's model.safetensors: transformers loads it as a
+    randomly initialised Llama (it only logs the missing and unexpected keys)."""
+    import shutil
+
+    folder = tmp_path / "llama-config-gpt2-weights"
+    shutil.copytree(tiny_llama_dir, folder)
+    shutil.copy(tiny_gpt2_dir / "model.safetensors", folder / "model.safetensors")
+    return folder
+
+
+def test_weights_of_another_architecture_are_refused_naming_path_and_keys(foreign_weights_dir, tiny_gpt2_dir, tmp_path):
+    from distillation_llm import finetune
+
+    message = rf"--model-path {foreign_weights_dir}: its weights do not fit the LlamaForCausalLM its config.json describes: \d+ missing \(e.g. lm_head.weight, model.embed_tokens.weight"
+    with pytest.raises(ValueError, match=message + r".*the checkpoint holds other weights, e.g. transformer\."):
+        load_causal_lm(foreign_weights_dir)
+    data = tmp_path / "data"
+    from conftest import write_instruction_jsonl
+
+    from tools import process_data_dolly
+
+    write_instruction_jsonl(data / "raw.jsonl", 24)
+    process_data_dolly.main(["--data-dir", str(data), "--processed-data-dir", str(data / "processed"), "--model-path", str(tiny_gpt2_dir),
+                             "--max-prompt-length", "64", "--max-length", "96", "--dev-num", "4"])
+    common = ["--data-dir", str(data / "processed"), "--do-train", "--batch-size", "4", "--total-iters", "1"]
+    with pytest.raises(ValueError, match=message):  # as the student
+        finetune.main(["--model-path", str(foreign_weights_dir), "--save", str(tmp_path / "student"), "--type", "sft", *common])
+    with pytest.raises(ValueError, match=message.replace("--model-path", "--teacher-model-path")):  # as the teacher
+        finetune.main(["--model-path", str(tiny_gpt2_dir), "--teacher-model-path", str(foreign_weights_dir), "--save", str(tmp_path / "teacher"),
+                       "--type", "kd", *common])
+    assert load_causal_lm(tiny_gpt2_dir).get_output_embeddings() is not None  # a genuine folder (tied head) loads
+
+
+def test_a_checkpoint_without_tokenizer_files_is_refused_naming_them(tmp_path, tiny_gpt2_dir):
+    """transformers 5 builds an empty tokenizer from config.json alone (evaluation then failed on
+    'prompt 0 is empty'; processing wrote empty prompts)."""
+    import shutil
+
+    from distillation_llm.models import load_tokenizer
+    from tools._common import ProcessingError
+    from tools._common import load_tokenizer as processing_tokenizer
+
+    folder = tmp_path / "no-tokenizer"
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_gpt2_dir / name, folder / name)
+    message = rf"--model-path {folder}: no tokenizer files \(none of tokenizer.json, vocab.json, vocab.txt, tokenizer.model"
+    with pytest.raises(FileNotFoundError, match=message):
+        load_tokenizer(folder)
+    with pytest.raises(ProcessingError, match=message):
+        processing_tokenizer(folder)
+    assert len(load_tokenizer(tiny_gpt2_dir)) > 100

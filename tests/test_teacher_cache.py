@@ -367,3 +367,125 @@ def test_two_processes_build_the_same_cache(tmp_path, processed_dir, tiny_gpt2_t
     expected = json.loads((topk_cache / "meta.json").read_text())
     expected.pop("build")
     assert meta == expected  # every shard's size and SHA-256 included
+
+
+def _rebuild_argv(message: str) -> list[str]:
+    """The arguments of the `python -m tools.cache_teacher_logits ...` command an error advises."""
+    import shlex
+
+    command = shlex.split(message.split("`")[1])
+    assert command[:3] == ["python", "-m", "tools.cache_teacher_logits"]
+    return command[3:]
+
+
+def _ids_of_shard(cache: TeacherCache, index: int) -> list[int]:
+    """The example ids of shard `index` (of meta.json's list), in their stored order."""
+    return [example_id for example_id, (chunk, _, _) in cache._where.items() if cache._chunks[chunk].shard == index]
+
+
+def _example_rows(cache: TeacherCache, example_id: int) -> dict:
+    _, _, tokens = cache._where[example_id]
+    return cache.rows([example_id], [tokens])
+
+
+def test_a_damaged_shard_is_refused_and_the_advised_command_rebuilds_it(tmp_path, topk_cache):
+    """A shard changed in place (same size) is refused on first use by its SHA-256, a truncated
+    one at open; the command the error names rebuilds exactly the damaged shards (before, a
+    finished cache was never looked at again: 'nothing to do')."""
+    out = tmp_path / "cache"
+    shutil.copytree(topk_cache, out)
+    meta = json.loads((out / "meta.json").read_text())
+    changed, truncated = (meta["splits"]["train"]["shards"][i]["file"] for i in (1, 3))
+    data = bytearray((out / changed).read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 8] = b"\xff" * 8  # float16 0xffff is NaN
+    (out / changed).write_bytes(bytes(data))
+    cache = TeacherCache.open(out)  # sizes match: opening reads only the example index
+    _example_rows(cache, _ids_of_shard(cache, 0)[0])  # shard 0 is intact
+    with pytest.raises(ValueError, match=rf"shard {out / changed} does not match the SHA-256 recorded in meta.json") as error:
+        _example_rows(cache, _ids_of_shard(cache, 1)[0])
+    argv = _rebuild_argv(str(error.value))
+    (out / truncated).write_bytes((out / truncated).read_bytes()[:-100])
+    with pytest.raises(ValueError, match=rf"shard {out / truncated} has \d+ bytes, \d+ were written: .*rebuild the damaged shards with `python -m tools.cache_teacher_logits"):
+        TeacherCache.open(out)
+    cache_teacher_logits.main(argv)
+    for name in (changed, truncated):
+        assert (out / name).read_bytes() == (topk_cache / name).read_bytes(), name
+    repaired, original = (json.loads((root / "meta.json").read_text()) for root in (out, topk_cache))
+    assert repaired.pop("build")["resumed_shards"] == len(original["splits"]["train"]["shards"]) + 1 - 2
+    original.pop("build")
+    assert repaired == original
+    cache, reference = TeacherCache.open(out), TeacherCache.open(topk_cache)
+    for example_id in reference._where:
+        for key, value in _example_rows(cache, example_id).items():
+            assert torch.equal(value, _example_rows(reference, example_id)[key]), (example_id, key)
+
+
+def _rewrite_shard(cache_dir: Path, shard_index: int, edit) -> int:
+    """Rewrite train shard `shard_index` as the builder writes shards, with `edit(top_logits,
+    tails)` applied to its first example's rows, and record its new size and SHA-256 in meta.json
+    (so that only the values are wrong). Returns that example's id."""
+    from distillation_llm.teacher_cache import record_batch, shard_name
+
+    meta = json.loads((cache_dir / "meta.json").read_text())
+    cache = TeacherCache(cache_dir, meta)
+    ids = _ids_of_shard(cache, shard_index)
+    counts = [cache._where[i][2] for i in ids]
+    rows = cache.rows(ids, counts)
+    top_logits, tails = rows["teacher_top_logits"].float().clone(), rows["teacher_tail_log_mass"].clone()
+    edit(top_logits[: counts[0]], tails[: counts[0]])
+    name = shard_name("train", shard_index)
+    batch = record_batch(ids, counts, rows["teacher_top_ids"], top_logits, tails, meta["dtype"])
+    record = cache_teacher_logits.write_shard(cache_dir, name, [batch], meta["dtype"])
+    meta["splits"]["train"]["shards"][shard_index] = record
+    (cache_dir / "meta.json").write_text(json.dumps(meta))
+    return ids[0]
+
+
+@pytest.mark.parametrize("value,column,problem", [
+    (float("nan"), "logits", r"1 non-finite top-K logit value\(s\) \(NaN or \+inf\)"),
+    (float("inf"), "tails", r"1 non-finite tail log-mass value\(s\)"),
+    (float("-inf"), "first", "a row whose largest top-K logit is not 0"),
+])
+def test_a_non_finite_cached_value_is_refused_naming_shard_and_example(value, column, problem, tmp_path, topk_cache):
+    out = tmp_path / "cache"
+    shutil.copytree(topk_cache, out)
+
+    def edit(top_logits, tails):
+        if column == "logits":
+            top_logits[1, 3] = value
+        elif column == "tails":
+            tails[0, 1] = value
+        else:
+            top_logits[2, 0] = value
+
+    example_id = _rewrite_shard(out, 2, edit)
+    cache = TeacherCache.open(out)  # the hashes match: only the values are wrong
+    with pytest.raises(ValueError, match=rf"shard {out / 'train' / '00002.arrow'}, example id {example_id}: {problem}.*: delete {out} and build it again"):
+        _example_rows(cache, example_id)
+    assert _example_rows(cache, _ids_of_shard(cache, 0)[0])["teacher_top_logits"].isfinite().all()
+
+
+def test_a_minus_infinite_logit_past_the_first_is_a_zero_probability(tmp_path, topk_cache):
+    """-inf below the largest logit is a probability of 0 (a logit under float16's range): kept."""
+    out = tmp_path / "cache"
+    shutil.copytree(topk_cache, out)
+
+    def edit(top_logits, tails):
+        top_logits[0, -1] = float("-inf")
+
+    example_id = _rewrite_shard(out, 0, edit)
+    assert _example_rows(TeacherCache.open(out), example_id)["teacher_top_logits"][0, -1] == float("-inf")
+
+
+def test_the_builder_refuses_a_non_finite_teacher_output(tmp_path, monkeypatch, processed_dir, tiny_gpt2_teacher_dir):
+    teacher_rows = cache_teacher_logits.teacher_rows
+
+    def nan_tails(*args, **kwargs):
+        top_ids, top_logits, tails = teacher_rows(*args, **kwargs)
+        return top_ids, top_logits, tails * float("nan")
+
+    monkeypatch.setattr(cache_teacher_logits, "teacher_rows", nan_tails)
+    out = tmp_path / "cache"
+    with pytest.raises(SystemExit, match=r"--teacher-model-path .*: \d+ non-finite tail log-mass value\(s\) \(NaN or \+inf\) on train examples \[\d+, .*\] \(shard train/00000.arrow\)"):
+        _build(out, processed_dir, tiny_gpt2_teacher_dir, "--top-k", 4, "--shard-size", 16)
+    assert not (out / "train" / "00000.arrow").exists()

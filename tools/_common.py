@@ -15,6 +15,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from abkd.engine import file_sha256  # noqa: F401  (re-exported: the data tools fingerprint their sources with it)
+from abkd.pretrained import check_tokenizer_files
 
 FORMAT_VERSION = 1
 META_FILE = "meta.json"
@@ -30,6 +31,10 @@ def load_tokenizer(model_path: str | Path):
 
     if not Path(model_path).is_dir():
         raise ProcessingError(f"--model-path {model_path}: no such directory (a local tokenizer directory is needed)")
+    try:
+        check_tokenizer_files(model_path, "--model-path")
+    except FileNotFoundError as error:
+        raise ProcessingError(str(error)) from None
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
     except (OSError, ValueError) as error:

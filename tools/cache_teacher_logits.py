@@ -11,7 +11,8 @@ by `InstructionCollator` at `--max-length`, in order. Each split is cut into sha
 `--shard-size` examples in dataset order, and each shard is written under a temporary name and
 renamed, then recorded with its size and SHA-256; an interrupted build run again skips the shards
 that are complete (their files are then byte-identical to an uninterrupted build's) and builds the
-rest. Processes take shards round-robin; rank 0 writes meta.json once all are done. A folder that
+rest, and a finished one run again checks every shard's SHA-256 and rebuilds the damaged ones
+(`finetune` names this command when it finds one). A teacher output holding NaN or +inf is refused. Processes take shards round-robin; rank 0 writes meta.json once all are done. A folder that
 holds a cache built with other settings (teacher, data, K, temperatures, dtype, length) is refused,
 never overwritten. Format: `distillation_llm/teacher_cache.py`.
 
@@ -36,7 +37,7 @@ from abkd import engine as E
 from abkd.sampling import batches
 from distillation_llm.data import IGNORE_INDEX, InstructionCollator, load_processed, tokenizer_fingerprint
 from distillation_llm.models import final_hidden_states, load_causal_lm, load_tokenizer, merge_lora, split_head, weights_fingerprint
-from distillation_llm.teacher_cache import BUILD, DTYPES, FORMAT_VERSION, META, arrow_schema, record_batch, shard_name
+from distillation_llm.teacher_cache import BUILD, DTYPES, FORMAT_VERSION, META, arrow_schema, invalid_rows, record_batch, shard_name
 
 # Rows of teacher logits [rows, V] computed at once (memory: rows x V x 4 bytes).
 LOGIT_ROWS = 1024
@@ -222,14 +223,26 @@ def build(args: argparse.Namespace) -> dict:
     if E.is_main_process():
         prepare_out(out, settings)
     E.barrier()
-    if (out / META).is_file():  # build.json matched: this very cache is complete
-        E.print_rank0(f"{out} already holds this teacher cache: nothing to do")
-        return json.loads((out / META).read_text())
+    # build.json matched. With meta.json present the cache was complete once; its shards are still
+    # checked (size and SHA-256 against their records and meta.json's), and the damaged ones rebuilt.
+    finished = json.loads((out / META).read_text()) if (out / META).is_file() else None
+    recorded = {shard["file"]: shard["sha256"] for split in (finished or {"splits": {}})["splits"].values() for shard in split["shards"]}
+    E.barrier()  # every process has read meta.json before one removes it
 
     shards = [(name, index, range(start, min(start + args.shard_size, len(split))))
               for name, split in splits.items() for index, start in enumerate(range(0, len(split), args.shard_size))]
     mine = [shard for number, shard in enumerate(shards) if number % E.world_size() == E.rank()]
-    todo = [shard for shard in mine if complete_shard(out, shard_name(shard[0], shard[1]), len(shard[2])) is None]
+
+    def complete(shard) -> bool:
+        name = shard_name(shard[0], shard[1])
+        record = complete_shard(out, name, len(shard[2]))
+        return record is not None and (finished is None or recorded.get(name) == record["sha256"])
+
+    todo = [shard for shard in mine if not complete(shard)]
+    if todo and finished is not None:
+        print(f"{out}: {len(todo)} shard(s) do not match their recorded size or SHA-256 "
+              f"({', '.join(shard_name(name, index) for name, index, _ in todo[:5])}): rebuilding them", flush=True)
+        (out / META).unlink(missing_ok=True)  # an interrupted repair leaves an unfinished build, never a complete-looking one
     if todo:
         teacher = load_causal_lm(args.teacher_model_path, dtype=getattr(torch, args.teacher_dtype), device=device, flag="--teacher-model-path")
         if args.teacher_peft_path:
@@ -248,6 +261,11 @@ def build(args: argparse.Namespace) -> dict:
                 batch = {key: value.to(device) for key, value in collate(examples).items()}
                 top_ids, top_logits, tails = teacher_rows(teacher, split, batch, vocab, args.top_k, args.temperatures)
                 counts = (batch["labels"] != IGNORE_INDEX).sum(-1).tolist()
+                if (problem := invalid_rows(top_logits, tails)) is not None:
+                    raise CacheError(
+                        f"--teacher-model-path {args.teacher_model_path}: {problem} on {name} examples "
+                        f"{batch['ids'].tolist()} (shard {shard_name(name, rows.start // args.shard_size)}); nothing of it is cached"
+                    )
                 yield record_batch(batch["ids"].tolist(), counts, top_ids, top_logits, tails, args.dtype)
                 bar.update(len(index))
 
@@ -257,6 +275,9 @@ def build(args: argparse.Namespace) -> dict:
     built = torch.tensor([len(todo)], device=device)
     if E.world_size() > 1:
         torch.distributed.all_reduce(built)  # also the barrier: every shard is written
+    if finished is not None and int(built.item()) == 0:
+        E.print_rank0(f"{out} already holds this teacher cache, every shard matching its SHA-256: nothing to do")
+        return finished
     meta = None
     if E.is_main_process():
         meta = write_meta(out, settings, shards, started, resumed=len(shards) - int(built.item()))

@@ -103,6 +103,7 @@ def init_student(teacher_path: str | Path, out: str | Path, layers: int | None =
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     from abkd.engine import file_sha256
+    from abkd.pretrained import WeightsMismatch, checked_from_pretrained
 
     teacher_path, out = Path(teacher_path), Path(out)
     if not (teacher_path / "config.json").is_file():
@@ -116,7 +117,10 @@ def init_student(teacher_path: str | Path, out: str | Path, layers: int | None =
     if (layers is None) == (layer_ids is None):
         raise InitError("give exactly one of --layers and --layer-ids")
     ids = evenly_spaced(total, layers) if layers is not None else (parse_layer_ids(layer_ids, total) if isinstance(layer_ids, str) else list(layer_ids))
-    teacher = AutoModelForCausalLM.from_pretrained(teacher_path, dtype=torch.float32, local_files_only=True)
+    try:
+        teacher = checked_from_pretrained(AutoModelForCausalLM, teacher_path, "--teacher", dtype=torch.float32)
+    except WeightsMismatch as error:
+        raise InitError(str(error)) from None
     prefix = layer_prefix(teacher)
     torch.manual_seed(0)  # nothing is left at its initialisation (checked below), but keep it reproducible
     student = AutoModelForCausalLM.from_config(student_config(teacher.config, ids), dtype=torch.float32)
