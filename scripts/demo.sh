@@ -72,8 +72,7 @@ done
 finetune() {  # finetune NAME EPOCHS ARGS...: one training run into ${OUT}/runs/NAME (--data-dir in ARGS overrides)
     local name=$1 epochs=$2
     shift 2
-    echo "== training ${name} =="
-    rm -rf "${OUT}/runs/${name}"  # a fresh run: finetune refuses a --save holding an earlier run's checkpoints
+    echo "== training ${name} =="; rm -rf "${OUT}/runs/${name}"  # fresh: finetune refuses a --save holding a run's checkpoints
     "${PYTHON}" -m distillation_llm.finetune --data-dir "${OUT}/processed" --save "${OUT}/runs/${name}" \
         --do-train --do-valid --epochs "${epochs}" --batch-size "${BATCH}" --eval-batch-size 64 --lr "${LR}" \
         --warmup-iters 20 --weight-decay 0.0 --max-length 128 --max-prompt-length 96 --log-interval "${LOG_INTERVAL}" --seed 10 "$@"
