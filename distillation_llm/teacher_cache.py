@@ -21,9 +21,10 @@ uint16 bit pattern, or float32) and `tail_log_mass` (n x len(temperatures) float
 mass of softmax(z / T) outside the top K at each cached temperature T; -inf when K = V).
 
 Training reads the shards memory-mapped; each shard's SHA-256 is checked against meta.json when
-its rows are first read, and rows holding NaN or +inf are refused naming the shard and example. `TeacherCache.collator` adds an example's cached rows to
-each collated batch (in label order, `teacher_*` keys), and `TeacherCache.buckets` turns them into
-the teacher's (K + 1)-bucket distribution at the run's temperature (`abkd.fused.TeacherBuckets`).
+its rows are first read, and rows holding NaN or +inf are refused naming the shard and example.
+`TeacherCache.collator` adds an example's cached rows to each collated batch (in label order,
+`teacher_*` keys), and `TeacherCache.buckets` turns them into the teacher's (K + 1)-bucket
+distribution at the run's temperature (`abkd.fused.TeacherBuckets`).
 """
 
 from __future__ import annotations
@@ -264,7 +265,7 @@ class TeacherCache:
         file = self.path / shard["file"]
         if not file.is_file() or file.stat().st_size != shard["bytes"]:
             found = f"has {file.stat().st_size} bytes" if file.is_file() else "is missing"
-            raise self._damaged(shard, f"{found}, {shard['bytes']} were written")
+            raise self._damaged(shard, f"{found} ({shard['bytes']} bytes were written)")
         try:
             table = pa.ipc.open_stream(pa.memory_map(str(file))).read_all()
         except pa.ArrowException as error:

@@ -405,7 +405,7 @@ def test_a_damaged_shard_is_refused_and_the_advised_command_rebuilds_it(tmp_path
         _example_rows(cache, _ids_of_shard(cache, 1)[0])
     argv = _rebuild_argv(str(error.value))
     (out / truncated).write_bytes((out / truncated).read_bytes()[:-100])
-    with pytest.raises(ValueError, match=rf"shard {out / truncated} has \d+ bytes, \d+ were written: .*rebuild the damaged shards with `python -m tools.cache_teacher_logits"):
+    with pytest.raises(ValueError, match=rf"shard {out / truncated} has \d+ bytes \(\d+ bytes were written\): .*rebuild the damaged shards with `python -m tools.cache_teacher_logits"):
         TeacherCache.open(out)
     cache_teacher_logits.main(argv)
     for name in (changed, truncated):
