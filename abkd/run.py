@@ -401,6 +401,14 @@ class StopSignals:
             StopSignals.active = None
 
 
+def ignore_stop_signals(worker_id: int) -> None:
+    """A DataLoader worker's `worker_init_fn`: workers leave SIGTERM/SIGINT to the training process,
+    which stops at the end of its step; a worker killed by a signal sent to the whole process group
+    (Ctrl-C, a scheduler's preemption) would fail the run instead."""
+    for number in STOP_SIGNALS:
+        signal.signal(number, signal.SIG_IGN)
+
+
 def _collective(action: Callable[[], Any]) -> Any:
     """Run `action` on rank 0 and return its result on every rank; an exception it raises is
     raised on every rank (so none waits for the others at a barrier)."""

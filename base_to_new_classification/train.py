@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader
 from abkd import engine as E
 from abkd.classification import PRECISIONS, PROMPTKD_LOSSES, PromptKDLoss, autocast_context, fp32_deepspeed_config
 from abkd.curriculum import Curriculum, add_curriculum_args, digest, load_ranking, resolve_curriculum_args, set_temperature
-from abkd.run import Run, atomic_save, parser_defaults
+from abkd.run import Run, atomic_save, ignore_stop_signals, parser_defaults
 from abkd.sampling import GlobalBatchSampler
 from abkd.schedules import build_scheduler, lr_multiplier, on_clock
 from base_to_new_classification import promptsrc_checkpoint
@@ -228,7 +228,8 @@ def fit(run: Run, module: torch.nn.Module, objective, train_set: ImageDataset, o
     ds_config = fp32_deepspeed_config(E.load_deepspeed_config(args.deepspeed_config, micro_batch_size=args.batch_size, gradient_accumulation_steps=1))
     sampler = GlobalBatchSampler(len(train_set), args.batch_size, 1, E.world_size(), E.rank(), args.seed)
     curriculum = None if make_curriculum is None else make_curriculum(sampler)
-    loader = DataLoader(train_set, batch_sampler=sampler, num_workers=args.num_workers)
+    loader = DataLoader(train_set, batch_sampler=sampler, num_workers=args.num_workers,
+                        worker_init_fn=ignore_stop_signals if args.num_workers else None)
     learnable = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(learnable, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     scheduler = build_lr_scheduler(optimizer, args, sampler.steps_per_epoch, None if curriculum is None else curriculum.full_data_step)

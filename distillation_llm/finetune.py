@@ -34,7 +34,6 @@ import math
 import os
 import re
 import shutil
-import signal
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -46,7 +45,7 @@ from tqdm import tqdm
 
 from abkd import engine as E
 from abkd.pocl import BabyStepScheduler, check_ranks_all
-from abkd.run import STOP_SIGNALS, Run, parser_defaults
+from abkd.run import Run, ignore_stop_signals, parser_defaults
 from abkd.runlog import RunLog
 from abkd.sampling import GlobalBatchSampler, batches, shard_indices
 from abkd.schedules import build_scheduler, lr_multiplier
@@ -94,13 +93,6 @@ def lm_micro_batches(loader: DataLoader, sampler: GlobalBatchSampler, step: int)
         sampler.set_epoch(epoch, skip_steps=skip)
         yield from loader
         epoch, skip = epoch + 1, 0
-
-
-def ignore_stop_signals(worker_id: int) -> None:
-    """DataLoader workers leave SIGTERM/SIGINT to the training process, which stops at the end of
-    its step (abkd.run); a worker killed by a signal sent to the whole process group would fail it."""
-    for number in STOP_SIGNALS:
-        signal.signal(number, signal.SIG_IGN)
 
 
 class TrainingData:

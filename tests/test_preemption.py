@@ -190,3 +190,25 @@ def test_a_resume_removes_model_folders_past_its_checkpoint(tmp_path, processed_
     assert "removed the model folders of steps after 2, left by an earlier invocation: 4, best" in (save / "log.txt").read_text()
     assert not (save / "best").exists()  # no validation in this run: nothing was selected
     assert _max_difference(_weights(save / "4"), stale) > 0  # step 4 of the resumed trajectory, not the stale one
+
+
+# ---------------------------------------------------------------------------------------------
+# DataLoader workers leave the stop signals to the training process.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT])
+def test_dataloader_workers_survive_a_stop_signal_sent_to_the_process_group(number):
+    """Ctrl-C and a scheduler's SIGTERM reach every process of the group; a worker that died of it
+    would fail the run instead of letting the training process stop at its step's end (the LLM
+    and CLIP loops pass this worker_init_fn whenever --num-workers > 0)."""
+    from abkd.run import ignore_stop_signals
+
+    loader = DataLoader(list(range(64)), batch_size=4, num_workers=1, worker_init_fn=ignore_stop_signals, prefetch_factor=1)
+    batches = iter(loader)
+    first = next(batches)
+    (worker,) = batches._workers
+    os.kill(worker.pid, number)
+    time.sleep(0.3)
+    rest = list(batches)
+    assert worker.exitcode in (None, 0) and [int(x) for b in [first, *rest] for x in b] == list(range(64))
