@@ -13,6 +13,13 @@ from pathlib import Path
 from distillation_llm.methods import METHODS, STUDENT_SOURCES, check_ab_params, lookup
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m distillation_llm.finetune",
@@ -39,16 +46,21 @@ def build_parser() -> argparse.ArgumentParser:
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of AdamW")
     optim.add_argument("--batch-size", type=int, default=8, help="training micro-batch size per process")
-    optim.add_argument("--eval-batch-size", type=int, default=16, help="validation batch size per process")
+    optim.add_argument("--eval-batch-size", type=int, default=32,
+        help="validation batch size per process (the references' default 32; the validation loss is a mean of batch means, as theirs, so it depends on it)")
     optim.add_argument("--gradient-accumulation-steps", type=int, default=1, help="micro-batches accumulated per optimizer step")
     optim.add_argument("--warmup-iters", type=int, default=0, help="optimizer steps of linear learning-rate warm-up")
     optim.add_argument("--lr-decay-style", default="cosine", choices=("constant", "cosine", "linear"), help="learning-rate decay after warm-up")
-    optim.add_argument("--lr-min", type=float, default=0.0, help="learning rate at the end of cosine/linear decay")
-    optim.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay (not applied to biases and norms)")
+    optim.add_argument("--lr-min", type=float, default=1e-7, help="learning rate at the end of cosine/linear decay (the references' default 1e-7)")
+    optim.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay (see --weight-decay-exempt)")
+    optim.add_argument("--weight-decay-exempt", choices=("reference", "1d"), default="reference",
+        help="parameters without weight decay: reference = those named bias, ln_f/ln_1/ln_2 weights (the references' GPT-2 list, so OPT's "
+             "and LLaMA's norm weights decay); 1d = every bias and normalisation weight of any architecture")
     optim.add_argument("--clip-grad", type=float, default=1.0, help="gradient-norm clipping threshold (0 disables)")
     optim.add_argument("--epochs", type=int, default=None, help="training epochs (ignored when --total-iters is given)")
     optim.add_argument("--total-iters", type=int, default=None, help="total optimizer steps; overrides --epochs")
-    optim.add_argument("--kd-ratio", type=float, default=0.5, help="loss = (1 - kd_ratio) * CE + kd_ratio * divergence")
+    optim.add_argument("--kd-ratio", type=float, default=1.0,
+        help="loss = (1 - kd_ratio) * CE + kd_ratio * divergence (default 1.0, what every reference launcher passes; the references' parser has none)")
 
     lengths = parser.add_argument_group("lengths")
     lengths.add_argument("--max-length", type=int, default=512, help="maximum prompt + response tokens of a training sequence")
@@ -113,7 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     curriculum.add_argument("--curriculum", choices=("none", "pocl"), default="none", help="pocl: train easy-to-hard in Baby Step stages from --ranking")
     curriculum.add_argument("--ranking", help="ranking.jsonl from `python -m distillation_llm.rank_difficulty rank` (easy to hard)")
     curriculum.add_argument("--num-stages", type=int, default=4, help="curriculum stages S; stage s trains on the easiest (s+1)/S of the data")
-    curriculum.add_argument("--stage-epochs", type=int, default=1, help="epochs per stage (with --stage-patience, the most a stage may take)")
+    curriculum.add_argument("--stage-epochs", type=int, default=8, help="epochs per stage, POCL's 8 (with --stage-patience, the most a stage may take)")
+    curriculum.add_argument("--stage-start", choices=("last", "best"), default="last",
+        help="where each stage after the first starts: the previous stage's last step (POCL's published runs) or its best validated model")
+    curriculum.add_argument("--stage-dev-num", type=_int_list, default=None, metavar="N,N,...",
+        help="validation examples per stage, one number per stage (POCL: 1000,500,500,500); default --dev-num in every stage")
     curriculum.add_argument("--stage-patience", type=int, default=None, help="advance a stage once the validation loss has not improved for this many evaluations")
     curriculum.add_argument("--kd-temperature-start", type=float, default=1.0, help="KD temperature of the first stage (rises linearly to --kd-temperature-end)")
     curriculum.add_argument("--kd-temperature-end", type=float, default=2.0, help="KD temperature of the last stage")
@@ -122,7 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     from distillation_llm.generation import GenerationSettings, add_generation_args
 
-    add_generation_args(parser, GenerationSettings(do_sample=False, max_new_tokens=128))
+    # --eval-gen decodes as every reference training script: pure sampling at temperature 1, up to
+    # --max-length minus the (padded) prompt length new tokens, no n-gram ban (their finetune.py evaluate()).
+    group = add_generation_args(parser, GenerationSettings(do_sample=True, top_k=0, top_p=1.0, temperature=1.0))
+    for action in group._group_actions:
+        if action.dest == "max_new_tokens":
+            action.default, action.help = None, "--eval-gen: generate at most this many tokens (default --max-length minus --max-prompt-length, as the references)"
 
     reference = parser.add_argument_group("reference launchers", "flags of the DistiLLM/ABKD/POCL launchers with nothing to do here; each is logged at start-up with what it did there")
     reference.add_argument("--base-path", help="the reference's project root, from which it built default paths; here every path is given in full")
@@ -164,6 +185,13 @@ def reference_notes(args: argparse.Namespace, world_size: int) -> list[str]:
 
 def divergence_params(args: argparse.Namespace) -> dict[str, float]:
     return lookup(args.type).params(args)
+
+
+def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Defaults that depend on other flags (validate applies them; the launcher tests too)."""
+    if args.max_new_tokens is None:
+        args.max_new_tokens = args.max_length - args.max_prompt_length
+    return args
 
 
 def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse.Namespace:
@@ -220,8 +248,14 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argpa
                 parser.error(f"--{flag.replace('_', '-')} must lie in [0, 1]")
         if min(args.kd_temperature_start, args.kd_temperature_end) <= 0:
             parser.error("--kd-temperature-start/--kd-temperature-end must be positive")
-    elif args.ranking:
-        parser.error("--ranking is only used with --curriculum pocl")
+        if args.stage_dev_num is not None and (len(args.stage_dev_num) != args.num_stages or min(args.stage_dev_num) < 1):
+            parser.error(f"--stage-dev-num {','.join(map(str, args.stage_dev_num))}: give one positive count per stage ({args.num_stages} stages)")
+    elif args.ranking or args.stage_dev_num is not None:
+        parser.error(f"{'--ranking' if args.ranking else '--stage-dev-num'} is only used with --curriculum pocl")
+    resolve_defaults(args)
+    if args.eval_gen and args.max_new_tokens < 1:
+        parser.error(f"--eval-gen generates --max-new-tokens {args.max_new_tokens} (--max-length {args.max_length} minus --max-prompt-length "
+                     f"{args.max_prompt_length}): give --max-new-tokens or a longer --max-length")
     if args.do_train and args.total_iters is None and args.epochs is None and args.curriculum == "none":
         parser.error("give --epochs or --total-iters")
     for flag in ("epochs", "total_iters", "stop_after_iters"):

@@ -260,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     models = parser.add_argument_group("models")
     models.add_argument("--model-path", required=True, help="comma-separated local model directories and/or glob patterns (quote them), e.g. 'results/*/best,checkpoints/gpt2-base'")
     models.add_argument("--peft-path", help="LoRA/PEFT adapter directory merged into the single --model-path before evaluation")
-    models.add_argument("--dtype", choices=("auto", *DTYPES), default="auto", help="weights' dtype for the Hugging Face backend (auto: bfloat16 on CUDA, float32 on CPU)")
+    models.add_argument("--dtype", choices=("auto", *DTYPES), default="auto", help="weights' dtype for the Hugging Face backend (auto: float16 on CUDA, as the references evaluate; float32 on CPU)")
 
     data = parser.add_argument_group("data")
     data.add_argument("--data-dir", required=True, help="directory holding <set>/valid.jsonl for every evaluation set")
@@ -340,7 +340,7 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
     save.mkdir(parents=True, exist_ok=True)
     (save / "args.json").write_text(json.dumps(vars(args), indent=2, default=str) + "\n")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = DTYPES[args.dtype] if args.dtype != "auto" else (torch.bfloat16 if device == "cuda" else torch.float32)
+    dtype = DTYPES[args.dtype] if args.dtype != "auto" else (torch.float16 if device == "cuda" else torch.float32)
 
     from distillation_llm.models import load_tokenizer
 

@@ -17,9 +17,10 @@ per pass), so it resumes exactly too.
 POCL (--curriculum pocl) runs its Baby Step stages as POCL's per-stage launchers do, in one
 resumable command: each stage trains with a fresh AdamW and a learning-rate schedule (warm-up,
 then --lr-decay-style down to --lr-min) over the stage's own --stage-epochs, starting from the
-previous stage's selected model: its best within that stage by the selection metric (with
---do-valid), else its last step. Each stage's selection is copied to best_stage<k>/ (k = 1..S);
-best_stage<S>/ is what POCL's last launcher selects, and best/ stays the best over all stages.
+previous stage's last step, as POCL's published runs do (--stage-start best: from its best model
+within that stage by the selection metric). Each stage's best is copied to best_stage<k>/
+(k = 1..S), and best/ stays the best over all stages; --stage-dev-num gives each stage its own
+number of dev examples (POCL: 1000 in the first, 500 after).
 """
 
 from __future__ import annotations
@@ -60,15 +61,24 @@ from distillation_llm.rank_difficulty import load_ranking
 from distillation_llm.sources import AdaptiveThreshold, DatasetSource, StudentGeneratedSource, fresh_share
 from distillation_llm.teacher_cache import TeacherCache
 
+# DistiLLM/ABKD/POCL `utils.get_optimizer_params`: no weight decay on parameters whose name contains
+# one of these (GPT-2's module names: OPT's and LLaMA's norm weights do decay there).
+REFERENCE_NO_DECAY = ("bias", "ln_f.weight", "ln_1.weight", "ln_2.weight", "ln_cross_attn")
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: no weight decay on biases and normalisation weights (1-D parameters). A
-    ZeRO-3-partitioned parameter (a POCL stage's new engine) keeps its full shape in `ds_shape`."""
-    def ndim(p: torch.nn.Parameter) -> int:
-        return len(getattr(p, "ds_shape", p.shape))
 
-    decay = [p for p in model.parameters() if p.requires_grad and ndim(p) >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and ndim(p) < 2]
+def param_groups(model: torch.nn.Module, weight_decay: float, exempt: str = "reference") -> list[dict]:
+    """AdamW groups. `exempt` "reference": no weight decay on the parameters named in
+    REFERENCE_NO_DECAY, as the references; "1d": none on biases and normalisation weights of any
+    architecture (1-D parameters). A ZeRO-3-partitioned parameter (a POCL stage's new engine) keeps
+    its full shape in `ds_shape`."""
+    def exempted(name: str, p: torch.nn.Parameter) -> bool:
+        if exempt == "1d":
+            return len(getattr(p, "ds_shape", p.shape)) < 2
+        return any(part in name for part in REFERENCE_NO_DECAY)
+
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    decay = [p for name, p in trainable if not exempted(name, p)]
+    no_decay = [p for name, p in trainable if exempted(name, p)]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return [group for group in groups if group["params"]]  # LoRA has no 1-D trainable parameters
 
@@ -102,6 +112,7 @@ class TrainingData:
 
     def __init__(self, train_set, args, curriculum: BabyStepScheduler | None = None):
         self.train_set, self.args, self.curriculum = train_set, args, curriculum
+        self.valid_full = None  # the whole valid split (main sets it)
         if curriculum is not None:
             self.row_of_id = {example_id: row for row, example_id in enumerate(train_set["id"])}
             check_ranks_all(f"--ranking {args.ranking}", curriculum.ranked_ids, list(self.row_of_id))
@@ -117,6 +128,11 @@ class TrainingData:
         self.sampler = self._sampler(len(examples))
         self.loader = DataLoader(examples, batch_sampler=self.sampler, collate_fn=list, num_workers=self.args.num_workers,
                                  worker_init_fn=ignore_stop_signals if self.args.num_workers else None)
+
+    def stage_valid(self):
+        """The current POCL stage's dev set: the first --stage-dev-num[stage] examples of the valid split."""
+        count = self.args.stage_dev_num[min(self.curriculum.stage, self.curriculum.num_stages - 1)]
+        return self.valid_full.select(range(min(count, len(self.valid_full))))
 
     def micro_batches(self, state: dict) -> Iterator[dict]:
         return forever(self.loader, self.sampler, state)
@@ -155,7 +171,7 @@ class Engines:
             gc.collect()
         args = self.args
         source = f"--deepspeed_config {args.deepspeed_config}"
-        optimizer = E.adamw(param_groups(self.student, args.weight_decay), args.lr, self.ds_config, source)  # DeepSpeed's CPU Adam with ZeRO-Offload
+        optimizer = E.adamw(param_groups(self.student, args.weight_decay, args.weight_decay_exempt), args.lr, self.ds_config, source)  # DeepSpeed's CPU Adam with ZeRO-Offload
         scheduler = build_scheduler(optimizer, warmup=args.warmup_iters, total=schedule_steps, style=args.lr_decay_style, min_ratio=args.lr_min / args.lr)
         self.engine = E.initialize(self.student, optimizer, scheduler, self.ds_config, source)
         return self.engine
@@ -374,6 +390,8 @@ def train(run: Run, engines: Engines, objective: Objective, data: TrainingData, 
     def save_due(step: int, epoch_end: bool, stop_at: int) -> bool:
         return (args.save_interval > 0 and step % args.save_interval == 0) or (args.save_interval == -1 and epoch_end) or step == stop_at
     curriculum = data.curriculum
+    if curriculum is not None and args.stage_dev_num:
+        valid_set = data.stage_valid()
     stop_at = run.stop_point(data.sampler.steps_per_epoch, total_steps)
     micro_batches = data.micro_batches(state)
     bar = tqdm(total=total_steps, initial=state["step"], desc="train", disable=not E.is_main_process(), dynamic_ncols=True)
@@ -424,6 +442,8 @@ def train(run: Run, engines: Engines, objective: Objective, data: TrainingData, 
             if save_due(step, epoch_end, stop_at) and not (save_dir / str(step)).is_dir():
                 save_model(engine, tokenizer, save_dir / str(step))  # the model as trained, before the next stage's
             selected = end_stage(save_dir, curriculum.stage - 1, state, log)
+            if args.stage_start == "last":  # POCL's published runs: each stage from the previous one's last step
+                selected = step
             if curriculum.finished:
                 stop_at = step
                 log.info(f"curriculum finished after {curriculum.num_stages} stages at step {step}")
@@ -433,9 +453,13 @@ def train(run: Run, engines: Engines, objective: Objective, data: TrainingData, 
                 del engine
                 engine = engines.build(data.stage_steps(curriculum.stage))
                 apply_stage(curriculum, objective, data, log)
-                log.info(f"stage {curriculum.stage + 1} starts from step {selected}'s model with a fresh AdamW and a {args.lr_decay_style} "
+                origin = "the previous stage's last step" if selected == step else "the previous stage's best"
+                log.info(f"stage {curriculum.stage + 1} starts from step {selected}'s model ({origin}, --stage-start {args.stage_start}) with a fresh AdamW and a {args.lr_decay_style} "
                          f"learning-rate schedule over its {data.stage_steps(curriculum.stage)} steps")
                 micro_batches = data.micro_batches(state)
+                if args.stage_dev_num:
+                    valid_set = data.stage_valid()
+                    log.info(f"stage {curriculum.stage + 1} validates on {len(valid_set)} examples (--stage-dev-num)")
         stopping = step < stop_at and run.stop_requested()  # SIGTERM/SIGINT on any rank (collective)
         if save_due(step, epoch_end, stop_at) or stopping:
             if not (save_dir / str(step)).is_dir():
@@ -556,7 +580,10 @@ def main(argv: list[str] | None = None) -> None:
     valid_set = data["valid"] if "valid" in data else None
     if args.do_valid and valid_set is None:
         raise ValueError(f"--do-valid: --data-dir {args.data_dir} has no valid split (process it with --dev-num > 0)")
-    if valid_set is not None and args.dev_num >= 0:
+    valid_full = valid_set
+    if valid_set is not None and args.stage_dev_num:  # POCL's per-stage dev sets: the first N of the split
+        valid_set = valid_set.select(range(min(max(args.stage_dev_num), len(valid_set))))
+    elif valid_set is not None and args.dev_num >= 0:
         valid_set = valid_set.select(range(min(args.dev_num, len(valid_set))))
     collate = InstructionCollator(tokenizer.pad_token_id, args.max_length)
     if cache is not None:  # every batch carries its examples' cached teacher rows
@@ -571,6 +598,7 @@ def main(argv: list[str] | None = None) -> None:
             temperature=(args.kd_temperature_start, args.kd_temperature_end), kd_ratio=(args.kd_ratio_start, args.kd_ratio_end),
         )
     data = TrainingData(train_set, args, curriculum)
+    data.valid_full = valid_full
     if data.sampler.dropped:
         log.info(f"{data.sampler.dropped} of {len(data.loader.dataset)} training examples do not fill a global batch and are left out of each epoch")
     lm_loader = None

@@ -9,11 +9,12 @@
 #   distillm    skew reverse KL; the share of student samples (fresh or replayed) rises when validation worsens
 #   seqkd       the teacher answers every training prompt once (`generate_seqkd_data`), then SFT on those
 #   pocl        the student ranks the data, then a Baby Step curriculum with --type TYPE
-# Distillation students start from init/CKPT_NAME/best and the teacher from sft/TEACHER_CKPT_NAME/best;
+# Distillation students start from init/CKPT_NAME/best (or the pretrained checkpoint for PRETRAINED_STUDENT_METHODS) and the teacher from sft/TEACHER_CKPT_NAME/best;
 # with PEFT=lora both from BASE_PATH/checkpoints, the teacher with its LoRA SFT adapter merged in.
 source "$(dirname "${BASH_SOURCE[0]}")/launch.sh"
 
 TYPE=${METHOD}
+if [[ "${METHOD}" == pocl ]]; then TYPE=tfkl; fi  # POCL's published loss: tempered forward KL x T^2
 POSITIONAL=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -40,11 +41,20 @@ TEACHER_FP16=1
 # The reference's extra language-modelling loss (1.0 x LM on OpenWebText) for the methods in LM_METHODS (set by a
 # family's defaults); LM_DATA_DIR is made by tools.process_data_pretrain (see lm_data_check).
 LM_METHODS=""
+# Methods whose student starts from the pretrained checkpoint rather than init/ (a family's defaults set it).
+PRETRAINED_STUDENT_METHODS=""
 LM_DATA_DIR="${BASE_PATH}/processed_data/openwebtext/${FAMILY}/512/"
-# optimisation
+# optimisation. BATCH_SIZE and GRAD_ACC are the reference's per process; the references ran
+# REFERENCE_PROCESSES processes, so GLOBAL_BATCH (default REFERENCE_PROCESSES x BATCH_SIZE x GRAD_ACC) is
+# theirs, and the accumulation is set to reach it with the GPU_NUM x NNODES processes given (a count that
+# does not divide it is refused).
+REFERENCE_PROCESSES=4
 BATCH_SIZE=8
 GRAD_ACC=1
-EVAL_BATCH_SIZE=16
+GLOBAL_BATCH=${GLOBAL_BATCH:-}
+EVAL_BATCH_SIZE=64
+# fp16 with dynamic loss scaling, as the references train (bf16: the DeepSpeed config's bf16; CPU: fp32)
+PRECISION=${PRECISION:-fp16}
 MAX_LENGTH=512
 MAX_PROMPT_LENGTH=256
 DEV_NUM=1000
@@ -52,6 +62,7 @@ LR_MIN=1e-7
 SEED=10
 DS_CONFIG="${REPO_ROOT}/configs/deepspeed/ds_config.json"
 KD_RATIO=1.0
+GRADIENT_CHECKPOINTING=0  # 1: recompute the student's activations in the backward pass (--gradient-checkpointing)
 # LoRA adapters of the student (PEFT=lora)
 PEFT=none
 LORA_R=16
@@ -76,11 +87,17 @@ GEN_MAX_NEW_TOKENS=256
 GEN_BATCH_SIZE=32
 GEN_SEED=10
 GEN_SAMPLING=--do-sample
+# The seqkd launchers' --type on that data: seqkd (cross-entropy, ABKD's GPT-2 scripts, which pass no teacher)
+# or kd (forward KL from the teacher on it, DistiLLM's OPT scripts)
+SEQKD_TYPE=seqkd
 # POCL: the pretrained student ranks the data (reciprocal rank fusion of its near-greedy samples), then the
-# Baby Step schedule with POCL's settings (8 epochs a stage, lr 1e-4, batch 16, JSD lambda 0.9)
+# Baby Step schedule with POCL's settings (8 epochs a stage, lr 1e-4, batch 16, JSD lambda 0.9, 1000 dev examples
+# in the first stage and 500 after, each stage from the previous one's last step)
 RRF_K=60
 NUM_STAGES=4
 STAGE_EPOCHS=8
+STAGE_DEV_NUM=1000,500,500,500
+STAGE_START=last
 JSD_LAM=0.9
 if [[ "${METHOD}" == pocl ]]; then LR=0.0001; BATCH_SIZE=16; fi
 KD_TEMPERATURE_START=1.0
@@ -105,6 +122,9 @@ resolve_teacher() {
 }
 
 resolve_student() {
+    if [[ " ${PRETRAINED_STUDENT_METHODS} " == *" ${METHOD} "* ]]; then
+        CKPT=${CKPT:-"${BASE_PATH}/checkpoints/${CKPT_NAME}/"}; CKPT_TAG=""; return
+    fi
     case "${METHOD}:${PEFT}" in
         sft:*|init:*|pocl:*|*:lora) CKPT=${CKPT:-"${BASE_PATH}/checkpoints/${CKPT_NAME}/"}; CKPT_TAG="" ;;
         *) CKPT=${CKPT:-"${BASE_PATH}/results/${FAMILY}/train/init/${CKPT_NAME}/best/"}; CKPT_TAG=-init ;;
@@ -139,9 +159,13 @@ finetune() {
     resolve_student
     resolve_teacher
     args=(--model-path "${CKPT}" --ckpt-name "${CKPT_NAME}${CKPT_TAG}")
-    case "${METHOD}" in
-        sft|init) ;;
-        seqkd) generate_seqkd_data; data_dir=${SEQKD_DATA_DIR} ;;
+    if [[ "${METHOD}" == seqkd ]]; then
+        generate_seqkd_data
+        data_dir=${SEQKD_DATA_DIR}
+        TYPE=${SEQKD_TYPE}
+    fi
+    case "${TYPE}" in
+        sft|init|seqkd) ;;
         *) if [[ -n "${TEACHER_CACHE}" ]]; then
                if [[ ! -f "${TEACHER_CACHE}/meta.json" ]]; then cache_teacher; fi
                args+=(--teacher-cache "${TEACHER_CACHE}" --teacher-ckpt-name "${TEACHER_CKPT_NAME}-sft")
@@ -151,7 +175,7 @@ finetune() {
                if [[ "${TEACHER_FP16}" == 1 ]]; then args+=(--teacher-model-fp16); fi
            fi ;;
     esac
-    case "${METHOD}" in
+    case "${TYPE}" in
         kd|imitkd) args+=(--kd-ratio "${KD_RATIO}") ;;
         ab) args+=(--kd-ratio "${KD_RATIO}" --ab_alpha "${AB_ALPHA}" --ab_beta "${AB_BETA}") ;;
         gkd) args+=(--kd-ratio "${KD_RATIO}" --mixed-alpha "${MIXED_ALPHA}" --gkd-beta "${GKD_BETA}") ;;
@@ -159,20 +183,32 @@ finetune() {
             args+=(--kd-ratio "${KD_RATIO}" --skew-alpha "${SKEW_ALPHA}" --init-threshold "${INIT_THRESHOLD}"
                    --loss-eps "${LOSS_EPS}" --capacity "${CAPACITY}" --replay-ratio "${REPLAY_RATIO}") ;;
     esac
+    if [[ "${GRADIENT_CHECKPOINTING}" == 1 ]]; then args+=(--gradient-checkpointing); fi
     if [[ " ${LM_METHODS} " == *" ${METHOD} "* ]]; then lm_data_check; args+=(--lm-data-dir "${LM_DATA_DIR}"); fi
     if [[ "${PEFT}" == lora ]]; then
         args+=(--peft lora --peft-lora-r "${LORA_R}" --peft-lora-alpha "${LORA_ALPHA}" --peft-lora-dropout "${LORA_DROPOUT}")
     fi
-    if [[ "${METHOD}" == pocl ]]; then
-        pocl_args
-    else
-        args+=(--warmup-iters 0 --lr-decay-style cosine --weight-decay 1e-2 --clip-grad 1.0 --epochs "${EPOCHS}"
-               --save-interval 0)
+    args+=(--warmup-iters 0 --lr-decay-style cosine --weight-decay 1e-2 --clip-grad 1.0 --save-interval -1)
+    if [[ "${METHOD}" == pocl ]]; then pocl_args; else args+=(--epochs "${EPOCHS}"); fi
+    case "${PRECISION}" in
+        fp16) args+=(--fp16) ;;
+        bf16) ;;
+        *) echo "$(basename "$0"): PRECISION=${PRECISION}: use fp16 (the references') or bf16" >&2; exit 2 ;;
+    esac
+    local processes=$((GPU_NUM * NNODES)) accumulation
+    GLOBAL_BATCH=${GLOBAL_BATCH:-$((REFERENCE_PROCESSES * BATCH_SIZE * GRAD_ACC))}
+    if (( GLOBAL_BATCH % (processes * BATCH_SIZE) )); then
+        echo "$(basename "$0"): global batch ${GLOBAL_BATCH} is not a multiple of ${processes} process(es) x BATCH_SIZE ${BATCH_SIZE};" \
+            "set BATCH_SIZE (per process) so that it is" >&2
+        exit 2
     fi
+    accumulation=$((GLOBAL_BATCH / (processes * BATCH_SIZE)))
+    echo "$(basename "$0"): global batch ${GLOBAL_BATCH} = ${processes} process(es) x batch ${BATCH_SIZE} x accumulation ${accumulation}," \
+        "precision ${PRECISION}" >&2
     launch_module distillation_llm.finetune --type "${TYPE}" "${args[@]}" --model-type "${MODEL_TYPE}" \
-        --data-dir "${data_dir}" --lr "${LR}" --batch-size "${BATCH_SIZE}" --gradient-accumulation-steps "${GRAD_ACC}" \
+        --data-dir "${data_dir}" --lr "${LR}" --batch-size "${BATCH_SIZE}" --gradient-accumulation-steps "${accumulation}" \
         --eval-batch-size "${EVAL_BATCH_SIZE}" --max-length "${MAX_LENGTH}" --max-prompt-length "${MAX_PROMPT_LENGTH}" \
-        --dev-num "${DEV_NUM}" --lr-min "${LR_MIN}" --do-train --do-valid --eval-gen --eval-interval -1 --log-interval 10 --save "${SAVE_PATH}" --seed "${SEED}" --deepspeed_config "${DS_CONFIG}"
+        --dev-num "${DEV_NUM}" --lr-min "${LR_MIN}" --do-train --do-valid --eval-gen --eval-interval -1 --log-interval 4 --save "${SAVE_PATH}" --seed "${SEED}" --deepspeed_config "${DS_CONFIG}"
 }
 
 # Cache the teacher's top CACHE_TOP_K on DATA_DIR into TEACHER_CACHE, at every KD temperature of the run (POCL:
@@ -195,15 +231,17 @@ pocl_args() {
     RANKING="${BASE_PATH}/results/${FAMILY}/pocl/ranking/${CKPT_NAME}/ranking.jsonl"
     case "${TYPE}" in
         ab) args+=(--ab_alpha "${AB_ALPHA}" --ab_beta "${AB_BETA}") ;;
-        sfkl|srkl) args+=(--skew-alpha "${SKEW_ALPHA}") ;;
-        jsd) args+=(--jsd-lam "${JSD_LAM}") ;;
-        fkl|rkl|tvd) ;;
-        *) echo "$(basename "$0"): --type ${TYPE} is not a POCL divergence (fkl, rkl, jsd, tvd, sfkl, srkl, ab)" >&2; exit 2 ;;
+        sfkl|srkl|tsfkl|tsrkl) args+=(--skew-alpha "${SKEW_ALPHA}") ;;
+        jsd|tjsd) args+=(--jsd-lam "${JSD_LAM}") ;;
+        fkl|rkl|tvd|tfkl|trkl|ttvd) ;;
+        *) echo "$(basename "$0"): --type ${TYPE} is not a POCL divergence (POCL's tfkl, tjsd, tsrkl (x T^2), trkl, ttvd, tsfkl;" \
+               "or fkl, rkl, jsd, tvd, sfkl, srkl, ab)" >&2; exit 2 ;;
     esac
     run_module distillation_llm.rank_difficulty rank --model-path "${CKPT}" --data-dir "${DATA_DIR}" --ranking "${RANKING}" \
         --rrf-k "${RRF_K}" --max-prompt-length "${MAX_PROMPT_LENGTH}" --max-length "${MAX_LENGTH}" \
         --batch-size "${EVAL_BATCH_SIZE}" --seed "${SEED}" --do-sample --temperature 0.01 --top-k 0 --top-p 1.0 --max-new-tokens 256 --no-repeat-ngram-size 6
     args+=(--curriculum pocl --ranking "${RANKING}" --num-stages "${NUM_STAGES}" --stage-epochs "${STAGE_EPOCHS}"
+           --stage-dev-num "${STAGE_DEV_NUM}" --stage-start "${STAGE_START}"
            --kd-temperature-start "${KD_TEMPERATURE_START}" --kd-temperature-end "${KD_TEMPERATURE_END}"
            --kd-ratio-start "${KD_RATIO_START}" --kd-ratio-end "${KD_RATIO_END}")
 }

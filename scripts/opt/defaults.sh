@@ -8,6 +8,10 @@ source "$(dirname "${BASH_SOURCE[0]}")/../llm.sh"
 
 TEACHER_CKPT_NAME="opt-2.7B"
 LM_METHODS="ab kd gkd distillm imitkd seqkd"
+PRETRAINED_STUDENT_METHODS="kd seqkd"  # DistiLLM's OPT kd_*/seqkd_* start from checkpoints/opt-*, not init/
+SEQKD_TYPE=kd  # DistiLLM's OPT seqkd_*: --type kd with the teacher on the SeqKD data
+if [[ "${METHOD}" != sft && "${METHOD}" != init ]]; then GRADIENT_CHECKPOINTING=1; fi  # as DistiLLM's OPT KD scripts
+EVAL_BATCH_SIZE=8
 if [[ "${METHOD}" != pocl ]]; then LR=0.00005; fi
 EPOCHS=20
 if [[ "${METHOD}" == init ]]; then EPOCHS=3; fi

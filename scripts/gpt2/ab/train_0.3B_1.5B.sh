@@ -7,5 +7,5 @@ METHOD=ab
 source "$(dirname "${BASH_SOURCE[0]}")/../defaults.sh"
 CKPT_NAME="gpt2-medium"
 SAVE_PATH="${BASE_PATH}/results/gpt2/train/ab/0.3B_1.5B/a${AB_ALPHA}_b${AB_BETA}"
-LR=0.0003 BATCH_SIZE=1
+LR=0.0003 BATCH_SIZE=1 EVAL_BATCH_SIZE=32
 finetune

@@ -7,4 +7,5 @@ METHOD=distillm
 source "$(dirname "${BASH_SOURCE[0]}")/../defaults.sh"
 CKPT_NAME="gpt2-medium"
 SAVE_PATH="${BASE_PATH}/results/gpt2/train/distillm/0.3B_1.5B"
+EVAL_BATCH_SIZE=32
 finetune

@@ -7,5 +7,5 @@ METHOD=gkd
 source "$(dirname "${BASH_SOURCE[0]}")/../defaults.sh"
 CKPT_NAME="gpt2-large"
 SAVE_PATH="${BASE_PATH}/results/gpt2/train/gkd/0.7B_1.5B"
-BATCH_SIZE=4 EPOCHS=10
+BATCH_SIZE=4 EPOCHS=10 EVAL_BATCH_SIZE=8
 finetune

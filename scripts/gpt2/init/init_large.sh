@@ -5,4 +5,5 @@ set -euo pipefail
 METHOD=init
 source "$(dirname "${BASH_SOURCE[0]}")/../defaults.sh"
 CKPT_NAME="gpt2-large"
+EVAL_BATCH_SIZE=8
 finetune

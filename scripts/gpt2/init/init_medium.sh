@@ -5,4 +5,6 @@ set -euo pipefail
 METHOD=init
 source "$(dirname "${BASH_SOURCE[0]}")/../defaults.sh"
 CKPT_NAME="gpt2-medium"
+SEED=11  # ABKD's init_medium.sh
+EVAL_BATCH_SIZE=8
 finetune

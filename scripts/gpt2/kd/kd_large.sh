@@ -7,5 +7,5 @@ METHOD=kd
 source "$(dirname "${BASH_SOURCE[0]}")/../defaults.sh"
 CKPT_NAME="gpt2-large"
 SAVE_PATH="${BASE_PATH}/results/gpt2/train/kd/0.7B_1.5B"
-EPOCHS=10
+EPOCHS=10 EVAL_BATCH_SIZE=16
 finetune

@@ -7,5 +7,5 @@ METHOD=kd
 source "$(dirname "${BASH_SOURCE[0]}")/../defaults.sh"
 CKPT_NAME="gpt2-medium"
 SAVE_PATH="${BASE_PATH}/results/gpt2/train/kd/0.3B_1.5B"
-BATCH_SIZE=4
+BATCH_SIZE=4 EVAL_BATCH_SIZE=32
 finetune

@@ -5,4 +5,5 @@ set -euo pipefail
 METHOD=sft
 source "$(dirname "${BASH_SOURCE[0]}")/../defaults.sh"
 CKPT_NAME="gpt2-base"
+EVAL_BATCH_SIZE=32
 finetune

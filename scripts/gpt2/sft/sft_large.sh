@@ -5,5 +5,5 @@ set -euo pipefail
 METHOD=sft
 source "$(dirname "${BASH_SOURCE[0]}")/../defaults.sh"
 CKPT_NAME="gpt2-large"
-LR=0.0001 EPOCHS=10
+LR=0.0001 EPOCHS=10 EVAL_BATCH_SIZE=8
 finetune

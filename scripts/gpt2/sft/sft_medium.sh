@@ -5,5 +5,5 @@ set -euo pipefail
 METHOD=sft
 source "$(dirname "${BASH_SOURCE[0]}")/../defaults.sh"
 CKPT_NAME="gpt2-medium"
-LR=0.0001
+LR=0.0001 EVAL_BATCH_SIZE=32
 finetune

@@ -5,4 +5,5 @@ set -euo pipefail
 METHOD=init
 source "$(dirname "${BASH_SOURCE[0]}")/../defaults.sh"
 CKPT_NAME="opt-0.3B"
+EVAL_BATCH_SIZE=16
 finetune
