@@ -327,3 +327,44 @@ def args_record(args: argparse.Namespace) -> dict:
 
         record["teacher_cache_meta"] = identity(read_meta(args.teacher_cache))
     return record
+
+
+def _linear(start: float, end: float, stage: int, stages: int) -> float:
+    return start + (end - start) * stage / (stages - 1) if stages > 1 else start
+
+
+def loss_formula(method, args: argparse.Namespace, kd_ratio: float, temperature: float) -> str:
+    """The loss with its factors, e.g. `0.3 * CE + 0.7 * tfkl * T^2 (T = 1.33)`."""
+    if method.divergence is None:
+        return "CE" + (f" + {args.lm_coef:g} * LM" if args.lm_data_dir else "")
+    params = ", ".join(f"{key}={value:g}" for key, value in method.params(args).items())
+    divergence = f"{args.type}({params})" if params else args.type
+    scale = " * T^2" if method.temperature_squared else ""
+    text = f"{1 - kd_ratio:g} * CE + {kd_ratio:g} * {divergence}{scale} (T = {temperature:.3g})"
+    return text + (f" + {args.lm_coef:g} * LM" if args.lm_data_dir else "")
+
+
+def run_summary(args: argparse.Namespace, world_size: int, precision: str) -> list[str]:
+    """What a run trains, in the words of a launcher's log (printed at start-up): global batch,
+    precision, the loss with its factors (per POCL stage), the dev decoding and where each stage starts."""
+    method = lookup(args.type)
+    lines = [
+        f"global batch {world_size * args.batch_size * args.gradient_accumulation_steps} = {world_size} process(es) x batch {args.batch_size} "
+        f"x accumulation {args.gradient_accumulation_steps}; precision {precision}",
+    ]
+    if args.curriculum == "pocl":
+        for stage in range(args.num_stages):
+            ratio = _linear(args.kd_ratio_start, args.kd_ratio_end, stage, args.num_stages)
+            temperature = _linear(args.kd_temperature_start, args.kd_temperature_end, stage, args.num_stages)
+            start = "--model-path" if stage == 0 else f"stage {stage}'s {'last step' if args.stage_start == 'last' else 'best model'}"
+            dev = f", {args.stage_dev_num[stage]} dev examples" if args.stage_dev_num else ""
+            lines.append(f"POCL stage {stage + 1}/{args.num_stages}: loss {loss_formula(method, args, ratio, temperature)}; "
+                         f"{args.stage_epochs} epochs from {start}{dev}")
+    else:
+        lines.append(f"loss {loss_formula(method, args, args.kd_ratio, args.kd_temperature)}")
+    if args.eval_gen:
+        decoding = (f"sampling at temperature {args.temperature:g}, top-k {args.top_k or 'off'}, top-p {args.top_p:g}" if args.do_sample
+                    else "greedy" if args.num_beams == 1 else f"beam search ({args.num_beams} beams)")
+        ban = f", no repeated {args.no_repeat_ngram_size}-grams" if args.no_repeat_ngram_size else ""
+        lines.append(f"dev decoding (--eval-gen, selects best/): {decoding}, up to {args.max_new_tokens} new tokens{ban}")
+    return lines

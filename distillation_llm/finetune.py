@@ -50,7 +50,7 @@ from abkd.run import Run, ignore_stop_signals, parser_defaults
 from abkd.runlog import RunLog
 from abkd.sampling import GlobalBatchSampler, batches, shard_indices
 from abkd.schedules import build_scheduler, lr_multiplier
-from distillation_llm.arguments import args_record, build_parser, parse_args, reference_notes
+from distillation_llm.arguments import args_record, build_parser, parse_args, reference_notes, run_summary
 from distillation_llm.checks import check_startup
 from distillation_llm.data import InstructionCollator, LMCollator, load_processed, tokenizer_fingerprint
 from distillation_llm.generation import GenerationSettings
@@ -81,6 +81,21 @@ def param_groups(model: torch.nn.Module, weight_decay: float, exempt: str = "ref
     no_decay = [p for name, p in trainable if exempted(name, p)]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return [group for group in groups if group["params"]]  # LoRA has no 1-D trainable parameters
+
+
+def precision_label(ds_config: dict, args) -> str:
+    """The training precision of a resolved DeepSpeed config, e.g. `fp16 (dynamic loss scaling from
+    2^11)`, or `fp32 (fp16 asked: no CUDA here)` where half precision was asked on a CPU."""
+    dtype = E.training_dtype(ds_config)
+    if dtype == torch.float16:
+        scaling = ds_config["fp16"]
+        return "fp16 " + (f"(static loss scale {scaling['loss_scale']:g})" if scaling.get("loss_scale") else
+                          f"(dynamic loss scaling from 2^{scaling.get('initial_scale_power', 16)})")
+    if dtype == torch.bfloat16:
+        return "bf16"
+    file = json.loads(Path(args.deepspeed_config).read_text()) if args.deepspeed_config and Path(args.deepspeed_config).is_file() else {}
+    asked = "fp16" if args.fp16 else next((key for key in ("fp16", "bf16") if file.get(key, {}).get("enabled") in (True, "auto")), None)
+    return f"fp32 ({asked} asked: no CUDA here)" if asked else "fp32"
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -542,6 +557,8 @@ def main(argv: list[str] | None = None) -> None:
     log.info(f"world size {E.world_size()} on {device.type}; training dtype {dtype}; ZeRO stage {zero_stage}")
     method = lookup(args.type)
     log.info(method.describe(args))
+    for line in run_summary(args, E.world_size(), precision_label(ds_config, args)):
+        log.info(f"what runs: {line}")
     for note in reference_notes(args, E.world_size()):
         log.info(note)
     tokenizer = load_tokenizer(args.model_path)

@@ -14,12 +14,13 @@
 source "$(dirname "${BASH_SOURCE[0]}")/launch.sh"
 
 TYPE=${METHOD}
+TYPE_GIVEN=""
 if [[ "${METHOD}" == pocl ]]; then TYPE=tfkl; fi  # POCL's published loss: tempered forward KL x T^2
 POSITIONAL=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --type) [[ "${METHOD}" == pocl ]] || { echo "$0: only the pocl launchers take --type" >&2; exit 2; }
-                TYPE=$2; shift 2 ;;
+                TYPE=$2; TYPE_GIVEN=1; shift 2 ;;
         *) POSITIONAL+=("$1"); shift ;;
     esac
 done

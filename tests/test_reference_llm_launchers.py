@@ -115,10 +115,11 @@ def same_method(mine: dict, theirs: dict) -> bool:
 
     ours_args = SimpleNamespace(**mine)
     theirs_args = SimpleNamespace(**{**mine, **{RENAMED.get(k, k): v for k, v in theirs.items()}})
-    a, b = lookup(mine["type"]), lookup(theirs["type"])
-    sample = (lambda m, args: m.student_probability(args) if m.student_probability else None)
-    return (a.divergence, a.source, a.temperature_squared, a.params(ours_args), sample(a, ours_args)) == (
-        b.divergence, b.source, b.temperature_squared, b.params(theirs_args), sample(b, theirs_args))
+    def trains(method, args) -> tuple:
+        sampled = method.student_probability(args) if method.student_probability else None
+        return method.divergence, method.source, method.temperature_squared, method.params(args), sampled
+
+    return trains(lookup(mine["type"]), ours_args) == trains(lookup(theirs["type"]), theirs_args)
 
 
 def accepted(launcher: str, key: str, mine, theirs, mine_all: dict, theirs_all: dict) -> dict | None:
@@ -197,3 +198,47 @@ def test_the_docs_list_every_accepted_difference():
     text = (REPO / "docs" / "reference-differences.md").read_text()
     start, end = (text.index(marker) for marker in MARKERS)
     assert text[start + len(MARKERS[0]):end].strip() == table().strip(), "run python -m tools.reference_differences_table"
+
+
+# ---------------------------------------------------------------------------------------------
+# What runs: printed by the launcher and logged by finetune before training.
+# ---------------------------------------------------------------------------------------------
+
+
+def _launcher_args(launcher: str, gpu_num: int = 1):
+    commands = printed_commands(SCRIPTS / launcher, BASE, "2012", str(gpu_num))
+    argv = next(argv for module, argv in reversed(commands) if module == "distillation_llm.finetune")
+    return resolve_defaults(build_parser().parse_args(argv))
+
+
+def test_a_gpt2_abkd_launcher_with_one_process_reports_the_reference_global_batch_and_fp16():
+    import torch
+
+    from abkd import engine as E
+    from distillation_llm.arguments import run_summary
+    from distillation_llm.finetune import precision_label
+
+    result = run_script(SCRIPTS / "gpt2/ab/train_0.1B_1.5B.sh", BASE, "2012", "1")
+    assert "global batch 32 = 1 process(es) x batch 8 x accumulation 4, precision fp16" in result.stderr, result.stderr
+    args = _launcher_args("gpt2/ab/train_0.1B_1.5B.sh")
+    config = E.load_deepspeed_config(args.deepspeed_config, micro_batch_size=args.batch_size,
+                                     gradient_accumulation_steps=args.gradient_accumulation_steps, half_precision="fp16" if args.fp16 else None)
+    label = precision_label(config, args)
+    assert label == ("fp16 (dynamic loss scaling from 2^11)" if torch.cuda.is_available() else "fp32 (fp16 asked: no CUDA here)")
+    lines = run_summary(args, 1, label)
+    assert lines[0] == f"global batch 32 = 1 process(es) x batch 8 x accumulation 4; precision {label}"
+    assert lines[1] == "loss 0 * CE + 1 * ab(alpha=0.2, beta=0.7) (T = 1) + 1 * LM"
+    assert lines[2] == "dev decoding (--eval-gen, selects best/): sampling at temperature 1, top-k off, top-p 1, up to 256 new tokens"
+
+
+def test_a_pocl_launcher_reports_t_squared_and_each_stage_starting_from_the_previous_last_step():
+    from distillation_llm.arguments import run_summary
+
+    args = _launcher_args("gpt2/pocl/train_0.1B_1.5B.sh")
+    stages = [line for line in run_summary(args, 1, "fp16") if line.startswith("POCL stage")]
+    assert stages == [
+        "POCL stage 1/4: loss 0.3 * CE + 0.7 * tfkl * T^2 (T = 1); 8 epochs from --model-path, 1000 dev examples",
+        "POCL stage 2/4: loss 0.2 * CE + 0.8 * tfkl * T^2 (T = 1.33); 8 epochs from stage 1's last step, 500 dev examples",
+        "POCL stage 3/4: loss 0.1 * CE + 0.9 * tfkl * T^2 (T = 1.67); 8 epochs from stage 2's last step, 500 dev examples",
+        "POCL stage 4/4: loss 0 * CE + 1 * tfkl * T^2 (T = 2); 8 epochs from stage 3's last step, 500 dev examples",
+    ]

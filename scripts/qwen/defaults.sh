@@ -12,6 +12,7 @@ PEFT=lora
 LR=0.0001
 BATCH_SIZE=4
 GRAD_ACC=4
+REFERENCE_PROCESSES=1  # our own recipe: global batch BATCH_SIZE x GRAD_ACC = 16, whatever GPU_NUM
 EVAL_BATCH_SIZE=8
 EPOCHS=10
 DS_CONFIG="${REPO_ROOT}/configs/deepspeed/ds_config_zero2.json"

@@ -5,7 +5,7 @@
 set -euo pipefail
 METHOD=pocl
 source "$(dirname "${BASH_SOURCE[0]}")/../defaults.sh"
-if [[ " $* " != *" --type "* ]]; then TYPE=tjsd; fi  # POCL's OPT run: tempered JSD x T^2
+if [[ -z "${TYPE_GIVEN}" ]]; then TYPE=tjsd; fi  # POCL's OPT run: tempered JSD x T^2
 CKPT_NAME="opt-0.3B"
 STAGE_DEV_NUM=1000,1000,1000,1000  # POCL's OPT t0-t3 keep --dev-num 1000 (its GPT-2 ones drop to 500)
 SAVE_PATH="${BASE_PATH}/results/opt/train/pocl/${TYPE}/0.3B_2.7B"
