@@ -196,7 +196,7 @@ def load_dataset(name: str, root: str | Path) -> BaseToNewData:
         classnames, splits = _read_imagenet(directory, image_dir)
     else:
         extra = {"fgvc_aircraft": f" (or {directory / 'variants.txt'})", "imagenet": f" (or {directory / 'classnames.txt'})"}
-        raise FileNotFoundError(f"dataset '{name}': split file {split_path} not found{extra.get(name, '')}; see the README for the layout")
+        raise FileNotFoundError(f"dataset '{name}': split file {split_path} not found{extra.get(name, '')}; see base_to_new_classification/README.md, 'Data layout'")
     if not splits["train"]:
         raise ValueError(f"dataset '{name}' under {directory}: the train split is empty")
     return BaseToNewData(name, classnames, splits["train"], splits["val"], splits["test"])

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything this project checks on a GPU, in one run: the fused loss at the three reference shapes,
 # whole training steps, the quick demo and the test suite, with logs and JSON in one folder, so
-# that anyone with a GPU reproduces the README's GPU table.
+# that anyone with a GPU reproduces the GPU numbers of docs/performance.md (pending there).
 # Usage (from the repository root, on the GPU machine): bash benchmarks/gpu_check.sh [OUT_DIR]
 #   A machine without a registry: first run ../shared/gpu/fetch_wheels.sh where one is reachable
 #   and copy .whl/ beside the project; this script installs those wheels into a private folder.

@@ -1,6 +1,6 @@
 """A CPU-scale study of the CIFAR distillation methods, with and without the POCL curriculum.
 
-    python benchmarks/study_cifar_methods.py                       # the study of the README (~30-40 min, 2 cores)
+    python benchmarks/study_cifar_methods.py                       # the study of docs/studies.md (~30-40 min, 2 cores)
     python benchmarks/study_cifar_methods.py --methods kd dkd --seeds 1
 
 Writes a synthetic CIFAR-format set whose 20 classes come in 4 superclasses (a shared superclass

@@ -1,7 +1,7 @@
 """A study on a real pretrained checkpoint: SmolLM2-135M-Instruct distilled into a student dropped from
 its own layers, with `sft`, `kd` and `ab` at equal steps, scored by ROUGE-L on real instruction sets.
 
-    python benchmarks/study_real_model.py                      # the README's table (about an hour on 2 cores)
+    python benchmarks/study_real_model.py                      # docs/studies.md's table (about an hour on 2 cores)
     python benchmarks/study_real_model.py --methods sft,kd --steps 20 --eval-examples 10   # a quick look
 
 What it runs, each step a command of the framework (logs in `<out>/logs/`):
