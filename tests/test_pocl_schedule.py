@@ -105,14 +105,13 @@ def test_bad_configuration_is_a_clear_error():
         BabyStepScheduler([1, 2, 3], num_stages=1, patience=0)
 
 
-def test_ranking_loss_scores_the_response_as_pocl(tiny_gpt2_dir, tiny_tokenizer):
-    # POCL tools/generate_data_main.py: output ids cut to max_length - max_prompt_length (256),
-    # labels equal to pad (= EOS for GPT-2) masked, so the EOS is never scored.
+def test_processed_ranking_loss_scores_the_response_without_its_eos(tiny_gpt2_dir, tiny_tokenizer):
+    # `--rank-inputs processed`: the processed response, its EOS left out, cut to
+    # max_length - max_prompt_length (256) tokens.
     import torch.nn.functional as F
 
-    from distillation_llm.data import InstructionCollator
     from distillation_llm.models import load_causal_lm
-    from distillation_llm.rank_difficulty import example_losses, scored_row
+    from distillation_llm.rank_difficulty import example_losses, processed_example, scored_row
 
     eos = tiny_tokenizer.eos_token_id
     prompt = tiny_tokenizer("Describe the sea.")["input_ids"]
@@ -125,8 +124,9 @@ def test_ranking_loss_scores_the_response_as_pocl(tiny_gpt2_dir, tiny_tokenizer)
     assert scored_row(short, eos, 256, score_eos=True)["response_ids"] == long_answer[:5] + [eos]
 
     model = load_causal_lm(tiny_gpt2_dir)
-    collate = InstructionCollator(tiny_tokenizer.pad_token_id, 512)
-    [loss] = example_losses(model, [scored_row(short, eos, 256)], collate, 1, torch.device("cpu"), tiny_tokenizer.pad_token_id)
+    # Batched with a longer example, so the short one is padded.
+    longer = {"id": 2, "prompt_ids": prompt, "response_ids": long_answer[:30] + [eos]}
+    loss, _ = example_losses(model, [processed_example(short, eos, 256, 512), processed_example(longer, eos, 256, 512)], 2, torch.device("cpu"))
     ids = torch.tensor([prompt + long_answer[:5]])
     with torch.no_grad():
         logits = model(input_ids=ids).logits[0].float()
