@@ -561,6 +561,16 @@ def test_cifar_ls_runs_abkd_alpha_beta_sweep_or_plain_ls():
         assert result.returncode == 2 and "usage:" in result.stderr and result.stdout == ""
 
 
+@pytest.mark.parametrize("script", ["cifar/train_kd.sh", "clip/train_kd.sh"])
+def test_classification_launchers_train_in_fp32_unless_bf16_is_asked_for(script, tmp_path):
+    """fp32 as RepDistiller, ABKD and ABKD's PromptKD config (PREC fp32); PRECISION=bf16 is the autocast opt-in."""
+    args = default_args(SCRIPTS / script, tmp_path)
+    for env, precision in (({}, "fp32"), ({"PRECISION": "bf16"}, "bf16")):
+        commands = printed_commands(SCRIPTS / script, *args, env=env)
+        training = [argv for module, argv in commands if module in ("standard_classification.train_student", "base_to_new_classification.train")]
+        assert training and all(parse(module, argv, tmp_path).precision == precision for module, argv in commands if argv in training)
+
+
 def test_clip_launchers_default_to_the_published_teacher(tmp_path):
     """PromptKD (and ABKD) read the PromptSRC teacher from teacher_model/<Dassl dataset name>/VLPromptLearner/
     model-best.pth.tar (trainers/promptkd.py): the launchers default to that file, stop in one line naming it
