@@ -20,7 +20,7 @@ How a script is resolved, without training anything:
    - CLIP (base_to_new_classification/train.py): the argparse parser of its `__main__` block, then its
      `setup_cfg()` on Dassl's `get_cfg_default()` (Dassl.pytorch/dassl/config/defaults.py, with
      `extend_cfg`): the dataset and trainer YAML files the script names, `reset_cfg`, the script's
-     KEY VALUE options and the loss flags, in that order. The whole resolved config is recorded, and
+     KEY VALUE options and the loss flags, in that order. The resolved config is recorded (see below), and
      the teacher checkpoint PromptKD's trainer reads (trainers/promptkd.py builds its path from
      cfg.DATASET.NAME and cfg.TRAINER.MODAL: that expression is evaluated on the resolved config).
 Only the reference's parsing code is executed (function definitions taken from its files by `ast`),
