@@ -144,9 +144,12 @@ def test_ab_launcher_sweeps_alpha_plus_beta_and_alpha():
     assert len({args.save for args in runs}) == len(runs)
 
 
-@pytest.mark.parametrize("script, distill", [("train_kd.sh", "kd"), ("train_ls.sh", "ls"), ("train_dkd.sh", "dkd")])
-def test_launchers_print_valid_commands(script, distill):
-    (args,) = _dry_run(script, "resnet32x4", "resnet8x4", "1")
+@pytest.mark.parametrize("script, args, distill", [
+    ("train_kd.sh", ("resnet32x4", "resnet8x4", "1"), "kd"), ("train_dkd.sh", ("resnet32x4", "resnet8x4", "1"), "dkd"),
+    ("train_ls.sh", ("1.0", "1.0", "0.7", "0.7", "resnet32x4", "resnet8x4", "1"), "abls"),
+])  # fmt: skip
+def test_launchers_print_valid_commands(script, args, distill):
+    (args,) = _dry_run(script, *args)
     assert args.distill == distill and args.teacher_model == "resnet32x4" and args.model == "resnet8x4"
 
 
@@ -158,8 +161,9 @@ REFERENCE_RUNS = {
     # ABKD train_ab.sh "bash train_ab.sh 1.1 1.1 0.8 0.8 resnet56 resnet20 1 64": "-r 1 -b $b -a 0", kd_T default 4
     ("train_ab.sh", ("1.1", "1.1", "0.8", "0.8", "resnet56", "resnet20", "1", "64")):
         (1.0, 64.0, 4.0, {"distill": "ab", "ab_alpha": 0.8, "ab_beta": 0.3}),
-    # ABKD train_ls.sh: "--distill ls -r 0.1 -b 9 -a 0 --kd_T 2"
-    ("train_ls.sh", ("resnet32x4", "resnet8x4", "1")): (0.1, 9.0, 2.0, {"distill": "ls"}),
+    # ABKD train_ls.sh "bash train_ls.sh 1.0 1.0 0.5 1.3 resnet32x4 resnet8x4 2": "--distill ls -r 0.1 -b 9 -a 0 --kd_T 2" with
+    # --ab_alpha, --ab_beta, its distiller_zoo/ls.py being T^2 D_AB between z-scored logits (our abls); here one grid point
+    ("train_ls.sh", ("1.0", "1.0", "0.7", "0.7", "resnet32x4", "resnet8x4", "2")): (0.1, 9.0, 2.0, {"distill": "abls", "ab_alpha": 0.7, "ab_beta": 0.3}),
     # MD res56_res20.yaml (DKD.BETA 2.0) on CFG.DKD (CE_WEIGHT 1, ALPHA 1, T 4, WARMUP 20)
     ("train_dkd.sh", ("resnet56", "resnet20", "1")):
         (1.0, 1.0, 4.0, {"distill": "dkd", "tckd_weight": 1.0, "nckd_weight": 2.0, "dkd_warmup": 20}),

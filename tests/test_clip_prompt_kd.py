@@ -119,7 +119,8 @@ def test_teacher_trains_and_saves_only_prompts(promptkd):
     ("dkd", ["--tckd-weight", "1.0", "--nckd-weight", "2.0"]),
     ("ls", ["--kd-temperature", "2.0"]),
     ("ab", ["--ab_alpha", "0.8", "--ab_beta", "0.3"]),
-])
+    ("kd", ["--precision", "bf16"]),  # the bf16 opt-in (autocast; prompts, projector and losses stay float32)
+], ids=["kd", "dkd", "ls", "ab", "kd-bf16"])
 def test_distill_changes_prompts_not_encoders(promptkd, tmp_path, monkeypatch, distill, extra):
     loaded, initial = [], {}
     load_clip, fit = train.load_frozen_clip, train.fit
@@ -158,7 +159,7 @@ def test_distill_changes_prompts_not_encoders(promptkd, tmp_path, monkeypatch, d
     log = (tmp_path / "log.txt").read_text()
     losses_logged = [float(line.split("loss ")[1].split(" |")[0]) for line in log.splitlines() if "train step" in line]
     assert len(losses_logged) == 4 and all(math.isfinite(v) and v >= 0 for v in losses_logged)
-    assert "epoch step 1" in log
+    assert "epoch step 1" in log and f"precision {'bf16' if '--precision' in extra else 'fp32'};" in log
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert on_disk == results and on_disk["distill"] == distill
     assert on_disk["num_base_images"] == 4 and on_disk["num_new_images"] == 4

@@ -40,7 +40,7 @@ LORA_FAMILIES = ("openllama2", "qwen")
 LAUNCH_VARIABLES = {"MASTER_PORT", "GPU_NUM", "NNODES", "NODE_RANK", "MASTER_ADDR", "HOSTFILE"}
 # Inherited settings that would change what a script prints.
 SCRIPT_ENV = {"DRY_RUN", "HOSTFILE", "NNODES", "NODE_RANK", "MASTER_ADDR", "AB_ALPHA", "AB_BETA", "DISTILL", "TEACHER_CKPT", "ADD_WEIGHT", "DIVERGENCES",
-              "JSD_LAM", "SKEW_ALPHA", "TEACHER_CACHE", "CACHE_TOP_K"} | {
+              "JSD_LAM", "SKEW_ALPHA", "TEACHER_CACHE", "CACHE_TOP_K", "NPROC", "PRECISION", "CUDA_VISIBLE_DEVICES"} | {
     f"{name}_{end}" for name in ("ALPHA", "BETA") for end in ("START", "END", "STEP")
 }
 
@@ -54,6 +54,8 @@ def default_args(script: Path, base: Path) -> tuple[str, ...]:
     if script.parent.name == "cifar":
         if script.name == "train_ab.sh":
             return ("1.0", "1.1", "0.7", "0.9", "resnet56", "resnet20", "2", "0.5")
+        if script.name == "train_ls.sh":
+            return ("1.0", "1.0", "0.9", "1.0", "resnet32x4", "resnet8x4", "1")
         return ("resnet32x4", "resnet8x4", "1", *(("8", "0.2") if script.name == "train_wttm.sh" else ()))
     if script.parent.name == "clip":
         return ("dtd", str(base / "coop"), "1")
@@ -175,7 +177,7 @@ def test_house_rules(script):
     text = script.read_text()
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
     assert text.startswith("#!/usr/bin/env bash\n")
-    assert "CUDA_VISIBLE_DEVICES" not in text and "PYTHONPATH" not in text
+    assert not re.search(r"CUDA_VISIBLE_DEVICES=['\"]?[0-9]", text) and "PYTHONPATH" not in text, "a device is chosen by the user, not hard-coded"
     if script in LIBRARIES:
         assert not script.stat().st_mode & stat.S_IXUSR, "a sourced file is not run on its own"
         return
@@ -466,7 +468,7 @@ def test_cifar_ab_sweeps_alpha_plus_beta_and_alpha():
 CLASSIFICATION_SETTINGS = {
     "cifar/train_kd.sh": {"--distill": "kd", "--kd_T": "4", "--ce-weight": "1", "--kd-weight": "2", "--path_t": "save/models/resnet32x4_vanilla/ckpt_epoch_240.pth"},
     "cifar/train_dkd.sh": {"--distill": "dkd", "--kd_T": "4", "--dkd_alpha": "1", "--dkd_warmup": "20", "--ce-weight": "1", "--kd-weight": "1"},
-    "cifar/train_ls.sh": {"--distill": "ls", "--kd_T": "2", "--ce-weight": "0.1", "--kd-weight": "9"},
+    "cifar/train_ls.sh": {"--distill": "abls", "--kd_T": "2", "--ce-weight": "0.1", "--kd-weight": "9"},
     "cifar/train_ab.sh": {"--distill": "ab", "--kd_T": "4", "--ce-weight": "1", "--kd-weight": "0.5"},
     # ABKD train_ttm.sh "bash train_ttm.sh 1.1 1.1 0.5 1.6 wrn_40_2 wrn_40_1 0 76 0.1": --ttm_l 0.1, -r 1 -b 76 -a 0
     "cifar/train_ttm.sh": {"--distill": "ttm", "--ttm_l": "0.1", "--ce-weight": "1", "--kd-weight": "76"},
@@ -516,18 +518,67 @@ def test_classification_launchers(script, tmp_path):
         assert len({flag_value(argv, "--save") for argv in training}) == len(training) and all("--resume" in argv for argv in training)
 
 
+def test_cifar_ls_runs_abkd_alpha_beta_sweep_or_plain_ls():
+    """ABKD's train_ls.sh sweeps (alpha, beta) of D_AB between z-scored logits (its distiller_zoo/ls.py: our abls);
+    DISTILL=ls is the plain LS of Sun et al. (KL), one run with the same weights and temperature."""
+    script = SCRIPTS / "cifar/train_ls.sh"
+    commands = printed_commands(script, "1.0", "1.0", "0.8", "1.0", "resnet32x4", "resnet8x4", "2")
+    assert [(flag_value(argv, "--distill"), flag_value(argv, "--ab_alpha"), flag_value(argv, "--ab_beta")) for _, argv in commands] == [
+        ("abls", "0.8", "0.2"), ("abls", "0.9", "0.1"), ("abls", "1", "0")]
+    ((_, argv),) = printed_commands(script, "resnet32x4", "resnet8x4", "2", "4", env={"DISTILL": "ls"})
+    assert flag_value(argv, "--distill") == "ls" and flag_value(argv, "--ab_alpha") is None and flag_value(argv, "--kd-weight") == "4"
+    assert flag_value(argv, "--kd_T") == "2" and flag_value(argv, "--ce-weight") == "0.1"
+    for args, env in (((("resnet32x4", "resnet8x4", "2")), {}), (("1.0", "1.0", "0.8", "1.0", "resnet32x4", "resnet8x4", "2"), {"DISTILL": "ls"})):
+        result = run_script(script, *args, env=env)
+        assert result.returncode == 2 and "usage:" in result.stderr and result.stdout == ""
+
+
+@pytest.mark.parametrize("script", ["cifar/train_kd.sh", "clip/train_kd.sh"])
+def test_classification_launchers_train_in_fp32_unless_bf16_is_asked_for(script, tmp_path):
+    """fp32 as RepDistiller, ABKD and ABKD's PromptKD config (PREC fp32); PRECISION=bf16 is the autocast opt-in."""
+    args = default_args(SCRIPTS / script, tmp_path)
+    for env, precision in (({}, "fp32"), ({"PRECISION": "bf16"}, "bf16")):
+        commands = printed_commands(SCRIPTS / script, *args, env=env)
+        training = [argv for module, argv in commands if module in ("standard_classification.train_student", "base_to_new_classification.train")]
+        assert training and all(parse(module, argv, tmp_path).precision == precision for module, argv in commands if argv in training)
+
+
+def test_clip_launchers_default_to_the_published_teacher(tmp_path):
+    """PromptKD (and ABKD) read the PromptSRC teacher from teacher_model/<Dassl dataset name>/VLPromptLearner/
+    model-best.pth.tar (trainers/promptkd.py): the launchers default to that file, stop in one line naming it
+    when it is missing, and run another teacher (ours from train_teacher) given as TEACHER_CKPT."""
+    script = SCRIPTS / "clip/train_kd.sh"
+    published = REPO / "teacher_model/DescribableTextures/VLPromptLearner/model-best.pth.tar"
+    commands = printed_commands(script, "dtd", tmp_path, "1")
+    assert {flag_value(argv, "--teacher-ckpt") for module, argv in commands if module == "base_to_new_classification.train"} == {str(published)}
+    env = fake_launchers(tmp_path)
+    (tmp_path / "bin/python").write_text("#!/usr/bin/env bash\n")  # the summary step
+    (tmp_path / "bin/python").chmod(0o755)
+    if not published.exists():
+        result = run_script(script, "dtd", tmp_path, "1", env=env, dry_run=False)
+        assert result.returncode == 1 and not (tmp_path / "argv").exists()
+        assert result.stderr.splitlines() == [f"train_kd.sh: no teacher at {published}: put PromptKD's published PromptSRC teacher for dtd there, "
+                                              "or set TEACHER_CKPT"]
+    own = tmp_path / "teacher_prompts.pt"
+    own.write_bytes(b"")
+    result = run_script(script, "dtd", tmp_path, "1", env=env | {"TEACHER_CKPT": str(own)}, dry_run=False)
+    assert result.returncode == 0, result.stderr
+    assert flag_value(recorded_argv(tmp_path), "--teacher-ckpt") == str(own)
+
+
 # ---------------------------------------------------------------------------------------------------
 # The real launch (torchrun or the deepspeed launcher), with fakes on PATH.
 # ---------------------------------------------------------------------------------------------------
 
 
 def fake_launchers(tmp_path: Path) -> dict:
-    """`torchrun` and `deepspeed` on PATH that record their argument vectors instead of starting anything."""
+    """`torchrun` and `deepspeed` on PATH that record their argument vectors (and CUDA_VISIBLE_DEVICES) instead of
+    starting anything."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for tool in ("torchrun", "deepspeed"):
         fake = bin_dir / tool
-        fake.write_text(f'#!/usr/bin/env bash\nprintf "%s\\n" {tool} "$@" > "{tmp_path}/argv"\n')
+        fake.write_text(f'#!/usr/bin/env bash\nprintf "%s\\n" {tool} "$@" > "{tmp_path}/argv"\necho "${{CUDA_VISIBLE_DEVICES-}}" > "{tmp_path}/devices"\n')
         fake.chmod(0o755)
     return {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
 
@@ -562,12 +613,21 @@ def test_launch_uses_the_deepspeed_launcher_with_a_hostfile(tmp_path):
     ]  # fmt: skip
 
 
-def test_cifar_launch_uses_standalone_torchrun(tmp_path):
+@pytest.mark.parametrize("gpu, env, nproc", [("2", {}, "1"), ("0,1", {}, "2"), ("3", {"NPROC": "2"}, "2")])
+def test_cifar_launch_uses_its_gpu_argument_as_the_device(gpu, env, nproc, tmp_path):
+    """GPU is ABKD's gpu_id (`CUDA_VISIBLE_DEVICES=$gpu_id`): the device(s) the run sees; one process per id
+    unless NPROC says otherwise."""
     script = SCRIPTS / "cifar" / "train_kd.sh"
-    ((module, argv),) = printed_commands(script, "resnet32x4", "resnet8x4", "2")
-    result = run_script(script, "resnet32x4", "resnet8x4", "2", env=fake_launchers(tmp_path), dry_run=False)
+    ((module, argv),) = printed_commands(script, "resnet32x4", "resnet8x4", gpu)
+    result = run_script(script, "resnet32x4", "resnet8x4", gpu, env=fake_launchers(tmp_path) | env, dry_run=False)
     assert result.returncode == 0, result.stderr
-    assert recorded_argv(tmp_path) == ["torchrun", "--standalone", "--nproc_per_node", "2", "-m", module, *argv]
+    assert recorded_argv(tmp_path) == ["torchrun", "--standalone", "--nproc_per_node", nproc, "-m", module, *argv]
+    assert (tmp_path / "devices").read_text().strip() == gpu
+
+
+def test_cifar_launch_refuses_a_gpu_that_is_not_a_device_id(tmp_path):
+    result = run_script(SCRIPTS / "cifar" / "train_kd.sh", "resnet32x4", "resnet8x4", "gpu1", env=fake_launchers(tmp_path), dry_run=False)
+    assert result.returncode == 2 and "GPU must be CUDA device ids" in result.stderr and not (tmp_path / "argv").exists()
 
 
 # ---------------------------------------------------------------------------------------------------
