@@ -123,10 +123,10 @@ def test_ranking_for_another_dataset_is_refused(tmp_path, processed_dir, tiny_gp
 
 
 def test_each_stage_is_its_own_run_from_the_previous_selection(tmp_path, monkeypatch, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, ranking):
-    """POCL's launchers t0..t3: each stage starts from the previous stage's selected checkpoint
-    (its best validation, here not its last step), with a fresh AdamW and a cosine schedule from
-    the peak lr to --lr-min over the stage's own steps; and --resume right after a stage boundary
-    continues exactly."""
+    """POCL's launchers t0..t3: each stage starts from the previous stage's last step (POCL's
+    published runs; with --stage-start best from its best validation, here not its last step), with
+    a fresh AdamW and a cosine schedule from the peak lr to --lr-min over the stage's own steps; and
+    --resume right after a stage boundary continues exactly."""
     from abkd.schedules import lr_multiplier
 
     # Scripted validation: within a stage the loss grows with the engine's own step count, so each
@@ -157,7 +157,7 @@ def test_each_stage_is_its_own_run_from_the_previous_selection(tmp_path, monkeyp
     extra = ["--do-valid", "--eval-interval", 2, "--lr-decay-style", "cosine", "--lr-min", lr_min, "--save-interval", -1]
     try:
         full = tmp_path / "full"
-        finetune.main(_argv(full, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, ranking, *extra))
+        finetune.main(_argv(full, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, ranking, *extra, "--stage-start", "best"))
         full_steps, steps[:] = steps[:], []
 
         # Fresh optimizer and schedule per stage: 6, 12, 18 steps, AdamW's count restarting at 1, the
@@ -182,20 +182,31 @@ def test_each_stage_is_its_own_run_from_the_previous_selection(tmp_path, monkeyp
         for k, selected in enumerate((2, 8, 20), start=1):
             assert json.loads((full / f"best_stage{k}" / f"best_stage{k}.json").read_text())["step"] == selected
         assert json.loads((full / "best" / "best.json").read_text())["step"] == 2  # best/ is the best over all stages
-        assert "stage 2 starts from step 2's model with a fresh AdamW" in (full / "log.txt").read_text()
+        assert "stage 2 starts from step 2's model (the previous stage's best, --stage-start best) with a fresh AdamW" in (full / "log.txt").read_text()
 
-        # Stopped exactly at the end of stage 1, then resumed: the same steps, lrs and weights.
+        # By default (POCL's published runs) each stage starts from the previous stage's last step.
         starts.clear()
-        interrupted = tmp_path / "interrupted"
-        finetune.main(_argv(interrupted, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, ranking, *extra, "--stop-after-iters", 6))
+        last = tmp_path / "last"
+        finetune.main(_argv(last, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, ranking, *extra, "--stop-after-iters", 6))
         steps.clear()
-        finetune.main(_argv(interrupted, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, ranking, *extra, "--resume"))
-        assert [(step_lr, count) for _, step_lr, count in steps] == [(step_lr, count) for _, step_lr, count in full_steps[6:]]
+        finetune.main(_argv(last, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, ranking, *extra, "--resume"))
+        assert [step_lr for _, step_lr, _ in steps] == pytest.approx([step_lr for _, step_lr, _ in full_steps[6:]], rel=1e-6)
+        assert [count for _, _, count in steps] == [count for _, _, count in full_steps[6:]]
+        # Engines: stage 1, stage 2 at the boundary before the stop, the resumed run's (built before its
+        # checkpoint is loaded), stage 3.
+        assert len(starts) == 4
+        for start, step in ((starts[1], 6), (starts[3], 18)):
+            saved = load_file(last / str(step) / "model.safetensors")
+            for name in saved:
+                torch.testing.assert_close(start[name], saved[name], rtol=0, atol=0)
+        assert "stage 3 starts from step 18's model (the previous stage's last step, --stage-start last)" in (last / "log.txt").read_text()
     finally:
         hook.remove()
-    for k in (1, 2, 3):
-        assert json.loads((interrupted / f"best_stage{k}" / f"best_stage{k}.json").read_text())["step"] == (2, 8, 20)[k - 1]
-    full_weights, resumed = load_file(full / "36" / "model.safetensors"), load_file(interrupted / "36" / "model.safetensors")
+    for k in (1, 2, 3):  # the stages' best models are still kept
+        assert json.loads((last / f"best_stage{k}" / f"best_stage{k}.json").read_text())["step"] == (2, 8, 20)[k - 1]
+    uninterrupted = tmp_path / "uninterrupted"
+    finetune.main(_argv(uninterrupted, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, ranking, *extra))
+    full_weights, resumed = load_file(uninterrupted / "36" / "model.safetensors"), load_file(last / "36" / "model.safetensors")
     for name in full_weights:
         torch.testing.assert_close(resumed[name], full_weights[name], rtol=1e-6, atol=1e-7)
 
