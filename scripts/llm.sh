@@ -95,6 +95,7 @@ SEQKD_TYPE=seqkd
 # Baby Step schedule with POCL's settings (8 epochs a stage, lr 1e-4, batch 16, JSD lambda 0.9, 1000 dev examples
 # in the first stage and 500 after, each stage from the previous one's last step)
 RRF_K=60
+RANK_TEMPERATURE=0.01  # POCL's GPT-2 ranking samples at 0.01, its OPT ranking at 0.1 (opt/defaults.sh)
 NUM_STAGES=4
 STAGE_EPOCHS=8
 STAGE_DEV_NUM=1000,500,500,500
@@ -240,7 +241,7 @@ pocl_args() {
     esac
     run_module distillation_llm.rank_difficulty rank --model-path "${CKPT}" --data-dir "${DATA_DIR}" --ranking "${RANKING}" \
         --rrf-k "${RRF_K}" --max-prompt-length "${MAX_PROMPT_LENGTH}" --max-length "${MAX_LENGTH}" \
-        --batch-size "${EVAL_BATCH_SIZE}" --seed "${SEED}" --do-sample --temperature 0.01 --top-k 0 --top-p 1.0 --max-new-tokens 256 --no-repeat-ngram-size 6
+        --batch-size "${EVAL_BATCH_SIZE}" --seed "${SEED}" --do-sample --temperature "${RANK_TEMPERATURE}" --top-k 0 --top-p 1.0 --max-new-tokens 256 --no-repeat-ngram-size 6
     args+=(--curriculum pocl --ranking "${RANKING}" --num-stages "${NUM_STAGES}" --stage-epochs "${STAGE_EPOCHS}"
            --stage-dev-num "${STAGE_DEV_NUM}" --stage-start "${STAGE_START}"
            --kd-temperature-start "${KD_TEMPERATURE_START}" --kd-temperature-end "${KD_TEMPERATURE_END}"
