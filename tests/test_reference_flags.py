@@ -126,7 +126,7 @@ EFFECTS = {
     "--stage": (["--stage", "1"], lambda a, n: "--stage 1: POCL ran one curriculum stage per launcher" in n),
     "--temperature-kld": (
         ["--type", "tfkl", "--temperature-kld", "1.33"],
-        lambda a, n: a.kd_temperature == 1.33 and "* fkl() * T^2, kd_ratio 0.5, KD temperature 1.33" in lookup(a.type).describe(a),
+        lambda a, n: a.kd_temperature == 1.33 and "* fkl() * T^2, kd_ratio 1, KD temperature 1.33" in lookup(a.type).describe(a),
     ),
     "--model-type": (["--model-type", "gpt2"], lambda a, n: a.model_type == "gpt2"),
     "--peft": (["--peft", "lora"], lambda a, n: a.peft == "lora"),
