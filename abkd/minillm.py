@@ -104,3 +104,27 @@ def sequence_reward(rewards: Tensor, mask: Tensor, gamma: float = 0.95, length_n
     for t in reversed(range(rewards.shape[1])):
         total = gamma * total + rewards[:, t].float()
     return total / mask.float().sum(-1).clamp(min=1) if length_norm else total
+
+
+def _chunk_logprobs(hidden: Tensor, weight: Tensor, targets: Tensor, bias: Tensor | None) -> Tensor:
+    logits = hidden @ weight.T
+    if bias is not None:
+        logits = logits + bias
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    return logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def token_logprobs(hidden: Tensor, weight: Tensor, targets: Tensor, bias: Tensor | None = None, chunk_size: int = 512) -> Tensor:
+    """log softmax(hidden @ weight.T + bias)[target] per row, differentiable, never holding more
+    than `chunk_size` rows of [V] logits (each chunk's logits are recomputed in the backward pass).
+    hidden [..., H], weight [V, H], targets [...] -> [...], float32 for half-precision inputs."""
+    from torch.utils.checkpoint import checkpoint
+
+    lead = targets.shape
+    hidden, targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+    parts = [
+        checkpoint(_chunk_logprobs, hidden[start:start + chunk_size], weight, targets[start:start + chunk_size], bias, use_reentrant=False)
+        for start in range(0, hidden.shape[0], chunk_size)
+    ]
+    return torch.cat(parts).reshape(lead)

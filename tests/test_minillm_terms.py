@@ -124,3 +124,24 @@ def test_fused_single_step_regulariser_equals_the_full_vocabulary_one(dtype):
     torch.testing.assert_close(fused.loss.double(), expected.detach(), **tol)
     torch.testing.assert_close(hidden.grad.double(), expected_grads[0].double(), **tol)
     torch.testing.assert_close(weight.grad.double(), expected_grads[1].double(), **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_chunked_token_logprobs_equal_the_full_log_softmax_in_value_and_gradient(dtype):
+    g = torch.Generator().manual_seed(5)
+    hidden = torch.randn(3, 5, 8, generator=g, dtype=dtype, requires_grad=True)
+    weight = torch.randn(29, 8, generator=g, dtype=dtype, requires_grad=True)
+    bias = torch.randn(29, generator=g, dtype=dtype)
+    targets = torch.randint(0, 29, (3, 5), generator=g)
+    coefficients = torch.randn(3, 5, generator=g, dtype=torch.float64)
+    full = torch.log_softmax((hidden @ weight.T + bias).double(), -1).gather(-1, targets[..., None]).squeeze(-1)
+    (full * coefficients).sum().backward()
+    expected = full.detach(), hidden.grad.clone(), weight.grad.clone()
+    hidden.grad, weight.grad = None, None
+    got = minillm.token_logprobs(hidden, weight, targets, bias, chunk_size=4)
+    (got.double() * coefficients).sum().backward()
+    tol = {"rtol": 1e-10, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-5}
+    assert got.shape == targets.shape
+    torch.testing.assert_close(got.double(), expected[0], **tol)
+    torch.testing.assert_close(hidden.grad.double(), expected[1].double(), **tol)
+    torch.testing.assert_close(weight.grad.double(), expected[2].double(), **tol)
