@@ -121,6 +121,21 @@ def build_parser() -> argparse.ArgumentParser:
     sgo.add_argument("--replay-ratio", choices=("constant", "increasing", "decreasing"), default="decreasing",
         help="DistiLLM: share of student-generated batches freshly generated rather than replayed (constant 0.5, or rising/falling linearly over training)")
 
+    rl = parser.add_argument_group("MiniLLM (--type minillm; DistiLLM's train_minillm.py flags)")
+    rl.add_argument("--num-rollouts", type=int, default=256, help="prompts rolled out per round, over all processes (the reference's default)")
+    rl.add_argument("--rollout-chunk-size", type=int, default=16,
+        help="prompts sampled together in a round (the reference's --chunk-size, renamed here: --chunk-size is the fused loss's)")
+    rl.add_argument("--ppo-epochs", type=int, default=4, help="passes over a round's rollouts before the next round (the MiniLLM launchers' 4)")
+    rl.add_argument("--teacher-mixed-alpha", type=float, default=None, help="sample each token from (1 - alpha) student + alpha teacher (the launchers' 0.2)")
+    rl.add_argument("--reward-scaling", type=float, default=None, help="divide the token rewards by this (the launchers' 0.5)")
+    rl.add_argument("--cliprange-reward", type=float, default=1.0, help="clip the token rewards to [-c, c] (0: no clipping; the launchers pass 100)")
+    rl.add_argument("--cliprange", type=float, default=0.2, help="PPO's clipping range of the importance-weighted ratio")
+    rl.add_argument("--gamma", type=float, default=0.95, help="discount of the reward-to-go (the reference's default)")
+    rl.add_argument("--length-norm", action="store_true", help="log each response's reward divided by its length (the reference's --length-norm: logging only)")
+    rl.add_argument("--single-step-reg", action="store_true", help="add the per-token KL(student || teacher) over the vocabulary on the rollouts")
+    rl.add_argument("--seed-ppo", type=int, default=42, help="seed of the rollouts: prompt order, sampling, mini-batch order")
+    rl.add_argument("--seed-lm", type=int, default=None, help="seed of the --lm-data-dir order (default --seed)")
+
     curriculum = parser.add_argument_group("POCL curriculum")
     curriculum.add_argument("--curriculum", choices=("none", "pocl"), default="none", help="pocl: train easy-to-hard in Baby Step stages from --ranking")
     curriculum.add_argument("--ranking", help="ranking.jsonl from `python -m distillation_llm.rank_difficulty rank` (easy to hard)")
@@ -220,6 +235,18 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argpa
             parser.error(str(error))
     if method.source_kind(args.student_gen) == "adaptive" and not args.do_valid:
         parser.error(f"--type {args.type} adapts its threshold to the validation loss: add --do-valid")
+    if method.source == "rollout":
+        if args.teacher_cache:
+            parser.error(f"--type {args.type} scores the student's own samples with the teacher: give --teacher-model-path, not --teacher-cache")
+        if args.curriculum != "none" or args.student_gen is False:
+            parser.error(f"--type {args.type} trains on its rollouts: drop {'--curriculum' if args.curriculum != 'none' else '--no-student-gen'}")
+        if args.teacher_mixed_alpha is not None and not 0.0 <= args.teacher_mixed_alpha <= 1.0:
+            parser.error(f"--teacher-mixed-alpha must lie in [0, 1], got {args.teacher_mixed_alpha}")
+        for flag in ("num_rollouts", "rollout_chunk_size", "ppo_epochs"):
+            if getattr(args, flag) < 1:
+                parser.error(f"--{flag.replace('_', '-')} must be at least 1")
+        if args.reward_scaling is not None and args.reward_scaling <= 0:
+            parser.error(f"--reward-scaling must be positive, got {args.reward_scaling}")
     if not 0.0 < args.gen_top_p <= 1.0:
         parser.error(f"--gen-top-p must lie in (0, 1], got {args.gen_top_p}")
     for flag in ("mixed_alpha", "gkd_beta", "init_threshold"):
@@ -352,7 +379,15 @@ def run_summary(args: argparse.Namespace, world_size: int, precision: str) -> li
         f"global batch {world_size * args.batch_size * args.gradient_accumulation_steps} = {world_size} process(es) x batch {args.batch_size} "
         f"x accumulation {args.gradient_accumulation_steps}; precision {precision}",
     ]
-    if args.curriculum == "pocl":
+    if method.source == "rollout":
+        mix = f", each token from {1 - args.teacher_mixed_alpha:g} student + {args.teacher_mixed_alpha:g} teacher" if args.teacher_mixed_alpha else ""
+        scaling = f" / {args.reward_scaling:g}" if args.reward_scaling else ""
+        clip = f" clipped to +-{args.cliprange_reward:g}" if args.cliprange_reward else ""
+        reg = " + KL(student || teacher) per token (single-step)" if args.single_step_reg else ""
+        lm = f" + {args.lm_coef:g} * ({1 - args.kd_ratio:g} * CE + {args.kd_ratio:g} * fkl) on LM data" if args.lm_data_dir else ""
+        lines.append(f"loss PPO-clipped ({args.cliprange:g}) policy gradient, rewards (log p - log q){scaling}{clip}, gamma {args.gamma:g}{reg}{lm}; "
+                     f"rounds of {args.num_rollouts} rollouts{mix}, {args.ppo_epochs} PPO epochs each")
+    elif args.curriculum == "pocl":
         for stage in range(args.num_stages):
             ratio = _linear(args.kd_ratio_start, args.kd_ratio_end, stage, args.num_stages)
             temperature = _linear(args.kd_temperature_start, args.kd_temperature_end, stage, args.num_stages)

@@ -55,6 +55,7 @@ from distillation_llm.checks import check_startup
 from distillation_llm.data import InstructionCollator, LMCollator, load_processed, tokenizer_fingerprint
 from distillation_llm.generation import GenerationSettings
 from distillation_llm.methods import lookup
+from distillation_llm.minillm import MiniLLMObjective, RolloutSource
 from distillation_llm.models import ADAPTER_WEIGHTS, add_lora, check_shared_vocabulary, enable_gradient_checkpointing, load_causal_lm, load_lora, load_tokenizer, merge_lora, weights_fingerprint
 from distillation_llm.objective import Objective
 from distillation_llm.rank_difficulty import load_ranking
@@ -354,11 +355,14 @@ def end_stage(save_dir: Path, stage: int, state: dict, log: RunLog) -> int:
     return step
 
 
-def build_source(args, collate, student, tokenizer):
-    """The batch source of --type (distillation_llm/methods.py): the dataset as it is, or
-    student-generated outputs with a constant or DistiLLM's adaptive probability."""
+def build_source(args, collate, student, tokenizer, teacher=None, vocab=None, prompts=None):
+    """The batch source of --type (distillation_llm/methods.py): the dataset as it is,
+    student-generated outputs with a constant or DistiLLM's adaptive probability, or MiniLLM's
+    rollouts (from `prompts`, scored by `teacher` over the first `vocab` tokens)."""
     method = lookup(args.type)
     kind = method.source_kind(args.student_gen)
+    if kind == "rollout":
+        return RolloutSource(args, prompts, lambda: student, teacher, tokenizer, vocab)
     if kind == "seqkd" and "seqkd" not in load_processed(args.data_dir)[1]:
         E.print_rank0(f"warning: --type seqkd but --data-dir {args.data_dir} was not made by tools.generate_data_seqkd")
     if kind in ("dataset", "seqkd"):
@@ -442,7 +446,8 @@ def train(run: Run, engines: Engines, objective: Objective, data: TrainingData, 
         step = state["step"]
         if step % args.log_interval == 0 or step == stop_at:
             log.metrics(step, {**sums, "lr": engine.get_lr()[0], "tokens_per_s": tokens / elapsed, "s_per_step": elapsed, "epoch": state["epoch"]})
-        if args.do_valid and (epoch_end or (args.eval_interval > 0 and step % args.eval_interval == 0) or step == total_steps):
+        at_epoch_end = epoch_end and source.validates_at_epoch_ends  # MiniLLM's rollouts have no data epochs: --eval-interval only
+        if args.do_valid and (at_epoch_end or (args.eval_interval > 0 and step % args.eval_interval == 0) or step == total_steps):
             metrics = validate(engine, objective, valid_set, collate, tokenizer, args, device)
             log.metrics(step, metrics, prefix="valid")
             save_model(engine, tokenizer, save_dir / str(step))
@@ -621,19 +626,26 @@ def main(argv: list[str] | None = None) -> None:
     lm_loader = None
     if args.lm_data_dir:
         lm_data, _ = load_processed(args.lm_data_dir, tokenizer, flag="--lm-data-dir")
-        lm_sampler = GlobalBatchSampler(len(lm_data["train"]), args.batch_size, args.gradient_accumulation_steps, E.world_size(), E.rank(), args.seed)
+        lm_seed = args.seed_lm if args.seed_lm is not None else args.seed
+        lm_sampler = GlobalBatchSampler(len(lm_data["train"]), args.batch_size, args.gradient_accumulation_steps, E.world_size(), E.rank(), lm_seed)
         lm_loader = DataLoader(lm_data["train"], batch_sampler=lm_sampler, collate_fn=LMCollator())
 
     total_steps = data.total_steps()
     engines = Engines(student, args, ds_config)
     engines.build(total_steps if curriculum is None else data.stage_steps(0))
-    objective = Objective(
-        student, teacher, method.divergence, method.params(args), args.kd_ratio, args.kd_temperature, vocab,
-        lm_coef=args.lm_coef, temperature_squared=method.temperature_squared, partitioned_parameters=zero_stage == 3, chunk_size=args.chunk_size,
-        teacher_cache=cache,
-    )
+    if method.source == "rollout":
+        if zero_stage == 3:
+            raise ValueError(f"--type minillm does not run under ZeRO-3 (--deepspeed_config {args.deepspeed_config}): use ZeRO-1 or 2")
+        validation = Objective(student, None, None, {}, 0.0, 1.0, vocab, chunk_size=args.chunk_size)  # dev loss: cross-entropy
+        objective = MiniLLMObjective(student, teacher, vocab, args, validation, args.chunk_size)
+    else:
+        objective = Objective(
+            student, teacher, method.divergence, method.params(args), args.kd_ratio, args.kd_temperature, vocab,
+            lm_coef=args.lm_coef, temperature_squared=method.temperature_squared, partitioned_parameters=zero_stage == 3, chunk_size=args.chunk_size,
+            teacher_cache=cache,
+        )
 
-    source = build_source(args, collate, student, tokenizer)
+    source = build_source(args, collate, student, tokenizer, teacher=teacher, vocab=vocab, prompts=train_set["prompt_ids"] if method.source == "rollout" else None)
     run.state.update(best_metric=None, best_step=None, curriculum=None)
     if curriculum is not None:
         run.state.update(stage_best_metric=None, stage_best_step=None, stage_best_record=None, stage_selected=[])

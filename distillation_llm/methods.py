@@ -11,6 +11,8 @@ Batch sources (distillation_llm/sources.py):
   as in DistiLLM's mixed-* types, each generation goes into a --capacity buffer and a random
   buffer batch is trained on (--capacity 0: the fresh samples themselves).
 - `adaptive`: DistiLLM's adaptive probability of student samples, with a replay buffer.
+- `rollout`: MiniLLM's rounds of responses sampled from the student mixed with the teacher, each
+  trained on for --ppo-epochs passes by policy gradient (distillation_llm/minillm.py).
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ import argparse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-SOURCES = ("dataset", "seqkd", "student", "adaptive")
-STUDENT_SOURCES = ("student", "adaptive")
+SOURCES = ("dataset", "seqkd", "student", "adaptive", "rollout")
+STUDENT_SOURCES = ("student", "adaptive", "rollout")
 
 
 def _no_params(args: argparse.Namespace) -> dict[str, float]:
@@ -122,6 +124,10 @@ METHODS: dict[str, Method] = {
         Method("distillm", "DistiLLM: skew reverse KL on adaptively student-generated batches", "srkl", _skew, source="adaptive"),
         Method("adaptive-srkl", "DistiLLM with skew reverse KL", "srkl", _skew, source="adaptive", reference="DistiLLM --type adaptive-srkl"),
         Method("adaptive-sfkl", "DistiLLM with skew forward KL", "sfkl", _skew, source="adaptive", reference="DistiLLM --type adaptive-sfkl"),
+        Method(
+            "minillm", "MiniLLM: policy gradient on the reverse KL over the student's own (teacher-mixed) samples, with the single-step "
+            "regulariser and the LM term", "rkl", source="rollout", reference="DistiLLM train_minillm.py --type minillm",
+        ),
         # DistiLLM's own names for the same methods, so its launch commands carry over unchanged.
         Method("lm", "supervised fine-tuning (DistiLLM's name for sft)", reference="DistiLLM --type lm"),
         Method(
@@ -145,7 +151,6 @@ METHODS: dict[str, Method] = {
 
 # Names that are not a --type here, with the reason, so that they are never mistaken for another.
 NOT_METHODS = {
-    "minillm": "not implemented",
     "pocl": "POCL is a curriculum: use --curriculum pocl with any divergence type",
 }
 

@@ -37,6 +37,7 @@ class DatasetSource:
         return None
 
     needs_initial_validation = False
+    validates_at_epoch_ends = True
 
     def state_dict(self) -> dict:
         return {}
@@ -162,6 +163,8 @@ class StudentGeneratedSource:
             return None
         self.threshold.update(valid_loss)
         return f"student-generated batch probability {self.threshold.value:.2f}; batches so far {self.counts}"
+
+    validates_at_epoch_ends = True
 
     @property
     def needs_initial_validation(self) -> bool:
