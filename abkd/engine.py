@@ -155,18 +155,19 @@ def offloads_optimizer(config: dict) -> bool:
     return str(offload.get("device", "none")).lower() != "none"
 
 
-def adamw(param_groups: list[dict], lr: float, config: dict, source: str = "--deepspeed_config") -> torch.optim.Optimizer:
-    """torch's AdamW (its defaults: betas (0.9, 0.999), eps 1e-8, weight decay 0.01 unless a group
-    sets it), or with ZeRO-Offload DeepSpeed's CPU Adam in AdamW mode with the same settings:
+def adamw(param_groups: list[dict], lr: float, config: dict, source: str = "--deepspeed_config",
+          betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Optimizer:
+    """torch's AdamW (eps 1e-8, weight decay 0.01 unless a group sets it, `betas` torch's default
+    (0.9, 0.999) unless given), or with ZeRO-Offload DeepSpeed's CPU Adam in AdamW mode with the same settings:
     DeepSpeed refuses a torch optimizer there. CPU Adam is a C++ extension compiled on first use
     (minutes, then cached); a machine that cannot build it gets a one-line RuntimeError naming
     `source` (the config's flag and path)."""
     if not offloads_optimizer(config):
-        return torch.optim.AdamW(param_groups, lr=lr)
+        return torch.optim.AdamW(param_groups, lr=lr, betas=betas)
     try:
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
-        return DeepSpeedCPUAdam(param_groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, adamw_mode=True)
+        return DeepSpeedCPUAdam(param_groups, lr=lr, betas=betas, eps=1e-8, weight_decay=0.01, adamw_mode=True)
     except Exception as error:  # the op builder fails in many ways: no compiler, no headers, a failed compile
         reason = (str(error).strip().splitlines() or [type(error).__name__])[-1][:200]
         raise RuntimeError(

@@ -53,9 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--lr-decay-style", default="cosine", choices=("constant", "cosine", "linear"), help="learning-rate decay after warm-up")
     optim.add_argument("--lr-min", type=float, default=1e-7, help="learning rate at the end of cosine/linear decay (the references' default 1e-7)")
     optim.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay (see --weight-decay-exempt)")
-    optim.add_argument("--weight-decay-exempt", choices=("reference", "1d"), default="reference",
+    optim.add_argument("--weight-decay-exempt", choices=("reference", "1d", "none"), default="reference",
         help="parameters without weight decay: reference = those named bias, ln_f/ln_1/ln_2 weights (the references' GPT-2 list, so OPT's "
-             "and LLaMA's norm weights decay); 1d = every bias and normalisation weight of any architecture")
+             "and LLaMA's norm weights decay); 1d = every bias and normalisation weight of any architecture; none = every parameter decays "
+             "(MiniLLM's trainer)")
+    optim.add_argument("--adam-beta2", type=float, default=0.999, help="AdamW's beta2 (torch's 0.999; MiniLLM's PPO trainer uses 0.95)")
     optim.add_argument("--clip-grad", type=float, default=1.0, help="gradient-norm clipping threshold (0 disables)")
     optim.add_argument("--epochs", type=int, default=None, help="training epochs (ignored when --total-iters is given)")
     optim.add_argument("--total-iters", type=int, default=None, help="total optimizer steps; overrides --epochs")
@@ -247,6 +249,8 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argpa
                 parser.error(f"--{flag.replace('_', '-')} must be at least 1")
         if args.reward_scaling is not None and args.reward_scaling <= 0:
             parser.error(f"--reward-scaling must be positive, got {args.reward_scaling}")
+    if not 0.0 <= args.adam_beta2 < 1.0:
+        parser.error(f"--adam-beta2 must lie in [0, 1), got {args.adam_beta2}")
     if not 0.0 < args.gen_top_p <= 1.0:
         parser.error(f"--gen-top-p must lie in (0, 1], got {args.gen_top_p}")
     for flag in ("mixed_alpha", "gkd_beta", "init_threshold"):

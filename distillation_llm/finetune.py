@@ -70,9 +70,11 @@ REFERENCE_NO_DECAY = ("bias", "ln_f.weight", "ln_1.weight", "ln_2.weight", "ln_c
 def param_groups(model: torch.nn.Module, weight_decay: float, exempt: str = "reference") -> list[dict]:
     """AdamW groups. `exempt` "reference": no weight decay on the parameters named in
     REFERENCE_NO_DECAY, as the references; "1d": none on biases and normalisation weights of any
-    architecture (1-D parameters). A ZeRO-3-partitioned parameter (a POCL stage's new engine) keeps
+    architecture (1-D parameters); "none": every parameter decays (MiniLLM's PPO trainer). A ZeRO-3-partitioned parameter (a POCL stage's new engine) keeps
     its full shape in `ds_shape`."""
     def exempted(name: str, p: torch.nn.Parameter) -> bool:
+        if exempt == "none":
+            return False
         if exempt == "1d":
             return len(getattr(p, "ds_shape", p.shape)) < 2
         return any(part in name for part in REFERENCE_NO_DECAY)
@@ -187,7 +189,8 @@ class Engines:
             gc.collect()
         args = self.args
         source = f"--deepspeed_config {args.deepspeed_config}"
-        optimizer = E.adamw(param_groups(self.student, args.weight_decay, args.weight_decay_exempt), args.lr, self.ds_config, source)  # DeepSpeed's CPU Adam with ZeRO-Offload
+        optimizer = E.adamw(param_groups(self.student, args.weight_decay, args.weight_decay_exempt), args.lr, self.ds_config, source,
+                            betas=(0.9, args.adam_beta2))  # DeepSpeed's CPU Adam with ZeRO-Offload
         scheduler = build_scheduler(optimizer, warmup=args.warmup_iters, total=schedule_steps, style=args.lr_decay_style, min_ratio=args.lr_min / args.lr)
         self.engine = E.initialize(self.student, optimizer, scheduler, self.ds_config, source)
         return self.engine

@@ -60,6 +60,8 @@ MAX_LENGTH=512
 MAX_PROMPT_LENGTH=256
 DEV_NUM=1000
 LR_MIN=1e-7
+EVAL_INTERVAL=-1  # validate (dev ROUGE-L with --eval-gen) at every epoch end
+LOG_INTERVAL=4
 SEED=10
 DS_CONFIG="${REPO_ROOT}/configs/deepspeed/ds_config.json"
 KD_RATIO=1.0
@@ -102,6 +104,11 @@ STAGE_DEV_NUM=1000,500,500,500
 STAGE_START=last
 JSD_LAM=0.9
 if [[ "${METHOD}" == pocl ]]; then LR=0.0001; BATCH_SIZE=16; fi
+# MiniLLM (minillm_args); KD_RATIO there weighs forward KL against CE on the LM data
+TOTAL_ITERS=5000
+NUM_ROLLOUTS=256
+ROLLOUT_CHUNK_SIZE=16
+if [[ "${METHOD}" == minillm ]]; then LR=0.000005; LR_MIN=0.000005; KD_RATIO=0.5; EVAL_INTERVAL=100; LOG_INTERVAL=16; fi
 KD_TEMPERATURE_START=1.0
 KD_TEMPERATURE_END=2.0
 KD_RATIO_START=0.7
@@ -181,6 +188,7 @@ finetune() {
         kd|imitkd) args+=(--kd-ratio "${KD_RATIO}") ;;
         ab) args+=(--kd-ratio "${KD_RATIO}" --ab_alpha "${AB_ALPHA}" --ab_beta "${AB_BETA}") ;;
         gkd) args+=(--kd-ratio "${KD_RATIO}" --mixed-alpha "${MIXED_ALPHA}" --gkd-beta "${GKD_BETA}") ;;
+        minillm) args+=(--kd-ratio "${KD_RATIO}") ;;
         distillm)
             args+=(--kd-ratio "${KD_RATIO}" --skew-alpha "${SKEW_ALPHA}" --init-threshold "${INIT_THRESHOLD}"
                    --loss-eps "${LOSS_EPS}" --capacity "${CAPACITY}" --replay-ratio "${REPLAY_RATIO}") ;;
@@ -190,8 +198,12 @@ finetune() {
     if [[ "${PEFT}" == lora ]]; then
         args+=(--peft lora --peft-lora-r "${LORA_R}" --peft-lora-alpha "${LORA_ALPHA}" --peft-lora-dropout "${LORA_DROPOUT}")
     fi
-    args+=(--warmup-iters 0 --lr-decay-style cosine --weight-decay 1e-2 --clip-grad 1.0 --save-interval -1)
-    if [[ "${METHOD}" == pocl ]]; then pocl_args; else args+=(--epochs "${EPOCHS}"); fi
+    if [[ "${METHOD}" == minillm ]]; then
+        minillm_args
+    else
+        args+=(--warmup-iters 0 --lr-decay-style cosine --weight-decay 1e-2 --clip-grad 1.0 --save-interval -1)
+        if [[ "${METHOD}" == pocl ]]; then pocl_args; else args+=(--epochs "${EPOCHS}"); fi
+    fi
     case "${PRECISION}" in
         fp16) args+=(--fp16) ;;
         bf16) ;;
@@ -210,7 +222,7 @@ finetune() {
     launch_module distillation_llm.finetune --type "${TYPE}" "${args[@]}" --model-type "${MODEL_TYPE}" \
         --data-dir "${data_dir}" --lr "${LR}" --batch-size "${BATCH_SIZE}" --gradient-accumulation-steps "${accumulation}" \
         --eval-batch-size "${EVAL_BATCH_SIZE}" --max-length "${MAX_LENGTH}" --max-prompt-length "${MAX_PROMPT_LENGTH}" \
-        --dev-num "${DEV_NUM}" --lr-min "${LR_MIN}" --do-train --do-valid --eval-gen --eval-interval -1 --log-interval 4 --save "${SAVE_PATH}" --seed "${SEED}" --deepspeed_config "${DS_CONFIG}"
+        --dev-num "${DEV_NUM}" --lr-min "${LR_MIN}" --do-train --do-valid --eval-gen --eval-interval "${EVAL_INTERVAL}" --log-interval "${LOG_INTERVAL}" --save "${SAVE_PATH}" --seed "${SEED}" --deepspeed_config "${DS_CONFIG}"
 }
 
 # Cache the teacher's top CACHE_TOP_K on DATA_DIR into TEACHER_CACHE, at every KD temperature of the run (POCL:
@@ -226,6 +238,16 @@ cache_teacher() {
     launch_module tools.cache_teacher_logits --teacher-model-path "${TEACHER_CKPT}" "${extra[@]}" --data-dir "${DATA_DIR}" \
         --out "${TEACHER_CACHE}" --top-k "${CACHE_TOP_K}" --temperatures "${temperatures}" --max-length "${MAX_LENGTH}" \
         --batch-size "${EVAL_BATCH_SIZE}"
+}
+
+# MiniLLM (DistiLLM's train_minillm.py launchers): 5000 steps of policy gradient at a constant lr 5e-6 after 100
+# warm-up steps, rounds of NUM_ROLLOUTS teacher-mixed samples, 4 PPO epochs a round; its PPO trainer's AdamW
+# (beta2 0.95, weight decay 1e-6 on every parameter); dev ROUGE-L every 100 steps.
+minillm_args() {
+    args+=(--epochs 10 --total-iters "${TOTAL_ITERS}" --warmup-iters 100 --lr-decay-style constant --weight-decay 1e-6
+           --weight-decay-exempt none --adam-beta2 0.95 --clip-grad 1.0 --save-interval 500 --seed-ppo 42 --seed-lm 7
+           --ppo-epochs 4 --num-rollouts "${NUM_ROLLOUTS}" --rollout-chunk-size "${ROLLOUT_CHUNK_SIZE}" --length-norm --single-step-reg
+           --teacher-mixed-alpha 0.2 --reward-scaling 0.5 --cliprange-reward 100)
 }
 
 # POCL: rank the training data with the student (reused when it exists), then the curriculum flags.

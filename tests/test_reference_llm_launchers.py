@@ -29,6 +29,16 @@ BASE = RECORD["base"]
 GPU_NUM = 1  # our launchers run with one process here; the global batch must still be the reference's
 # Reference flag -> our flag of the same meaning under another name.
 RENAMED = {"temperature_kld": "kd_temperature"}
+# ... and per launcher: MiniLLM's --chunk-size (prompts sampled together) is --rollout-chunk-size here.
+RENAMED_FOR = {"*/minillm/*": {"chunk_size": "rollout_chunk_size"}}
+
+
+def renamed(launcher: str) -> dict[str, str]:
+    names = dict(RENAMED)
+    for pattern, more in RENAMED_FOR.items():
+        if fnmatch.fnmatch(launcher, pattern):
+            names.update(more)
+    return names
 ABSENT = "<not a flag here>"
 
 
@@ -134,6 +144,8 @@ def accepted(launcher: str, key: str, mine, theirs, mine_all: dict, theirs_all: 
             continue
         if entry.get("same_method") and not same_method(mine_all, theirs_all):
             continue
+        if entry.get("scaled_by_processes") and mine * mine_all["processes"] != theirs * theirs_all["processes"]:
+            continue
         return entry
     return None
 
@@ -146,8 +158,9 @@ def differences(launcher: str, gpu_num: int = GPU_NUM) -> tuple[list[str], set[i
     problems, used = [], set()
     for index, (mine, theirs) in enumerate(zip(mine_stages, their_stages)):
         sources = record["stages"][index]["values"]
+        names = renamed(launcher)
         for key, value in theirs.items():
-            our_key = RENAMED.get(key, key)
+            our_key = names.get(key, key)
             here = mine.get(our_key, ABSENT)
             if same(here, value):
                 continue

@@ -192,7 +192,7 @@ def test_launchers_are_thin():
     """An experiment is its differences from the defaults; the shared logic lives in the sourced files."""
     for script in TRAINING:
         assert len(script.read_text().splitlines()) <= 25, name(script)
-    assert sum(len(path.read_text().splitlines()) for path in ALL_SCRIPTS) < 1750
+    assert sum(len(path.read_text().splitlines()) for path in ALL_SCRIPTS) < 1900  # 88 launchers and their shared files
     assert not list((REPO / "standard_classification").glob("*.sh")) and not list((REPO / "base_to_new_classification").rglob("*.sh"))
 
 

@@ -20,6 +20,7 @@ third argument. Run by hand when the references change; CI reads only the record
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import re
@@ -52,6 +53,9 @@ LAUNCHERS: dict[str, tuple[str, list[str]]] = {
     }),
     **_family("gpt2", DISTILLM, {f"distillm/distillm_{ours}.sh": f"scripts/gpt2/distillm/train_{size}_1.5B.sh"
                                  for ours, size in (("base", "0.1B"), ("medium", "0.3B"), ("large", "0.7B"))}),
+    **_family("gpt2", DISTILLM, {f"minillm/train_{size}_1.5B.sh": f"scripts/gpt2/minillm/train_{theirs}_xl.sh"
+                                 for size, theirs in (("0.1B", "base"), ("0.3B", "medium"), ("0.7B", "large"))}),
+    **_family("opt", DISTILLM, {f"minillm/train_{size}_2.7B.sh": f"scripts/opt/minillm/train_{size}_2.7B.sh" for size in ("0.1B", "0.3B", "1.3B")}),
     "gpt2/pocl/train_0.1B_1.5B.sh": (POCL, [f"scripts/gpt2/pocl/train_0.1B_1.5B/t{s}.sh" for s in range(4)]),
     "opt/pocl/train_0.3B_2.7B.sh": (POCL, [f"scripts/opt/pocl/train_0.3B_2.7B/t{s}.sh" for s in range(4)]),
     **_family("opt", DISTILLM, {
@@ -134,9 +138,11 @@ def precision(checkout: Path, config_path: str, base: str) -> dict:
     return {"precision": "bf16" if config.get("bf16", {}).get("enabled") else "fp32"}
 
 
-def record(checkouts: dict[str, Path]) -> dict:
-    launchers = {}
+def record(checkouts: dict[str, Path], only: str | None = None, previous: dict | None = None) -> dict:
+    launchers = dict(previous["launchers"]) if previous else {}
     for ours, (repo, scripts) in LAUNCHERS.items():
+        if only and not fnmatch.fnmatch(ours, only):
+            continue
         checkout = checkouts[repo] / ROOTS[repo] if ROOTS[repo] else checkouts[repo]
         arguments = "arguments.py"
         stages = []
@@ -154,7 +160,8 @@ def record(checkouts: dict[str, Path]) -> dict:
             stages.append({"script": f"{ROOTS[repo] + '/' if ROOTS[repo] else ''}{script}", "values": values})
         launchers[ours] = {"repo": repo, "stages": stages}
         print(f"{ours}: {len(stages)} script(s) from {repo}", file=sys.stderr)
-    return {"about": __doc__.strip().splitlines()[0], "base": BASE, "processes": PROCESSES, "launchers": launchers}
+    ordered = {name: launchers[name] for name in LAUNCHERS if name in launchers}
+    return {"about": __doc__.strip().splitlines()[0], "base": BASE, "processes": PROCESSES, "launchers": ordered}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -163,8 +170,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--distillm", type=Path, required=True, help="a checkout of jongwooko/distillm")
     parser.add_argument("--pocl", type=Path, required=True, help="a checkout of liuliuyuan6/POCL")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "tests" / "data" / "reference_llm_launchers.json")
+    parser.add_argument("--only", help="re-record only our launchers matching this pattern (e.g. 'gpt2/minillm/*'), keeping the others of --out")
     args = parser.parse_args(argv)
-    recorded = record({ABKD: args.abkd, DISTILLM: args.distillm, POCL: args.pocl})
+    previous = json.loads(args.out.read_text()) if args.only and args.out.is_file() else None
+    recorded = record({ABKD: args.abkd, DISTILLM: args.distillm, POCL: args.pocl}, args.only, previous)
     args.out.write_text(json.dumps(recorded, indent=1, sort_keys=False) + "\n")
     print(f"wrote {args.out}: {len(recorded['launchers'])} launchers", file=sys.stderr)
 

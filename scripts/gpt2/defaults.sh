@@ -8,7 +8,7 @@ MODEL_TYPE=gpt2
 source "$(dirname "${BASH_SOURCE[0]}")/../llm.sh"
 
 TEACHER_CKPT_NAME="gpt2-xlarge"
-LM_METHODS="ab distillm imitkd seqkd"
-if [[ "${METHOD}" != pocl ]]; then LR=0.0005; fi
+LM_METHODS="ab distillm imitkd seqkd minillm"
+if [[ "${METHOD}" != pocl && "${METHOD}" != minillm ]]; then LR=0.0005; fi
 EPOCHS=20
 if [[ "${METHOD}" == init ]]; then EPOCHS=3; fi
