@@ -649,6 +649,8 @@ def main(argv: list[str] | None = None) -> None:
         )
 
     source = build_source(args, collate, student, tokenizer, teacher=teacher, vocab=vocab, prompts=train_set["prompt_ids"] if method.source == "rollout" else None)
+    if isinstance(source, RolloutSource):
+        source.log = log.info
     run.state.update(best_metric=None, best_step=None, curriculum=None)
     if curriculum is not None:
         run.state.update(stage_best_metric=None, stage_best_step=None, stage_best_record=None, stage_selected=[])

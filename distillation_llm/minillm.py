@@ -21,6 +21,7 @@ KL(q || p) over the vocabulary, through the fused path) with `--single-step-reg`
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 
 import torch
@@ -63,6 +64,7 @@ class RolloutSource:
         self.order: list[int] = []
         self.advantage_cache: dict[int, Tensor] = {}
         self.round_stats: dict[str, float] = {}
+        self.log: Callable[[str], None] | None = None  # finetune sets its RunLog.info: a line per round
 
     needs_initial_validation = False
     validates_at_epoch_ends = False  # the reference validates every --eval-interval steps only
@@ -92,16 +94,20 @@ class RolloutSource:
         pieces = {key: [] for key in STORE_KEYS}
         prompts = self._next_prompts(self.per_process)
         chunk = args.rollout_chunk_size
+        sampling = scoring = 0.0
         try:
             for first in range(0, len(prompts), chunk):
                 generator = torch.Generator(device=next(student.parameters()).device)
                 generator.manual_seed(args.seed_ppo * 1_000_003 + self.round * 10_007 + E.rank() * 101 + first)
+                started = time.perf_counter()
                 query, response = sample_mixed(
                     student, self.teacher, prompts[first:first + chunk], max_new_tokens=args.max_length - args.max_prompt_length,
                     alpha=args.teacher_mixed_alpha, eos_id=self.eos_id, pad_id=self.pad_id, vocab=self.vocab, generator=generator,
                 )
+                sampled = time.perf_counter()
                 student_lp, mask = response_logprobs(student, query, response, self.pad_id, self.vocab)
                 teacher_lp, _ = response_logprobs(self.teacher, query, response, self.pad_id, self.vocab)
+                sampling, scoring = sampling + sampled - started, scoring + time.perf_counter() - sampled
                 weights = minillm.importance_weights(student_lp, teacher_lp, args.teacher_mixed_alpha)
                 rewards = minillm.token_rewards(teacher_lp, student_lp, mask, args.reward_scaling, args.cliprange_reward)
                 for key, value in zip(STORE_KEYS, (query, response, mask, student_lp, rewards, weights)):
@@ -114,8 +120,11 @@ class RolloutSource:
         }
         mask = self.store["mask"].float()
         reward = minillm.sequence_reward(self.store["rewards"], mask, self.args.gamma, self.args.length_norm)
-        self.round_stats = {"reward": reward.mean().item(), "response_tokens": mask.sum(-1).mean().item()}
+        self.round_stats = {"reward": reward.mean().item(), "response_tokens": mask.sum(-1).mean().item(), "sampling_s": sampling, "scoring_s": scoring}
         self.round += 1
+        if self.log is not None:
+            self.log(f"rollout round {self.round}: {len(prompts)} responses on this process, {self.round_stats['response_tokens']:.1f} tokens "
+                     f"on average, mean reward {self.round_stats['reward']:.4f}; sampling {sampling:.2f} s, scoring {scoring:.2f} s")
         self.ppo_epoch, self.position, self.advantage_cache = 0, 0, {}
         self.order = self._epoch_order()
 
@@ -178,6 +187,7 @@ class MiniLLMObjective:
             raise ValueError("--type minillm needs models whose LM head is accessible (get_output_embeddings)")
         self.chunk_size = chunk_size or 512
         self.kd_ratio = args.kd_ratio
+        self.divergence = None  # validation reports cross-entropy alone
 
     def set_stage(self, temperature: float, kd_ratio: float) -> None:
         raise ValueError("--type minillm does not run a POCL curriculum")

@@ -2,7 +2,7 @@
 # The embedded end-to-end demo: teacher -> student distillation at toy scale, nothing downloaded.
 #
 #   bash scripts/demo.sh            # under 10 minutes on 2 CPU cores
-#   bash scripts/demo.sh --all      # also GKD and DistiLLM (student-generated outputs; a few minutes more)
+#   bash scripts/demo.sh --all      # also GKD, DistiLLM and MiniLLM (student-generated outputs; a few minutes more)
 #   bash scripts/demo.sh --quick    # a tiny version (a few minutes), for the tests
 #   bash scripts/demo.sh --out DIR  # outputs somewhere other than results/demo
 #
@@ -14,7 +14,7 @@
 #   4. SFT the teacher, and the pretrained student as the SFT baseline;
 #   5. distil the pretrained student with kd (forward KL) and ab (alpha-beta divergence), as ABKD;
 #   6. POCL: the pretrained student ranks the data from easy to hard, then kd and ab with the curriculum;
-#   7. with --all, an SFT-initialised student (--type init), from which GKD and DistiLLM start, as DistiLLM;
+#   7. with --all, an SFT-initialised student (--type init), from which GKD, DistiLLM and MiniLLM start, as DistiLLM;
 #   8. evaluate every model with ROUGE-L and print the table (also CSV and a PNG chart).
 set -euo pipefail
 
@@ -38,12 +38,13 @@ PYTHON="${PYTHON:-${ROOT}/.venv/bin/python}"
 if [[ "${QUICK}" == 1 ]]; then
     TRAIN_EXAMPLES=300; EVAL_EXAMPLES=8; PRETRAIN_DOCS=300; VOCAB=400; DEV_NUM=40
     PRETRAIN_EPOCHS=1; TEACHER_EPOCHS=2; STUDENT_EPOCHS=1; INIT_EPOCHS=1; STAGE_EPOCHS=1; BATCH=16; SEEDS=10; LOG_INTERVAL=5
-    DISTILLM_EVAL_INTERVAL=4
+    DISTILLM_EVAL_INTERVAL=4; MINILLM_ITERS=8; MINILLM_ROLLOUTS=32
 else
     TRAIN_EXAMPLES=3200; EVAL_EXAMPLES=60; PRETRAIN_DOCS=3200; VOCAB=600; DEV_NUM=200
     PRETRAIN_EPOCHS=3; TEACHER_EPOCHS=8; STUDENT_EPOCHS=6; INIT_EPOCHS=3; STAGE_EPOCHS=2; BATCH=32; SEEDS=10,20,30; LOG_INTERVAL=50
-    DISTILLM_EVAL_INTERVAL=25
+    DISTILLM_EVAL_INTERVAL=25; MINILLM_ITERS=320; MINILLM_ROLLOUTS=256
 fi
+MINILLM_LR=3e-4
 TEACHER_SIZE=(--hidden-size 128 --num-layers 4 --num-heads 4)
 STUDENT_SIZE=(--hidden-size 64 --num-layers 2 --num-heads 4)
 TASKS=copy,lookup,reverse,sort,add
@@ -108,7 +109,14 @@ if [[ "${ALL}" == 1 ]]; then
     finetune student-distillm "${STUDENT_EPOCHS}" --type distillm --skew-alpha 0.1 --kd-ratio 1.0 \
         --init-threshold 0.0 --loss-eps 0.1 --eval-interval "${DISTILLM_EVAL_INTERVAL}" --capacity 1000 --replay-ratio decreasing \
         --model-path "${OUT}/runs/student-init/best" "${TEACHER[@]}"
-    MODELS+=(student-gkd student-distillm)
+    # MiniLLM: policy gradient on the student's own samples (teacher-mixed, rounds of MINILLM_ROLLOUTS, 4 PPO
+    # epochs each) with the single-step regulariser, as DistiLLM's train_minillm.py; a tenth of the demo's lr,
+    # as MiniLLM's 5e-6 is a hundredth of its KD runs' 5e-4; no LM term (the demo has no pre-training blocks).
+    finetune student-minillm 1 --type minillm --total-iters "${MINILLM_ITERS}" --num-rollouts "${MINILLM_ROLLOUTS}" \
+        --rollout-chunk-size 64 --ppo-epochs 4 --teacher-mixed-alpha 0.2 --reward-scaling 0.5 --cliprange-reward 100 \
+        --single-step-reg --length-norm --lr-decay-style constant --adam-beta2 0.95 --weight-decay-exempt none \
+        --eval-interval "${DISTILLM_EVAL_INTERVAL}" --lr "${MINILLM_LR}" --model-path "${OUT}/runs/student-init/best" "${TEACHER[@]}"
+    MODELS+=(student-gkd student-distillm student-minillm)
 fi
 
 echo "== evaluating =="
