@@ -9,6 +9,7 @@
 #   distillm    skew reverse KL; the share of student samples (fresh or replayed) rises when validation worsens
 #   seqkd       the teacher answers every training prompt once (`generate_seqkd_data`), then SFT on those
 #   pocl        the student ranks the data, then a Baby Step curriculum with --type TYPE
+#   minillm     policy gradient on teacher-mixed samples of the student (MiniLLM, DistiLLM's train_minillm.py)
 # Distillation students start from init/CKPT_NAME/best (or the pretrained checkpoint for PRETRAINED_STUDENT_METHODS) and the teacher from sft/TEACHER_CKPT_NAME/best;
 # with PEFT=lora both from BASE_PATH/checkpoints, the teacher with its LoRA SFT adapter merged in.
 source "$(dirname "${BASH_SOURCE[0]}")/launch.sh"
