@@ -178,8 +178,8 @@ def test_unknown_and_unsupported_types(tmp_path, capsys, processed_dir, tiny_gpt
     assert "--type kl: supported values are sft, init, kd, fkl, rkl, jsd, tvd, sfkl, srkl, ab" in err
     err = _error(capsys, _argv(tmp_path, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, "--type", "pocl", "--total-iters", 1))
     assert "--type pocl (POCL is a curriculum: use --curriculum pocl with any divergence type)" in err
-    err = _error(capsys, _argv(tmp_path, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, "--type", "minillm", "--total-iters", 1))
-    assert "--type minillm (not implemented)" in err
+    err = _error(capsys, _argv(tmp_path, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, "--type", "minillm", "--no-student-gen", "--total-iters", 1))
+    assert "--type minillm trains on its rollouts: drop --no-student-gen" in err
     err = _error(capsys, _argv(tmp_path, processed_dir, tiny_gpt2_dir, None, "--type", "ab", "--ab_alpha", "1", "--ab_beta", "0", "--total-iters", 1))
     assert "give --teacher-model-path" in err
     err = _error(capsys, _argv(tmp_path, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, "--type", "ab", "--total-iters", 1))

@@ -52,6 +52,8 @@ EXPECTED = {
     "tsfkl": ("sfkl", "dataset"), "tsrkl": ("srkl", "dataset"),
     # DistiLLM's own names (DistiLLM finetune.py): lm = SFT, mixed-fkl = ImitKD's path, mixed-jsd = GKD's.
     "lm": (None, "dataset"), "mixed-fkl": ("fkl", "student"), "mixed-jsd": ("jsd", "student"),
+    # MiniLLM: reverse KL by policy gradient on rounds of teacher-mixed rollouts (DistiLLM train_minillm.py).
+    "minillm": ("rkl", "rollout"),
 }
 
 
@@ -76,8 +78,6 @@ def test_every_type_has_its_divergence_and_source():
 def test_unknown_and_excluded_types_are_errors_naming_the_valid_ones():
     with pytest.raises(ValueError, match=r"--type kl: supported values are sft, init, kd, .*, tsrkl$"):
         lookup("kl")
-    with pytest.raises(ValueError, match=r"--type minillm \(not implemented\)"):
-        lookup("minillm")
     with pytest.raises(ValueError, match=r"--type substring-of-kd"):
         lookup("substring-of-kd")  # exact match only
 
