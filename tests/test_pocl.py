@@ -229,7 +229,8 @@ def test_stage_engines_under_zero3(tmp_path, monkeypatch, processed_dir, tiny_gp
 
     monkeypatch.setattr(finetune.E, "initialize", recording_initialize)
     config = Path(finetune.__file__).resolve().parents[1] / "configs" / "deepspeed" / "ds_config_zero3.json"
-    extra = ["--do-valid", "--eval-interval", 2, "--num-stages", 2, "--deepspeed_config", config]  # stages of 9 and 18 steps
+    # stages of 9 and 18 steps; --stage-start best loads the selected (not the last) weights into the partitioned model
+    extra = ["--do-valid", "--eval-interval", 2, "--num-stages", 2, "--deepspeed_config", config, "--stage-start", "best"]
     full = tmp_path / "full"
     finetune.main(_argv(full, processed_dir, tiny_gpt2_dir, tiny_gpt2_teacher_dir, ranking, *extra))
     assert len(starts) == 2
