@@ -172,7 +172,9 @@ def check_ranks_all(path: str | Path, ranked_ids: Sequence[int], example_ids: Se
         )
 
 
-def _linear(start: float, end: float, stage: int, num_stages: int) -> float:
+def stage_value(start: float, end: float, stage: int, num_stages: int) -> float:
+    """A value that rises linearly from `start` at the first stage to `end` at the last (POCL's
+    temperature and kd-ratio schedules)."""
     return start if num_stages == 1 else start + (end - start) * stage / (num_stages - 1)
 
 
@@ -226,10 +228,10 @@ class BabyStepScheduler:
         return (stage + 1) * (len(self.ranked_ids) // self.num_stages)
 
     def temperature(self, stage: int | None = None) -> float:
-        return _linear(*self.temperature_range, self.stage if stage is None else stage, self.num_stages)
+        return stage_value(*self.temperature_range, self.stage if stage is None else stage, self.num_stages)
 
     def kd_ratio(self, stage: int | None = None) -> float:
-        return _linear(*self.kd_ratio_range, self.stage if stage is None else stage, self.num_stages)
+        return stage_value(*self.kd_ratio_range, self.stage if stage is None else stage, self.num_stages)
 
     def active_ids(self, stage: int | None = None) -> list[int]:
         return self.ranked_ids[: self.size(stage)]

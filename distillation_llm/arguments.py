@@ -10,6 +10,7 @@ import argparse
 import math
 from pathlib import Path
 
+from abkd.pocl import stage_value
 from distillation_llm.methods import METHODS, STUDENT_SOURCES, check_ab_params, lookup
 
 
@@ -360,10 +361,6 @@ def args_record(args: argparse.Namespace) -> dict:
     return record
 
 
-def _linear(start: float, end: float, stage: int, stages: int) -> float:
-    return start + (end - start) * stage / (stages - 1) if stages > 1 else start
-
-
 def loss_formula(method, args: argparse.Namespace, kd_ratio: float, temperature: float) -> str:
     """The loss with its factors, e.g. `0.3 * CE + 0.7 * tfkl * T^2 (T = 1.33)`."""
     if method.divergence is None:
@@ -393,8 +390,8 @@ def run_summary(args: argparse.Namespace, world_size: int, precision: str) -> li
                      f"rounds of {args.num_rollouts} rollouts{mix}, {args.ppo_epochs} PPO epochs each")
     elif args.curriculum == "pocl":
         for stage in range(args.num_stages):
-            ratio = _linear(args.kd_ratio_start, args.kd_ratio_end, stage, args.num_stages)
-            temperature = _linear(args.kd_temperature_start, args.kd_temperature_end, stage, args.num_stages)
+            ratio = stage_value(args.kd_ratio_start, args.kd_ratio_end, stage, args.num_stages)
+            temperature = stage_value(args.kd_temperature_start, args.kd_temperature_end, stage, args.num_stages)
             start = "--model-path" if stage == 0 else f"stage {stage}'s {'last step' if args.stage_start == 'last' else 'best model'}"
             dev = f", {args.stage_dev_num[stage]} dev examples" if args.stage_dev_num else ""
             lines.append(f"POCL stage {stage + 1}/{args.num_stages}: loss {loss_formula(method, args, ratio, temperature)}; "

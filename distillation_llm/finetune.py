@@ -128,9 +128,9 @@ class TrainingData:
     easiest fraction of it (`select` re-targets the sampler when the stage changes). The rows of
     each micro-batch go through the batch source (distillation_llm/sources.py) to be collated."""
 
-    def __init__(self, train_set, args, curriculum: BabyStepScheduler | None = None):
+    def __init__(self, train_set, args, curriculum: BabyStepScheduler | None = None, valid_set=None):
         self.train_set, self.args, self.curriculum = train_set, args, curriculum
-        self.valid_full = None  # the whole valid split (main sets it)
+        self.valid_full = valid_set  # the whole valid split, from which --stage-dev-num takes each stage's
         if curriculum is not None:
             self.row_of_id = {example_id: row for row, example_id in enumerate(train_set["id"])}
             check_ranks_all(f"--ranking {args.ranking}", curriculum.ranked_ids, list(self.row_of_id))
@@ -622,8 +622,7 @@ def main(argv: list[str] | None = None) -> None:
             load_ranking(args.ranking, args.data_dir, meta), args.num_stages, args.stage_epochs, args.stage_patience,
             temperature=(args.kd_temperature_start, args.kd_temperature_end), kd_ratio=(args.kd_ratio_start, args.kd_ratio_end),
         )
-    data = TrainingData(train_set, args, curriculum)
-    data.valid_full = valid_full
+    data = TrainingData(train_set, args, curriculum, valid_full)
     if data.sampler.dropped:
         log.info(f"{data.sampler.dropped} of {len(data.loader.dataset)} training examples do not fill a global batch and are left out of each epoch")
     lm_loader = None

@@ -29,9 +29,9 @@ from torch import Tensor, nn
 
 from abkd import engine as E
 from abkd import minillm
-from abkd.fused import FusedLossOutput, fused_linear_divergence
-from distillation_llm.data import IGNORE_INDEX
+from abkd.fused import FusedLossOutput, default_chunk_size, fused_linear_divergence
 from distillation_llm.models import split_head
+from distillation_llm.objective import Objective, head_bias
 from distillation_llm.rollouts import model_inputs, response_logprobs, sample_mixed
 
 STORE_KEYS = ("query", "response", "mask", "old_logprobs", "rewards", "weights")
@@ -180,14 +180,15 @@ class MiniLLMObjective:
     """The reference's MiniLLM loss on a rollout mini-batch (+ the LM batch); `validation` computes
     the validation loss (cross-entropy on the dev split, as for the other methods)."""
 
+    divergence = None  # validation reports cross-entropy alone
+
     def __init__(self, student: nn.Module, teacher: nn.Module, vocab: int, args, validation, chunk_size: int | None = None):
-        self.student, self.teacher, self.vocab, self.args, self.validation = student, teacher, vocab, args, validation
+        self.vocab, self.args, self.validation, self.chunk_size = vocab, args, validation, chunk_size
         self.student_split, self.teacher_split = split_head(student), split_head(teacher)
         if not (self.student_split.fused and self.teacher_split.fused):
             raise ValueError("--type minillm needs models whose LM head is accessible (get_output_embeddings)")
-        self.chunk_size = chunk_size or 512
-        self.kd_ratio = args.kd_ratio
-        self.divergence = None  # validation reports cross-entropy alone
+        # The LM term: (1 - kd_ratio) CE + kd_ratio forward KL on --lm-data-dir batches, the shared objective's fused loss.
+        self.pretraining = Objective(student, teacher, "fkl", {}, args.kd_ratio, 1.0, vocab, chunk_size=chunk_size)
 
     def set_stage(self, temperature: float, kd_ratio: float) -> None:
         raise ValueError("--type minillm does not run a POCL curriculum")
@@ -203,31 +204,27 @@ class MiniLLMObjective:
         args, vocab = self.args, self.vocab
         start, length = batch["query"].shape[1] - 1, batch["response"].shape[1]
         hidden = self._hidden(self.student_split, batch)[:, start:start + length]
-        weight, bias = self.student_split.weight[:vocab], self.student_split.bias
+        weight, bias = self.student_split.weight[:vocab], head_bias(self.student_split, vocab)
+        chunk_size = self.chunk_size or default_chunk_size(hidden.device, vocab)
         mask = batch["mask"].float()
-        logprobs = minillm.token_logprobs(hidden, weight, batch["response"], None if bias is None else bias[:vocab], self.chunk_size) * mask
-        pg = minillm.clipped_policy_loss(logprobs, batch["old_logprobs"], batch["advantages"], mask, batch["weights"], args.cliprange)
-        with torch.no_grad():
-            teacher_hidden = self._hidden(self.teacher_split, batch)[:, start:start + length]
-        reg = fused_linear_divergence(
-            "rkl", hidden, weight, student_bias=None if bias is None else bias[:vocab], teacher_hidden=teacher_hidden,
-            teacher_weight=self.teacher_split.weight[:vocab], mask=mask.bool(), chunk_size=self.chunk_size,
-        ).loss
-        loss = pg + reg if args.single_step_reg else pg
+        logprobs = minillm.token_logprobs(hidden, weight, batch["response"], bias, chunk_size) * mask
+        loss = minillm.clipped_policy_loss(logprobs, batch["old_logprobs"], batch["advantages"], mask, batch["weights"], args.cliprange)
         with torch.no_grad():  # the reference's logged reward: per response, discounted (length-normalised with --length-norm)
             reward = minillm.sequence_reward(batch["rewards"], mask, args.gamma, args.length_norm).mean()
-        parts = {"pg": pg.detach(), "reg": reg.detach(), "reward": reward}
-        if lm_batch is not None and args.lm_coef > 0:
-            lm_hidden = self.student_split.body(input_ids=lm_batch["input_ids"], attention_mask=lm_batch["attention_mask"], use_cache=False).last_hidden_state
+        parts = {"pg": loss.detach(), "reward": reward}
+        if args.single_step_reg:  # the per-token KL(q || p) over the vocabulary, never holding it in full
             with torch.no_grad():
-                lm_teacher = self.teacher_split.body(input_ids=lm_batch["input_ids"], attention_mask=lm_batch["attention_mask"], use_cache=False).last_hidden_state
-            pt = fused_linear_divergence(
-                "fkl", lm_hidden, weight, student_bias=None if bias is None else bias[:vocab], teacher_hidden=lm_teacher,
-                teacher_weight=self.teacher_split.weight[:vocab], labels=lm_batch["labels"], kd_ratio=self.kd_ratio,
-                chunk_size=self.chunk_size, ignore_index=IGNORE_INDEX,
-            )
+                teacher_hidden = self._hidden(self.teacher_split, batch)[:, start:start + length]
+            reg = fused_linear_divergence(
+                "rkl", hidden, weight, student_bias=bias, teacher_hidden=teacher_hidden,
+                teacher_weight=self.teacher_split.weight[:vocab], mask=mask.bool(), chunk_size=chunk_size,
+            ).loss
+            loss = loss + reg
+            parts["reg"] = reg.detach()
+        if lm_batch is not None and args.lm_coef > 0:
+            pt = self.pretraining(lm_batch)
             loss = loss + args.lm_coef * pt.loss
-            parts.update(pt=pt.loss.detach(), ce=pt.ce.detach(), kd=pt.kd.detach())
+            parts.update(pt=pt.loss.detach(), ce=pt.ce, kd=pt.kd)
         else:
             parts.update(ce=loss.new_zeros(()), kd=loss.new_zeros(()))
         return loss, parts

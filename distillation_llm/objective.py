@@ -113,7 +113,7 @@ class Objective:
                 self.divergence,
                 hidden,
                 self.student_split.weight[: self.vocab],
-                student_bias=_head_bias(self.student_split, self.vocab),
+                student_bias=head_bias(self.student_split, self.vocab),
                 labels=labels,
                 kd_ratio=kd_ratio if self.divergence is not None else None,
                 chunk_size=self.chunk_size,
@@ -140,7 +140,7 @@ class Objective:
 
         def head_loss(hidden: Tensor) -> FusedLossOutput:
             return fused_linear_divergence(
-                None, hidden, self.student_split.weight[: self.vocab], student_bias=_head_bias(self.student_split, self.vocab),
+                None, hidden, self.student_split.weight[: self.vocab], student_bias=head_bias(self.student_split, self.vocab),
                 labels=batch["labels"], chunk_size=self.chunk_size, ignore_index=IGNORE_INDEX,
             )
 
@@ -165,5 +165,5 @@ class Objective:
         return FusedLossOutput(loss, kd.detach(), ce.detach())
 
 
-def _head_bias(split: HeadSplit, vocab: int) -> Tensor | None:
+def head_bias(split: HeadSplit, vocab: int) -> Tensor | None:
     return split.bias[:vocab] if split.bias is not None else None

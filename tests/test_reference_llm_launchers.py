@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from test_scripts import REPO, SCRIPTS, printed_commands, run_script
 
+from abkd.pocl import stage_value
 from distillation_llm.arguments import build_parser, resolve_defaults
 
 RECORD = json.loads((REPO / "tests" / "data" / "reference_llm_launchers.json").read_text())
@@ -87,11 +88,10 @@ def ours(launcher: str, gpu_num: int = GPU_NUM) -> list[dict]:
     if args.curriculum != "pocl":
         return [values]
     stages = []
-    for s in range(args.num_stages):
-        share = s / (args.num_stages - 1) if args.num_stages > 1 else 0.0
+    for s in range(args.num_stages):  # the values the curriculum trains each stage with (abkd.pocl.BabyStepScheduler)
         stage = {**values, "epochs": args.stage_epochs, "stage": s, "data_dir": values["data_dir"] + " (curriculum)"}
-        stage["kd_ratio"] = args.kd_ratio_start + (args.kd_ratio_end - args.kd_ratio_start) * share
-        stage["kd_temperature"] = args.kd_temperature_start + (args.kd_temperature_end - args.kd_temperature_start) * share
+        stage["kd_ratio"] = stage_value(args.kd_ratio_start, args.kd_ratio_end, s, args.num_stages)
+        stage["kd_temperature"] = stage_value(args.kd_temperature_start, args.kd_temperature_end, s, args.num_stages)
         if args.stage_dev_num:
             stage["dev_num"] = args.stage_dev_num[s]
         if s > 0:
